@@ -1,0 +1,1 @@
+"""calibration package (see shared DESIGN.md for what lives here)."""

@@ -1,0 +1,1 @@
+"""firmware_bridge package (see shared DESIGN.md for what lives here)."""

@@ -1,0 +1,1 @@
+"""models package (see shared DESIGN.md for what lives here)."""

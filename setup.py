@@ -1,0 +1,44 @@
+"""Install edgedp: the runtime plus the model, hardware and calibration packages."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.2",
+    "numpy>=1.24",
+    "pyyaml>=6",
+    "pydantic>=2.5",
+    "safetensors>=0.4",
+    "rich>=13",
+    "pyserial>=3.5",
+    "dynamixel-sdk>=3.7.31",
+    "numba>=0.58",
+    "matplotlib>=3.7",
+    "atomics>=1.0.2",
+    "opencv-python-headless>=4.8,<4.13",
+]
+
+EXTRAS = {
+    # pyrealsense2 wheels exist for x86_64/aarch64 Linux on PyPI; on a Jetson, build librealsense.
+    "realsense": ["pyrealsense2>=2.54"],
+    "tensorrt": ["torch-tensorrt>=2.2"],
+    "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+    "test": [
+        "pytest>=7",
+        "pyrealsense2>=2.54",
+        "diffusers>=0.25",
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
+    ],
+}
+
+setup(
+    name="edgedp",
+    version="0.1.0",
+    description="Run a trained Diffusion Policy on a robot: compiled denoiser, fixed-rate loops, lock-free chunk handoff.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edgedp*", "models*", "firmware_bridge*", "calibration*"]),
+    package_data={"models": ["presets/*.yaml", "trained/**/*"]},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["edgedp=edgedp.cli:main"]},
+)
