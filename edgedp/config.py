@@ -1,0 +1,373 @@
+"""The run config: one YAML file, validated into typed objects before any port opens or torque is enabled.
+
+Every mistake becomes one line `<field.path>: <what is wrong> (<what is allowed>)`, so a user at a bench
+can fix the file without reading a traceback. Relative paths are resolved against the config file's folder.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgedp.errors import ConfigError
+
+# Servo models the bus driver knows (their control tables live in firmware_bridge).
+SERVO_MODELS = (
+    "xl330-m077",
+    "xl330-m288",
+    "xl430-w250",
+    "xm430-w350",
+    "xm540-w270",
+    "xc330-m181",
+    "xc330-m288",
+    "xc330-t181",
+    "xc330-t288",
+    "xh540-w150",
+    "xh540-w270",
+)
+
+DYNAMIXEL_BAUDS = (9600, 57600, 115200, 1000000, 2000000, 3000000, 4000000, 4500000)
+
+# Color stream modes a RealSense D400 camera can do (width, height) and its frame rates.
+REALSENSE_RESOLUTIONS = (
+    (320, 180), (320, 240), (424, 240), (640, 360), (640, 480), (848, 480),
+    (960, 540), (1280, 720), (1920, 1080),
+)
+REALSENSE_FPS = (6, 15, 30, 60, 90)
+
+BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "cpu-int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# A checkpoint value of this form builds a randomly initialised policy from a models/ preset.
+PRESET_PREFIX = "preset:"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+class BusConfig(_Strict):
+    """The servo bus. `port: emulator` runs the built-in Protocol 2.0 emulator on a pseudo-terminal."""
+
+    port: str = Field(description="serial device such as /dev/ttyUSB0, or 'emulator'")
+    baud: int = 1000000
+    low_latency: bool = True
+    fast_sync_read: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("baud")
+    @classmethod
+    def _known_baud(cls, v: int) -> int:
+        if v not in DYNAMIXEL_BAUDS:
+            raise ValueError(f"{v} is not a Dynamixel baud rate (allowed: {', '.join(map(str, DYNAMIXEL_BAUDS))})")
+        return v
+
+
+class JointConfig(_Strict):
+    """One joint: limits and dynamics in radians; direction and zero offset map servo ticks to the model."""
+
+    name: str
+    id: int = Field(ge=0, le=252)
+    model: str
+    min: float = Field(description="lower position limit, rad")
+    max: float = Field(description="upper position limit, rad")
+    max_velocity: float = Field(gt=0, description="rad/s")
+    max_acceleration: float = Field(gt=0, description="rad/s^2")
+    direction: Literal[1, -1] = 1
+    zero_offset: float = Field(0.0, description="servo angle (rad) at which the joint reads zero")
+    operating_mode: Literal["position", "extended_position"] = "position"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        v = v.lower()
+        if v not in SERVO_MODELS:
+            raise ValueError(f"unknown servo model '{v}' (allowed: {', '.join(SERVO_MODELS)})")
+        return v
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> "JointConfig":
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be less than max ({self.max})")
+        return self
+
+
+class RobotConfig(_Strict):
+    name: str = "robot"
+    bus: BusConfig
+    joints: list[JointConfig] = Field(min_length=1)
+    calibration_file: Optional[Path] = None
+    dh: Optional[list[list[float]]] = Field(
+        None, description="DH rows [a, alpha, d, theta_offset] per joint, for forward kinematics"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RobotConfig":
+        seen: dict[int, int] = {}
+        for i, joint in enumerate(self.joints):
+            if joint.id in seen:
+                raise _FieldError(
+                    ("joints", i, "id"),
+                    f"duplicate joint id {joint.id} (also used by joints[{seen[joint.id]}]; each joint needs its own id)",
+                )
+            seen[joint.id] = i
+        names = [j.name for j in self.joints]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise _FieldError(("joints", i, "name"), f"duplicate joint name '{n}' (names must be unique)")
+        return self
+
+
+class CameraConfig(_Strict):
+    """One camera. `kind: virtual` renders the simulated scene through a virtual RealSense device."""
+
+    name: str
+    kind: Literal["realsense", "virtual", "file"]
+    serial: Optional[str] = None
+    file: Optional[Path] = None
+    width: int = Field(640, gt=0)
+    height: int = Field(480, gt=0)
+    fps: int = Field(30, gt=0)
+    depth: bool = False
+    exposure: Optional[float] = Field(None, gt=0, description="µs; None keeps auto exposure")
+    white_balance: Optional[float] = Field(None, gt=0, description="K; None keeps auto white balance")
+    policy_key: Optional[str] = Field(None, description="the checkpoint's image feature this camera feeds")
+
+    @model_validator(mode="after")
+    def _kind_can_do_it(self) -> "CameraConfig":
+        if self.kind == "realsense":
+            if (self.width, self.height) not in REALSENSE_RESOLUTIONS:
+                allowed = ", ".join(f"{w}x{h}" for w, h in REALSENSE_RESOLUTIONS)
+                raise _FieldError(("width",), f"a RealSense cannot stream {self.width}x{self.height} (allowed: {allowed})")
+            if self.fps not in REALSENSE_FPS:
+                raise _FieldError(("fps",), f"a RealSense cannot stream at {self.fps} fps (allowed: {', '.join(map(str, REALSENSE_FPS))})")
+        if self.kind == "virtual":
+            if self.width > 1920 or self.height > 1080:
+                raise _FieldError(("width",), f"virtual camera resolution {self.width}x{self.height} too large (at most 1920x1080)")
+            if self.fps > 240:
+                raise _FieldError(("fps",), f"virtual camera fps {self.fps} too high (1 to 240)")
+        if self.kind == "file" and self.file is None:
+            raise _FieldError(("file",), "a camera of kind 'file' needs a recorded .bag or .db3 file")
+        return self
+
+
+class PolicyConfig(_Strict):
+    checkpoint: str = Field(description="native/LeRobot/.ckpt path, or 'preset:NAME' for a random policy")
+    backend: Literal[BACKENDS] = "eager"  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
+    device: str = "cpu"
+    steps: Optional[int] = Field(None, ge=1, le=1000, description="denoising steps K (DDIM); None = checkpoint's")
+    n_action_steps: Optional[int] = Field(None, ge=1, description="executed steps T_a; None = checkpoint's")
+    action_period: Optional[float] = Field(None, gt=0, description="seconds between actions; None = checkpoint's or 0.1")
+    seed: int = 0
+    state_key: Optional[str] = Field(None, description="checkpoint feature fed with joint positions")
+    cache_dir: Optional[Path] = None
+    extra_latency_ms: float = Field(0.0, ge=0, description="inject latency into every inference (evaluation)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
+            raise ValueError(f"unknown device '{v}' (allowed: cpu, cuda, cuda:N)")
+        return v
+
+
+class RatesConfig(_Strict):
+    servo_hz: float = Field(500.0, ge=50, le=1000)
+    max_observation_age: float = Field(0.25, gt=0, description="seconds; older observations are not planned on")
+    servo_in_process: bool = Field(False, description="run the servo loop in its own process")
+
+
+class SafetyConfig(_Strict):
+    on_stop: Literal["hold", "torque_off"] = "hold"
+    watchdog_failed_ticks: int = Field(10, ge=1)
+    start_ramp_time: float = Field(2.0, gt=0, description="seconds to ramp from the current pose to the first action")
+    interpolation: Literal["linear", "cubic"] = "linear"
+    join: Literal["crossfade", "ensemble"] = "crossfade"
+    crossfade_steps: int = Field(3, ge=0)
+    ensemble_decay: float = Field(0.01, ge=0, description="ACT temporal-ensembling weight exp(-decay*i)")
+
+
+class TelemetryConfig(_Strict):
+    path: Optional[Path] = None
+    live: bool = True
+    plot: bool = True
+
+
+class SceneConfig(_Strict):
+    """The simulated scene that couples the emulated arm and the virtual camera (sim runs only)."""
+
+    task: Literal["reach", "reach_multimodal", "none"] = "reach"
+    link_lengths: list[float] = Field(default_factory=lambda: [0.12, 0.10])
+    workspace: float = Field(0.3, gt=0, description="metres shown across the image")
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    robot: RobotConfig
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    policy: PolicyConfig
+    rates: RatesConfig = Field(default_factory=RatesConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    scene: Optional[SceneConfig] = None
+    duration: Optional[float] = Field(None, gt=0, description="seconds; None runs until Ctrl-C")
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> "RunConfig":
+        names = [c.name for c in self.cameras]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise _FieldError(("cameras", i, "name"), f"duplicate camera name '{n}' (names must be unique)")
+        uses_sim = self.robot.bus.port == "emulator" or any(c.kind == "virtual" for c in self.cameras)
+        if uses_sim and self.scene is None:
+            self.scene = SceneConfig()
+        return self
+
+    # Where the config was read from; relative paths were resolved against its folder.
+    source: Optional[Path] = Field(None, exclude=True)
+
+
+class _FieldError(ValueError):
+    """A validator's error that belongs to a sub-field, so the message names the exact path."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key (remove it or check its spelling)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"got {err.get('input')!r} (allowed: {ctx.get('expected', '')})"
+    if kind == "value_error":
+        cause = ctx.get("error")
+        return str(cause) if cause is not None else msg.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{msg.lower()} (got {err.get('input')!r})"
+    return f"{msg} (got {err.get('input')!r})"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            loc = loc + tuple(cause.loc)
+            text = cause.message
+        else:
+            text = _describe(err)
+        lines.append(f"{_format_loc(loc)}: {text}")
+    return lines
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> list[str]:
+    """Resolve relative paths against the config folder and report files that do not exist."""
+    problems: list[str] = []
+
+    def fix(p: Optional[Path]) -> Optional[Path]:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (base / p)
+
+    ck = cfg.policy.checkpoint
+    if not ck.startswith(PRESET_PREFIX):
+        path = fix(Path(ck))
+        cfg.policy.checkpoint = str(path)
+        if not path.exists():
+            problems.append(f"policy.checkpoint: file not found: {path} (a checkpoint path, or preset:NAME)")
+    else:
+        name = ck[len(PRESET_PREFIX):]
+        available = _preset_names()
+        if available and name not in available:
+            problems.append(f"policy.checkpoint: unknown preset '{name}' (allowed: {', '.join(available)})")
+    for i, cam in enumerate(cfg.cameras):
+        if cam.file is not None:
+            cam.file = fix(cam.file)
+            if not cam.file.exists():
+                problems.append(f"cameras[{i}].file: file not found: {cam.file}")
+    if cfg.robot.calibration_file is not None:
+        cfg.robot.calibration_file = fix(cfg.robot.calibration_file)
+    if cfg.telemetry.path is not None:
+        cfg.telemetry.path = fix(cfg.telemetry.path)
+    if cfg.policy.cache_dir is not None:
+        cfg.policy.cache_dir = fix(cfg.policy.cache_dir)
+    return problems
+
+
+def _preset_names() -> list[str]:
+    folder = Path(__file__).resolve().parent.parent / "models" / "presets"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def parse_config(data: Any, base: Path | None = None, source: Path | None = None) -> RunConfig:
+    """Validate a config mapping; raise ConfigError listing every problem, one line each."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of sections, got {type(data).__name__}"])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    problems = _resolve_paths(cfg, base or Path.cwd())
+    for i, joint in enumerate(cfg.robot.joints):
+        if not all(math.isfinite(v) for v in (joint.min, joint.max, joint.zero_offset)):
+            problems.append(f"robot.joints[{i}]: limits and zero_offset must be finite numbers")
+    if problems:
+        raise ConfigError(problems)
+    cfg.source = source
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"config: file not found: {path}"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"config: {path} is not valid YAML{where}: {problem}"]) from None
+    return parse_config(data, base=path.resolve().parent, source=path.resolve())
+
+
+def check_against_policy(cfg: RunConfig, horizon: int, n_obs_steps: int, image_keys: list[str]) -> None:
+    """Checks that need the checkpoint's shapes (T_a within the horizon, cameras mapped to its features)."""
+    problems = []
+    ta = cfg.policy.n_action_steps
+    if ta is not None and ta > horizon - n_obs_steps + 1:
+        problems.append(
+            f"policy.n_action_steps: {ta} is larger than the checkpoint allows "
+            f"(at most horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1})"
+        )
+    for i, cam in enumerate(cfg.cameras):
+        if cam.policy_key is not None and cam.policy_key not in image_keys:
+            problems.append(
+                f"cameras[{i}].policy_key: '{cam.policy_key}' is not an image feature of the checkpoint "
+                f"(allowed: {', '.join(image_keys) or 'none'})"
+            )
+    if problems:
+        raise ConfigError(problems)
