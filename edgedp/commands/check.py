@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
+from edgedp.console import make_console
 from rich.table import Table
 
 from edgedp.config import PRESET_PREFIX, RunConfig, check_against_policy, load_config
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = _policy_shapes(cfg)
     if shapes is not None:
         check_against_policy(cfg, shapes["horizon"], shapes["n_obs_steps"], list(shapes.get("image_keys", [])))
-    console = Console()
+    console = make_console()
     console.print(f"[bold green]OK[/] {args.config}")
     joints = Table(title=f"robot '{cfg.robot.name}' on {cfg.robot.bus.port} @ {cfg.robot.bus.baud} baud")
     for col in ("joint", "id", "model", "min rad", "max rad", "max vel", "max acc", "dir", "zero"):
