@@ -1,0 +1,167 @@
+"""Read `torch.save` zip archives without `torch.load`: zip members by hand, pickle restricted.
+
+A torch zip holds ``<prefix>/data.pkl`` (the object graph), ``<prefix>/data/<key>`` (raw storage
+bytes, one record per storage) and ``<prefix>/byteorder``.  Tensors are rebuilt from those
+records with their dtype, offset, sizes and strides checked against the record length, and two
+tensors that shared a storage when saved share memory again (the robomimic encoder relies on
+that for its aliased keys).
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, UnsupportedCheckpointError
+from .safe_unpickle import BASE_GLOBALS, restricted_loads
+
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+}
+# Upper bound on one tensor's dimensions: anything bigger is a damaged header, not a model.
+_MAX_DIMS = 16
+
+
+class _StorageType:
+    """What `torch.FloatStorage` etc. resolve to: a dtype tag, never the real torch class."""
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name = name
+        self.dtype = dtype
+
+
+class _Storage:
+    """One storage record, loaded once and shared by every tensor that views it."""
+
+    def __init__(self, key: str, flat: torch.Tensor) -> None:
+        self.key = key
+        self.flat = flat
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+    if not isinstance(storage, _Storage):
+        raise CheckpointError("tensor rebuild without a storage record")
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+            and len(size) <= _MAX_DIMS and all(_is_int(s) and s >= 0 for s in size)
+            and all(_is_int(s) and s >= 0 for s in stride) and _is_int(storage_offset) and storage_offset >= 0):
+        raise CheckpointError(f"bad tensor geometry in storage {storage.key}: size={size!r} stride={stride!r}")
+    n = storage.flat.numel()
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel:
+        last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
+        if last >= n:
+            raise CheckpointError(f"tensor runs past the end of storage {storage.key} ({last + 1} > {n} elements)")
+    elif storage_offset > n:
+        raise CheckpointError(f"tensor offset past the end of storage {storage.key}")
+    return torch.as_strided(storage.flat, tuple(size), tuple(stride), storage_offset)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise CheckpointError("parameter rebuild without tensor data")
+    return data
+
+
+def tensor_globals() -> dict[tuple[str, str], Any]:
+    """The allow-list for torch checkpoints: base data globals plus tensor/storage rebuilders."""
+    table = dict(BASE_GLOBALS)
+    table[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor_v2
+    table[("torch._utils", "_rebuild_parameter")] = _rebuild_parameter
+    for name, dtype in _STORAGE_DTYPES.items():
+        table[("torch", name)] = _StorageType(name, dtype)
+    table[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage", torch.uint8)
+    return table
+
+
+def load_torch_zip(path: str | os.PathLike) -> Any:
+    """Load a `torch.save` zip with the restricted unpickler; errors are one-line CheckpointErrors."""
+    src = os.fspath(path)
+    name = os.path.basename(src)
+    if not os.path.isfile(src):
+        raise CheckpointError(f"{src}: no such file")
+    file_size = os.path.getsize(src)
+    with open(src, "rb") as fh:
+        head = fh.read(8)
+    if not head.startswith(b"PK\x03\x04"):
+        if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":
+            raise UnsupportedCheckpointError(
+                f"{name}: unsupported legacy (pre-1.6, non-zip) torch format; re-save it with a current "
+                "torch (torch.save(torch.load(f), f2)) in a trusted environment")
+        raise CheckpointError(f"{name}: not a torch checkpoint (no zip header; {file_size} bytes)")
+    try:
+        zf = zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, OverflowError) as err:
+        raise CheckpointError(f"{name}: damaged or truncated zip archive ({err})") from None
+    try:
+        with zf:
+            return _load_from_zip(zf, name, file_size)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile raises many types on damaged input
+        raise CheckpointError(f"{name}: damaged checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int) -> Any:
+    infos = {i.filename: i for i in zf.infolist()}
+    pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkls) != 1:
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in infos):
+            raise UnsupportedCheckpointError(f"{name}: TorchScript archives are not supported; export the state_dict")
+        raise CheckpointError(f"{name}: zip has no single <prefix>/data.pkl, not a torch.save checkpoint")
+    prefix = pkls[0][: -len("data.pkl")]
+    order = infos.get(prefix + "byteorder")
+    if order is not None and _read(zf, order, file_size).strip() not in (b"little", b""):
+        raise UnsupportedCheckpointError(f"{name}: big-endian torch checkpoints are not supported")
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"unexpected persistent id {str(pid)[:60]!r}")
+        _, stype, key, _location, numel = pid
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise CheckpointError(f"malformed storage reference {str(pid)[:60]!r}")
+        got = storages.get(key)
+        if got is not None:
+            if got.flat.dtype != stype.dtype:
+                raise CheckpointError(f"storage {key} used with two dtypes")
+            return got
+        info = infos.get(f"{prefix}data/{key}")
+        if info is None:
+            raise CheckpointError(f"storage record data/{key} is missing")
+        itemsize = torch.empty((), dtype=stype.dtype).element_size()
+        if numel * itemsize != info.file_size:
+            raise CheckpointError(
+                f"storage record data/{key} holds {info.file_size} bytes, expected {numel} x {itemsize}")
+        raw = _read(zf, info, file_size)
+        flat = torch.frombuffer(bytearray(raw), dtype=stype.dtype) if raw else torch.empty(0, dtype=stype.dtype)
+        st = _Storage(key, flat)
+        storages[key] = st
+        return st
+
+    data = _read(zf, infos[pkls[0]], file_size)
+    return restricted_loads(data, name, tensor_globals(), persistent_load)
+
+
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> bytes:
+    """Read one member, refusing sizes the file cannot hold (a damaged header, not a model)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        if info.file_size > 64 * file_size + (1 << 20):
+            raise CheckpointError(f"member {info.filename} claims an implausible size")
+    elif info.file_size > file_size or info.compress_size > file_size:
+        raise CheckpointError(f"member {info.filename} claims {info.file_size} bytes, more than the file holds")
+    data = zf.read(info)
+    if len(data) != info.file_size:
+        raise CheckpointError(f"member {info.filename} is truncated")
+    return data
