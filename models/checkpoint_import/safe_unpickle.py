@@ -10,6 +10,7 @@ file.  After loading, `to_plain` turns the OmegaConf placeholders into plain dic
 """
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -110,16 +111,16 @@ BASE_GLOBALS: dict[tuple[str, str], Any] = {
     ("dill._dill", "_load_type"): _dill_load_type,
     ("_codecs", "encode"): _codecs_encode,
     ("typing", "Any"): ANY,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex,
-    ("__builtin__", "set"): set,
     ("omegaconf.dictconfig", "DictConfig"): DictConfigData,
     ("omegaconf.listconfig", "ListConfig"): ListConfigData,
     ("omegaconf.base", "ContainerMetadata"): MetadataData,
     ("omegaconf.base", "Metadata"): MetadataData,
 }
+# Builtin data types (plain pickles name them directly, e.g. as OmegaConf's object_type).
+for _tname, _t in _DILL_TYPES.items():
+    if _tname != "NoneType":
+        BASE_GLOBALS[("builtins", _tname)] = _t
 # Every OmegaConf leaf node is only a typed value holder.
 for _node in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode"):
     BASE_GLOBALS[("omegaconf.nodes", _node)] = type(_node + "Data", (NodeData,), {"qualname": f"omegaconf.nodes.{_node}"})
@@ -136,6 +137,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._pload = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol <3 pickles spell Python 3 modules with Python 2 names (__builtin__, copy_reg).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return self._allowed[(module, name)]
         except (KeyError, TypeError):
