@@ -1,0 +1,75 @@
+"""Render a ChArUco board as a pinhole camera at a known pose would see it (ground truth for tests,
+and `edgedp calibrate render-board` for printing a board).
+
+The printed board image is mapped onto the camera with the plane homography K [r1 r2 t] and drawn
+with cv2.warpPerspective at `supersample` times the camera resolution, then area-averaged down, so
+edges are anti-aliased like a real sensor's; optional blur and Gaussian noise follow.
+Lens distortion is not rendered: ground-truth images are made with a distortion-free camera.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from calibration.charuco import BoardSpec
+
+
+def board_image(spec: BoardSpec, px_per_square: int = 60, margin_px: int = 0) -> np.ndarray:
+    """The printable board (grey uint8) at an exact whole number of pixels per square."""
+    board = spec.build()
+    size = (spec.squares_x * px_per_square + 2 * margin_px, spec.squares_y * px_per_square + 2 * margin_px)
+    return board.generateImage(size, marginSize=margin_px, borderBits=1)
+
+
+def render_view(
+    spec: BoardSpec,
+    K: np.ndarray,
+    T_cam_board: np.ndarray,
+    size: tuple[int, int] = (640, 480),
+    noise_sigma: float = 0.0,
+    blur_sigma: float = 0.0,
+    background: int = 128,
+    supersample: int = 3,
+    px_per_square: int = 80,
+    rng: Optional[np.random.Generator] = None,
+) -> np.ndarray:
+    """Grey uint8 image of the board seen from camera←board pose `T_cam_board` with intrinsics K."""
+    tex = board_image(spec, px_per_square)
+    s = spec.square_length / px_per_square  # metres per texture pixel
+    # Texture pixel centres sit at integer coordinates, so pixel u spans board x in [u*s, (u+1)*s).
+    A = np.array([[s, 0.0, 0.5 * s], [0.0, s, 0.5 * s], [0.0, 0.0, 1.0]])
+    Ks = K.astype(np.float64).copy()
+    Ks[:2, :] *= supersample
+    # Camera pixel centres are at integers too: scaling by f maps centre c to f*c + (f-1)/2.
+    Ks[0, 2] += (supersample - 1) / 2.0
+    Ks[1, 2] += (supersample - 1) / 2.0
+    H = Ks @ np.column_stack([T_cam_board[:3, 0], T_cam_board[:3, 1], T_cam_board[:3, 3]]) @ A
+    W, Hh = size
+    big = cv2.warpPerspective(
+        tex, H, (W * supersample, Hh * supersample), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=background,
+    )
+    img = cv2.resize(big, (W, Hh), interpolation=cv2.INTER_AREA).astype(np.float64)
+    if blur_sigma > 0:
+        img = cv2.GaussianBlur(img, (0, 0), blur_sigma)
+    if noise_sigma > 0:
+        rng = rng or np.random.default_rng(0)
+        img = img + rng.normal(0.0, noise_sigma, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, -1.0, 0.0])) -> np.ndarray:
+    """world←camera transform of a camera at `eye` looking at `target` (camera z forward, y down)."""
+    z = np.asarray(target, float) - np.asarray(eye, float)
+    z /= np.linalg.norm(z)
+    x = np.cross(up, z)
+    if np.linalg.norm(x) < 1e-9:
+        x = np.cross(np.array([1.0, 0.0, 0.0]), z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, :3] = np.column_stack([x, y, z])
+    T[:3, 3] = eye
+    return T
