@@ -1,0 +1,96 @@
+"""Fault injection for the emulator: what a noisy or failing bus does, at rates a test sets, with exact counts.
+
+Each status packet the emulator is about to send gets, in this order, one draw for "drop" (never sent), one
+for "corrupt CRC" (sent with a wrong CRC) and one for "delay" (sent `delay_s` late). Hardware error bits are
+raised on chosen servos (set the Hardware Error Status register and the alert bit, as the firmware does).
+The counts say exactly what was injected, so a test can compare them with what the driver reported.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class FaultCounts:
+    responses: int = 0  # status packets the servos wanted to send
+    dropped: int = 0
+    crc_corrupted: int = 0
+    delayed: int = 0
+    hardware_errors: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"responses": self.responses, "dropped": self.dropped, "crc_corrupted": self.crc_corrupted,
+                "delayed": self.delayed, "hardware_errors": dict(self.hardware_errors)}
+
+
+class Faults:
+    """Rates and counts; thread-safe because tests set them while the emulator thread serves."""
+
+    def __init__(self, seed: Optional[int] = None):
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.crc_rate = 0.0
+        self.drop_rate = 0.0
+        self.delay_rate = 0.0
+        self.delay_s = 0.0
+        self.pending_hardware: dict[int, int] = {}
+        self.counts = FaultCounts()
+
+    def set(self, crc_rate: Optional[float] = None, drop_rate: Optional[float] = None,
+            delay_rate: Optional[float] = None, delay_s: Optional[float] = None,
+            hardware_error: Optional[dict[int, int]] = None, seed: Optional[int] = None) -> None:
+        """Change rates (0..1) and/or raise hardware error bits {servo id: bits} on the next access."""
+        for name, v in (("crc_rate", crc_rate), ("drop_rate", drop_rate), ("delay_rate", delay_rate)):
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {v}")
+        with self._lock:
+            if seed is not None:
+                self._rng.seed(seed)
+            if crc_rate is not None:
+                self.crc_rate = float(crc_rate)
+            if drop_rate is not None:
+                self.drop_rate = float(drop_rate)
+            if delay_rate is not None:
+                self.delay_rate = float(delay_rate)
+            if delay_s is not None:
+                self.delay_s = float(delay_s)
+            if hardware_error:
+                self.pending_hardware.update({int(k): int(v) for k, v in hardware_error.items()})
+
+    def clear(self) -> None:
+        """All rates back to zero (counts are kept: call reset_counts for those)."""
+        with self._lock:
+            self.crc_rate = self.drop_rate = self.delay_rate = 0.0
+            self.delay_s = 0.0
+            self.pending_hardware.clear()
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.counts = FaultCounts()
+
+    def take_hardware(self) -> dict[int, int]:
+        with self._lock:
+            out, self.pending_hardware = self.pending_hardware, {}
+            for k in out:
+                self.counts.hardware_errors[k] = self.counts.hardware_errors.get(k, 0) + 1
+            return out
+
+    def decide(self) -> tuple[bool, bool, float]:
+        """(drop, corrupt, delay seconds) for one status packet, counted."""
+        with self._lock:
+            c = self.counts
+            c.responses += 1
+            if self.drop_rate and self._rng.random() < self.drop_rate:
+                c.dropped += 1
+                return True, False, 0.0
+            corrupt = bool(self.crc_rate) and self._rng.random() < self.crc_rate
+            if corrupt:
+                c.crc_corrupted += 1
+            delay = 0.0
+            if self.delay_rate and self._rng.random() < self.delay_rate:
+                c.delayed += 1
+                delay = self.delay_s
+            return False, corrupt, delay
