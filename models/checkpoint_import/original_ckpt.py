@@ -1,0 +1,359 @@
+"""Read an original Diffusion Policy workspace `.ckpt` (real-stanford/diffusion_policy) safely.
+
+The file is unpickled by the restricted loader (no code runs), then the stored cfg decides
+everything: the policy class, the obs keys and their order (`shape_meta.obs` insertion order, as
+the robomimic/multi-image encoders iterate it), the U-Net options, the noise scheduler and its
+kwargs, and whether to take `ema_model` (when `training.use_ema` is true).
+
+Supported policies (with the conditional 1-D U-Net, global conditioning):
+  DiffusionUnetHybridImagePolicy  robomimic ResNet-18 + spatial softmax + Linear + ReLU per camera
+  DiffusionUnetImagePolicy        torchvision ResNet-18 + global average pool, shared or per camera
+  DiffusionUnetLowdimPolicy       normalized obs flattened over the observation window
+Everything else is refused by name rather than loaded approximately.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import torch
+
+from models.encoder import ObservationEncoder
+from models.unet1d import ConditionalUnet1D
+
+from .description import ImportedPolicy, NormField
+from .errors import CheckpointError, UnsupportedCheckpointError
+from .renaming import drop_aliases, remap, seq_trunk_to_native, strip_compiled, target_shapes
+from .safe_unpickle import restricted_loads
+from .torch_zip import load_torch_zip
+
+HYBRID = "DiffusionUnetHybridImagePolicy"
+IMAGE = "DiffusionUnetImagePolicy"
+LOWDIM = "DiffusionUnetLowdimPolicy"
+SUPPORTED = (HYBRID, IMAGE, LOWDIM)
+_DDPM = "DDPMScheduler"
+_DDIM = "DDIMScheduler"
+# diffusers 0.11.1 constructor defaults (the version the original code pins).
+_SCHED_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+                   "variance_type": "fixed_small", "clip_sample": True, "prediction_type": "epsilon",
+                   "set_alpha_to_one": True, "steps_offset": 0, "clip_sample_range": 1.0}
+
+
+def _cls_name(target: Any) -> str:
+    return str(target).rsplit(".", 1)[-1] if target else "?"
+
+
+def read_workspace_checkpoint(path: str | os.PathLike) -> ImportedPolicy:
+    """Load and interpret a workspace checkpoint; one-line CheckpointError on any problem."""
+    src = os.fspath(path)
+    name = os.path.basename(src)
+    payload = load_torch_zip(src)
+    if not isinstance(payload, dict) or "cfg" not in payload or "state_dicts" not in payload:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise UnsupportedCheckpointError(f"{name}: a bare state_dict without a config; the architecture cannot "
+                                             "be known (use the workspace .ckpt the training run saved)")
+        keys = sorted(map(str, payload))[:5] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{name}: not a Diffusion Policy workspace checkpoint (top level: {keys})")
+    cfg, sds = payload["cfg"], payload["state_dicts"]
+    if not isinstance(cfg, dict) or not isinstance(sds, dict):
+        raise CheckpointError(f"{name}: cfg/state_dicts have the wrong type")
+    pol = cfg.get("policy")
+    if not isinstance(pol, dict):
+        raise CheckpointError(f"{name}: cfg has no policy section")
+    policy_cls = _cls_name(pol.get("_target_"))
+    if policy_cls not in SUPPORTED:
+        raise UnsupportedCheckpointError(f"{name}: unsupported policy {policy_cls} (supported: {', '.join(SUPPORTED)})")
+    prov: dict[str, str] = {"policy": "cfg.policy._target_", "workspace": f"cfg._target_ = {_cls_name(cfg.get('_target_'))}"}
+    use_ema = bool((cfg.get("training") or {}).get("use_ema", False))
+    which = "ema_model" if use_ema else "model"
+    sd = sds.get(which)
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{name}: cfg.training.use_ema={use_ema} but state_dicts['{which}'] is missing")
+    prov["weights"] = f"state_dicts['{which}'] (cfg.training.use_ema={use_ema})"
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{name}: state_dicts['{which}'] holds a non-tensor entry {str(k)[:60]}")
+    sd = {strip_compiled(k): v for k, v in sd.items()}
+    return _interpret(name, src, cfg, pol, policy_cls, sd, prov)
+
+
+def pickled_counters(payload_pickles: Any, name: str) -> dict[str, Any]:
+    """global_step / epoch from the nested `pickles` blobs (restricted too; they reference no globals)."""
+    out = {}
+    if isinstance(payload_pickles, dict):
+        for k, blob in payload_pickles.items():
+            if isinstance(blob, bytes) and len(blob) < 4096:
+                try:
+                    out[k] = restricted_loads(blob, f"{name}:pickles[{k}]")
+                except CheckpointError:
+                    out[k] = None
+    return out
+
+
+def _req(d: dict, key: str, where: str, name: str) -> Any:
+    if key not in d or d[key] is None:
+        raise CheckpointError(f"{name}: cfg.{where}.{key} is missing")
+    return d[key]
+
+
+def _scheduler(pol: dict, name: str, prov: dict) -> dict:
+    ns = pol.get("noise_scheduler")
+    if not isinstance(ns, dict):
+        raise CheckpointError(f"{name}: cfg.policy.noise_scheduler is missing")
+    cls = _cls_name(ns.get("_target_"))
+    if cls not in (_DDPM, _DDIM):
+        raise UnsupportedCheckpointError(f"{name}: unsupported noise scheduler {cls} (supported: {_DDPM}, {_DDIM})")
+    if ns.get("trained_betas") is not None:
+        raise UnsupportedCheckpointError(f"{name}: noise_scheduler.trained_betas is not supported")
+    opt = {k: ns.get(k, v) for k, v in _SCHED_DEFAULTS.items()}
+    if cls == _DDPM and opt["variance_type"] not in ("fixed_small", "fixed_small_log"):
+        raise UnsupportedCheckpointError(f"{name}: DDPM variance_type {opt['variance_type']} is not supported")
+    n_inf = pol.get("num_inference_steps")
+    sched = {
+        "kind": "ddpm" if cls == _DDPM else "ddim",
+        "num_train_timesteps": int(opt["num_train_timesteps"]),
+        "beta_schedule": str(opt["beta_schedule"]),
+        "beta_start": float(opt["beta_start"]),
+        "beta_end": float(opt["beta_end"]),
+        "prediction_type": str(opt["prediction_type"]),
+        "clip_sample": bool(opt["clip_sample"]),
+        "clip_sample_range": float(opt["clip_sample_range"]),
+        "variance_type": str(opt["variance_type"]),
+        "set_alpha_to_one": bool(opt["set_alpha_to_one"]),
+        "steps_offset": int(opt["steps_offset"]),
+        "num_inference_steps": int(n_inf) if n_inf is not None else int(opt["num_train_timesteps"]),
+        # diffusers 0.11.1: DDPM's step always looks back one training step.
+        "ddpm_prev_rule": "diffusers_0_11",
+    }
+    prov["scheduler"] = f"cfg.policy.noise_scheduler ({cls}; diffusers 0.11.1 defaults for unset options)"
+    prov["num_inference_steps"] = "cfg.policy.num_inference_steps" if n_inf is not None else "num_train_timesteps"
+    return sched
+
+
+def _normalizer(sd: dict, fields: list[str], name: str, image_fields: set[str]) -> dict[str, NormField]:
+    out = {}
+    for f in fields:
+        scale = sd.get(f"normalizer.params_dict.{f}.scale")
+        offset = sd.get(f"normalizer.params_dict.{f}.offset")
+        if scale is None or offset is None:
+            raise CheckpointError(f"{name}: normalizer.params_dict.{f}.scale/offset missing (set_normalizer was never "
+                                  "called before saving?)")
+        scale, offset = scale.float(), offset.float()
+        if scale.shape != offset.shape or not torch.isfinite(scale).all() or (scale == 0).any():
+            raise CheckpointError(f"{name}: normalizer field {f} has unusable scale/offset")
+        out[f] = NormField("min_max", "original", {"scale": scale, "offset": offset},
+                           f"state_dict normalizer.params_dict.{f}")
+    return out
+
+
+def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: dict, prov: dict) -> ImportedPolicy:
+    horizon = int(_req(pol, "horizon", "policy", name))
+    n_obs = int(_req(pol, "n_obs_steps", "policy", name))
+    n_act = int(_req(pol, "n_action_steps", "policy", name))
+    for k in ("horizon", "n_obs_steps", "n_action_steps"):
+        prov[k] = f"cfg.policy.{k}"
+    scheduler = _scheduler(pol, name, prov)
+    if pol.get("obs_as_local_cond"):
+        raise UnsupportedCheckpointError(f"{name}: obs_as_local_cond=True (local conditioning) is not supported")
+    if not pol.get("obs_as_global_cond", True):
+        raise UnsupportedCheckpointError(f"{name}: obs_as_global_cond=False (observation inpainting) is not supported")
+    if pol.get("pred_action_steps_only"):
+        raise UnsupportedCheckpointError(f"{name}: pred_action_steps_only=True is not supported")
+    action_start = n_obs - 1
+    if policy_cls == LOWDIM and not pol.get("oa_step_convention", False):
+        action_start = n_obs  # the lowdim policy's older convention
+    prov["action_start"] = "n_obs_steps - 1" if action_start == n_obs - 1 else "n_obs_steps (oa_step_convention False)"
+
+    dummies = [k for k in sd if k.endswith("_dummy_variable")]
+    for k in dummies:
+        if sd[k].numel() != 0:
+            raise CheckpointError(f"{name}: {k} should be an empty placeholder")
+    norm_keys = [k for k in sd if k.startswith("normalizer.")]
+    model_sd = {k[len("model."):]: v.float() for k, v in sd.items() if k.startswith("model.")}
+    enc_sd = {k[len("obs_encoder."):]: v for k, v in sd.items() if k.startswith("obs_encoder.")}
+    stray = [k for k in sd if k not in dummies and k not in norm_keys and not k.startswith(("model.", "obs_encoder."))]
+    if stray:
+        raise CheckpointError(f"{name}: unexpected state_dict key {stray[0]}")
+    norm_fields = sorted({k.split(".")[2] for k in norm_keys if k.count(".") >= 3})
+    allowed_norm = {f"normalizer.params_dict.{f}.{s}" for f in norm_fields
+                    for s in ("scale", "offset", "input_stats.min", "input_stats.max", "input_stats.mean", "input_stats.std")}
+    odd = [k for k in norm_keys if k not in allowed_norm]
+    if odd:
+        raise CheckpointError(f"{name}: unexpected normalizer key {odd[0]}")
+
+    if policy_cls == LOWDIM:
+        mcfg = pol.get("model") or {}
+        if _cls_name(mcfg.get("_target_")) != "ConditionalUnet1D":
+            raise UnsupportedCheckpointError(f"{name}: unsupported denoiser {_cls_name(mcfg.get('_target_'))} "
+                                             "(only ConditionalUnet1D)")
+        if mcfg.get("local_cond_dim"):
+            raise UnsupportedCheckpointError(f"{name}: local_cond_dim is not supported")
+        obs_dim = int(_req(pol, "obs_dim", "policy", name))
+        action_dim = int(_req(pol, "action_dim", "policy", name))
+        image_shapes: dict[str, tuple[int, int, int]] = {}
+        state_dims = {"obs": obs_dim}
+        feature_order = ["obs"]
+        image_kwargs: dict[str, Any] = {}
+        shared = True
+        ucfg = mcfg
+        uwhere = "cfg.policy.model"
+        if int(mcfg.get("input_dim", action_dim)) != action_dim:
+            raise CheckpointError(f"{name}: cfg.policy.model.input_dim != action_dim")
+        if enc_sd:
+            raise CheckpointError(f"{name}: low-dim policy with obs_encoder weights")
+        prov["state"] = "cfg.policy.obs_dim"
+        prov["action"] = "cfg.policy.action_dim"
+    else:
+        shape_meta = pol.get("shape_meta") or cfg.get("shape_meta")
+        if not isinstance(shape_meta, dict) or not isinstance(shape_meta.get("obs"), dict):
+            raise CheckpointError(f"{name}: cfg.policy.shape_meta.obs is missing")
+        image_shapes, state_dims = {}, {}
+        for k, attr in shape_meta["obs"].items():
+            typ = (attr or {}).get("type", "low_dim")
+            shp = tuple(int(x) for x in (attr or {}).get("shape", ()))
+            if typ == "rgb":
+                if len(shp) != 3 or shp[0] != 3:
+                    raise UnsupportedCheckpointError(f"{name}: rgb obs {k} has shape {shp}; only (3, H, W) is supported")
+                image_shapes[k] = shp  # type: ignore[assignment]
+            elif typ == "low_dim":
+                if len(shp) != 1:
+                    raise UnsupportedCheckpointError(f"{name}: low_dim obs {k} has shape {shp}; only 1-D is supported")
+                state_dims[k] = shp[0]
+            else:
+                raise UnsupportedCheckpointError(f"{name}: obs {k} of type {typ} is not supported (rgb, low_dim)")
+        action_dim = int(shape_meta["action"]["shape"][0])
+        prov["images"] = prov["state"] = "cfg.policy.shape_meta.obs (insertion order)"
+        prov["action"] = "cfg.policy.shape_meta.action"
+        ucfg, uwhere = pol, "cfg.policy"
+        if policy_cls == HYBRID:
+            feature_order = list(shape_meta["obs"])
+            shared = False
+            image_kwargs, enc_state_src = _hybrid_encoder(name, pol, enc_sd, image_shapes, prov)
+        else:
+            image_kwargs, enc_state_src, shared, feature_order = _image_encoder(name, pol, enc_sd, image_shapes,
+                                                                                state_dims, prov)
+        enc_sd = enc_state_src
+    unet_kwargs = dict(
+        input_dim=action_dim,
+        global_cond_dim=0,
+        diffusion_step_embed_dim=int(ucfg.get("diffusion_step_embed_dim", 256)),
+        down_dims=[int(x) for x in ucfg.get("down_dims", [256, 512, 1024])],
+        kernel_size=int(ucfg.get("kernel_size", 5)),
+        n_groups=int(ucfg.get("n_groups", 8)),
+        cond_predict_scale=bool(ucfg.get("cond_predict_scale", False if policy_cls == LOWDIM else True)),
+    )
+    prov["unet"] = f"{uwhere}: down_dims, kernel_size, n_groups, diffusion_step_embed_dim, cond_predict_scale"
+    feat_dim = int(image_kwargs.get("feature_dim") or 0)
+    per_frame = sum(state_dims.values()) + feat_dim * len(image_shapes)
+    unet_kwargs["global_cond_dim"] = per_frame * n_obs
+    if policy_cls == LOWDIM and mcfg.get("global_cond_dim") not in (None, unet_kwargs["global_cond_dim"]):
+        raise CheckpointError(f"{name}: cfg.policy.model.global_cond_dim={mcfg.get('global_cond_dim')} but "
+                              f"obs_dim*n_obs_steps={unet_kwargs['global_cond_dim']}")
+
+    enc_kwargs = {k: v for k, v in image_kwargs.items() if k != "_rename"}
+    rename = image_kwargs.get("_rename")
+    enc_target = target_shapes(lambda: ObservationEncoder(image_shapes, state_dims, feature_order, shared=shared,
+                                                          **enc_kwargs))
+    encoder_state = remap(enc_sd, rename or (lambda k: None), enc_target, name, "encoder")
+    unet_target = target_shapes(lambda: ConditionalUnet1D(**unet_kwargs))
+    unet_state = remap(model_sd, lambda k: k, unet_target, name, "unet")
+
+    fields = feature_order + ["action"]
+    normalization = _normalizer(sd, fields, name, set(image_shapes))
+    extra = sorted(set(norm_fields) - set(fields))
+    notes = [f"normalizer field {f} unused by the policy" for f in extra]
+    prov["normalization"] = "state_dict normalizer.params_dict.* (LinearNormalizer scale/offset)"
+    return ImportedPolicy(
+        source_format="diffusion_policy", source_path=src, architecture=policy_cls,
+        horizon=horizon, n_obs_steps=n_obs, n_action_steps=n_act, action_start=action_start,
+        action_dim=action_dim, action_key="action", image_shapes=image_shapes, state_dims=state_dims,
+        feature_order=feature_order, shared_image_encoder=shared, image_kwargs=enc_kwargs,
+        unet_kwargs=unet_kwargs, scheduler=scheduler, normalization=normalization,
+        encoder_state=encoder_state, unet_state=unet_state, provenance=prov, notes=notes,
+    )
+
+
+def _crop(pol: dict, default: Any, name: str) -> tuple[int, int] | None:
+    crop = pol.get("crop_shape", default)
+    if crop is None:
+        return None
+    if not (isinstance(crop, (list, tuple)) and len(crop) == 2 and all(isinstance(x, int) and x > 0 for x in crop)):
+        raise CheckpointError(f"{name}: cfg.policy.crop_shape {crop!r} is not a pair of positive integers")
+    return (int(crop[0]), int(crop[1]))
+
+
+def _hybrid_encoder(name: str, pol: dict, enc_sd: dict, image_shapes: dict, prov: dict):
+    """robomimic ObservationEncoder: obs_nets.<cam>.{backbone.nets.N, pool.*, nets.3}; nets.0/1 alias."""
+    if not image_shapes:
+        raise UnsupportedCheckpointError(f"{name}: hybrid image policy without rgb observations")
+    crop = _crop(pol, (76, 76), name)
+    group_norm = bool(pol.get("obs_encoder_group_norm", False))
+    if crop is not None and not pol.get("eval_fixed_crop", False):
+        prov["crop"] = ("cfg.policy.crop_shape; eval_fixed_crop=False means the original crops at RANDOM at "
+                        "inference too: we use the centre crop")
+    else:
+        prov["crop"] = "cfg.policy.crop_shape (centre crop at inference, eval_fixed_crop)"
+    cams = list(image_shapes)
+
+    def alias_of(k: str) -> str | None:
+        for cam in cams:
+            p = f"obs_nets.{cam}."
+            if k.startswith(p + "nets.0."):
+                return p + "backbone." + k[len(p + "nets.0."):]
+            if k.startswith(p + "nets.1."):
+                return p + "pool." + k[len(p + "nets.1."):]
+        return None
+
+    sd = drop_aliases(enc_sd, alias_of, name)
+    first = f"obs_nets.{cams[0]}."
+    if first + "backbone.nets.0.weight" not in sd or first + "nets.3.weight" not in sd:
+        raise CheckpointError(f"{name}: obs_encoder lacks {first}backbone.nets.0.weight / nets.3.weight "
+                              "(not a robomimic VisualCore encoder)")
+    width = int(sd[first + "backbone.nets.0.weight"].shape[0])
+    n_kp = int(sd[first + "pool.nets.weight"].shape[0]) if first + "pool.nets.weight" in sd else None
+    feature_dim = int(sd[first + "nets.3.weight"].shape[0])
+    temp = sd.get(first + "pool.temperature")
+    prov["image encoder"] = ("robomimic VisualCore: ResNet18Conv -> SpatialSoftmax -> Linear -> ReLU; keypoints and "
+                             "feature size from the obs_encoder weights; norm from cfg.policy.obs_encoder_group_norm")
+    idx = {cam: i for i, cam in enumerate(cams)}
+
+    def rename(k: str) -> str | None:
+        if not k.startswith("obs_nets."):
+            return None
+        cam, _, rest = k[len("obs_nets."):].partition(".")
+        for c in cams:  # camera names may contain dots
+            if k.startswith(f"obs_nets.{c}."):
+                cam, rest = c, k[len(f"obs_nets.{c}."):]
+        if cam not in idx:
+            return None
+        i = idx[cam]
+        if rest.startswith("backbone.nets."):
+            t = seq_trunk_to_native(rest[len("backbone.nets."):])
+            return None if t is None else f"image_encoders.{i}.backbone.{t}"
+        if rest.startswith("pool."):
+            return f"image_encoders.{i}.{rest}"
+        if rest.startswith("nets.3."):
+            return f"image_encoders.{i}.out.{rest[len('nets.3.'):]}"
+        return None
+
+    kwargs = dict(crop_shape=crop, resize_shape=None, norm="group" if group_norm else "batch", width=width,
+                  pool="spatial_softmax", num_keypoints=n_kp, feature_dim=feature_dim, relu=True,
+                  softmax_layout="robomimic", softmax_temperature=float(temp.reshape(-1)[0]) if temp is not None else 1.0,
+                  _rename=rename)
+    return kwargs, sd
+
+
+def _image_encoder(name: str, pol: dict, enc_sd: dict, image_shapes: dict, state_dims: dict, prov: dict):
+    """MultiImageObsEncoder: key_model_map.<cam|rgb>.<torchvision resnet names>; global average pool."""
+    oe = pol.get("obs_encoder") or {}
+    target = _cls_name(oe.get("_target_"))
+    if target != "MultiImageObsEncoder":
+        raise UnsupportedCheckpointError(f"{name}: unsupported obs encoder {target} (only MultiImageObsEncoder)")
+    rgb = oe.get("rgb_model") or {}
+    if _cls_name(rgb.get("_target_")) != "get_resnet" or rgb.get("name") != "resnet18":
+        raise UnsupportedCheckpointError(f"{name}: unsupported rgb_model {rgb.get('_target_')}({rgb.get('name')}); "
+                                         "only get_resnet resnet18")
+    raise UnsupportedCheckpointError(
+        f"{name}: {IMAGE} (torchvision ResNet-18 with global average pooling and no projection) needs an image "
+        "encoder without the output Linear, which models.encoder does not offer yet")
