@@ -73,3 +73,42 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     T[:3, :3] = np.column_stack([x, y, z])
     T[:3, 3] = eye
     return T
+
+
+def random_views(
+    spec: BoardSpec, n: int, rng: np.random.Generator, distance: tuple[float, float] = (0.35, 0.55),
+    tilt_rad: float = 0.5, roll_rad: float = 0.6, offset: float = 0.03,
+) -> list[np.ndarray]:
+    """camera←board poses that keep the board in front of the camera, tilted and rolled at random."""
+    from calibration.se3 import make_T, rotvec_to_R
+
+    center = np.array([spec.squares_x * spec.square_length / 2, spec.squares_y * spec.square_length / 2, 0.0])
+    views = []
+    for _ in range(n):
+        tilt = rng.uniform(-tilt_rad, tilt_rad, 2)
+        R = rotvec_to_R(np.array([tilt[0], tilt[1], 0.0])) @ rotvec_to_R(np.array([0.0, 0.0, rng.uniform(-roll_rad, roll_rad)]))
+        p = np.array([rng.uniform(-offset, offset), rng.uniform(-offset, offset), rng.uniform(*distance)])
+        views.append(make_T(R, p - R @ center))
+    return views
+
+
+def robot_poses_for_views(views: list[np.ndarray], X: np.ndarray, W: np.ndarray, mode: str) -> list[np.ndarray]:
+    """base←gripper poses that produce the given camera←board views for hand-eye X and board pose W.
+
+    eye_in_hand: W = base←board, X = gripper←camera: G = W C⁻¹ X⁻¹.
+    eye_to_hand: W = gripper←board, X = base←camera: G = X C W⁻¹.
+    """
+    from calibration.se3 import inv_T
+
+    if mode == "eye_in_hand":
+        return [W @ inv_T(C) @ inv_T(X) for C in views]
+    return [X @ C @ inv_T(W) for C in views]
+
+
+def views_for_robot_poses(G: list[np.ndarray], X: np.ndarray, W: np.ndarray, mode: str) -> list[np.ndarray]:
+    """camera←board seen at robot poses G (the inverse of robot_poses_for_views)."""
+    from calibration.se3 import inv_T
+
+    if mode == "eye_in_hand":
+        return [inv_T(X) @ inv_T(g) @ W for g in G]
+    return [inv_T(X) @ g @ W for g in G]
