@@ -1,0 +1,155 @@
+"""Joining a new chunk onto the one being executed, and measuring how smooth the join was.
+
+A new chunk is planned from a newer observation, so it rarely agrees exactly with the old one at the switch
+time. Switching hard would step the commanded position (and velocity) by the disagreement. Two remedies:
+
+* crossfade (default): for `steps` action periods after the switch the command is
+  (1 - w) old(t) + w new(t) with w a smoothstep from 0 to 1; w and dw/dt are 0 at the switch, so position
+  and velocity stay continuous whatever the two chunks say.
+* ensemble (ACT temporal ensembling): every chunk still covering a time votes for it with weight
+  exp(-decay * i), i = 0 for the oldest; the new plan is the weighted mean on the new chunk's time grid.
+
+Each join is measured the same way whatever the method: one servo period h after the switch, the largest
+difference between what the new plan commands and what the old plan would have commanded (position jump,
+rad), and the largest difference of their finite-difference velocities over that period (velocity jump,
+rad/s). A hard switch shows the full disagreement; a crossfade shows almost none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory
+
+
+def smoothstep(x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    return x * x * (3.0 - 2.0 * x)
+
+
+class Crossfade(Trajectory):
+    """(1 - w) old + w new, with w rising smoothly from 0 at t_s to 1 at t_s + duration."""
+
+    def __init__(self, old: Trajectory, new: Trajectory, t_s: float, duration: float):
+        self.old = old
+        self.new = new
+        self.t_s = float(t_s)
+        self.duration = float(duration)
+        self.dim = new.dim
+        self._tmp = np.empty(self.dim)
+
+    def evaluate(self, t: float, out: np.ndarray) -> bool:
+        w = smoothstep((t - self.t_s) / self.duration) if self.duration > 0 else 1.0
+        covered = self.new.evaluate(t, out)
+        if w < 1.0:
+            self.old.evaluate(t, self._tmp)
+            out *= w
+            out += (1.0 - w) * self._tmp
+        return covered
+
+    def end_time(self) -> float:
+        return self.new.end_time()
+
+    def simplify(self, t: float) -> Trajectory:
+        if t >= self.t_s + self.duration:
+            return self.new.simplify(t)
+        self.old = self.old.simplify(t)
+        return self
+
+
+@dataclass
+class JoinStats:
+    t: float
+    seq: int
+    position_jump: float
+    velocity_jump: float
+    dropped_steps: int
+
+
+class Joiner:
+    """Turns each arriving chunk into the plan the servo loop follows, and measures every join."""
+
+    def __init__(self, method: str, crossfade_steps: int, ensemble_decay: float, servo_period: float,
+                 interpolation: str = "linear"):
+        if method not in ("crossfade", "ensemble", "switch"):
+            raise ValueError(f"unknown join '{method}' (allowed: crossfade, ensemble)")
+        self.method = method
+        self.crossfade_steps = crossfade_steps
+        self.decay = ensemble_decay
+        self.h = servo_period
+        self.interpolation = interpolation
+        self._history: list[TimedChunk] = []  # raw chunks still covering the future (ensemble)
+        self.joins: list[JoinStats] = []
+        self._a = np.empty(0)
+        self._b = np.empty(0)
+
+    def adopt(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
+        """Return the new plan starting at t_s; record the join's discontinuity when there was an old plan."""
+        dropped = max(0, min(chunk.n, int(np.floor((t_s - chunk.t0) / chunk.dt)) + 1)) if t_s > chunk.t0 else 0
+        if self.method == "ensemble":
+            new = self._ensemble(chunk, t_s)
+            if isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
+                # Still ramping in (start ramp or a crossfade): keep the ramp, swap what it ramps into.
+                new = Crossfade(current.old, new, current.t_s, current.duration)
+        elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
+            new = Crossfade(current.simplify(t_s), chunk, t_s, self.crossfade_steps * chunk.dt)
+        else:
+            new = chunk
+        if current is not None:
+            pj, vj = self.measure(current, new, t_s)
+            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped))
+        return new
+
+    def measure(self, old: Trajectory, new: Trajectory, t_s: float) -> tuple[float, float]:
+        if self._a.shape[0] != new.dim:
+            self._a = np.empty((4, new.dim))
+        a = self._a
+        h = self.h
+        old.evaluate(t_s, a[0])
+        old.evaluate(t_s + h, a[1])
+        new.evaluate(t_s, a[2])
+        new.evaluate(t_s + h, a[3])
+        # The servo was following `old` up to t_s: compare the first command under `new` with what `old`
+        # would have commanded, and the velocity over the first period with the old plan's velocity.
+        pos = float(np.max(np.abs(a[3] - a[1])))
+        vel = float(np.max(np.abs((a[3] - a[0]) - (a[1] - a[0])))) / h
+        return pos, vel
+
+    def _ensemble(self, chunk: TimedChunk, t_s: float) -> TimedChunk:
+        self._history = [c for c in self._history if c.end_time() >= t_s]
+        self._history.append(chunk)
+        times = chunk.times()
+        acc = np.zeros_like(chunk.values)
+        wsum = np.zeros(chunk.n)
+        tmp = np.empty(chunk.dim)
+        rank = np.zeros(chunk.n)
+        for c in self._history:  # oldest first: ACT gives the oldest prediction weight exp(0)
+            for j, tj in enumerate(times):
+                if c is chunk:
+                    covered = True
+                    tmp[:] = chunk.values[j]
+                else:
+                    covered = c.t0 <= tj <= c.end_time()
+                    if covered:
+                        c.evaluate(tj, tmp)
+                if covered:
+                    w = np.exp(-self.decay * rank[j])
+                    acc[j] += w * tmp
+                    wsum[j] += w
+                    rank[j] += 1
+        values = acc / wsum[:, None]
+        return TimedChunk(values, chunk.t0, chunk.dt, self.interpolation, chunk.seq)
+
+    def max_jumps(self) -> tuple[float, float]:
+        if not self.joins:
+            return 0.0, 0.0
+        return max(j.position_jump for j in self.joins), max(j.velocity_jump for j in self.joins)
+
+
+def start_ramp(q0: np.ndarray, plan: Trajectory, t_s: float, duration: float) -> Trajectory:
+    """Blend from the pose read at connect time into the first plan: the arm never jumps to action 0."""
+    return Crossfade(Constant(q0), plan, t_s, duration)
