@@ -96,8 +96,8 @@ def save_native(policy, directory: str | os.PathLike, provenance: dict[str, Any]
     prov = dict(policy.spec.provenance or {})
     prov.update(provenance or {})
     prov.setdefault("saved_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    prov.setdefault("torch", torch.__version__)
-    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec_dict, "provenance": prov}
+    prov.setdefault("torch", str(torch.__version__))
+    doc = _plain({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec_dict, "provenance": prov})
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     old: Path | None = None
@@ -107,6 +107,7 @@ def save_native(policy, directory: str | os.PathLike, provenance: dict[str, Any]
             yaml.safe_dump(doc, fh, sort_keys=False, default_flow_style=None)
             fh.flush()
             os.fsync(fh.fileno())
+        _fix_modes(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
@@ -119,6 +120,34 @@ def save_native(policy, directory: str | os.PathLike, provenance: dict[str, Any]
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _fix_modes(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; give the checkpoint the modes a plain mkdir/open would (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+
+
+def _plain(value: Any) -> Any:
+    """Only YAML's own types go into policy.yaml (safe_load must read back exactly what was written)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _plain(value.item())
+    return str(value)
 
 
 def load_native(directory: str | os.PathLike, device: str | torch.device = "cpu",
