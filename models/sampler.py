@@ -66,6 +66,16 @@ class Sampler(nn.Module):
 
     def forward(self, noise: torch.Tensor, global_cond: torch.Tensor,
                 variance_noise: torch.Tensor | None = None) -> torch.Tensor:
+        # Shape checks read static sizes only, so they cost nothing in a captured graph.
+        if noise.dim() != 3 or global_cond.dim() != 2 or global_cond.shape[0] != noise.shape[0]:
+            raise ValueError(
+                f"Sampler expects noise (B,T,A) and global_cond (B,D); got {tuple(noise.shape)} and {tuple(global_cond.shape)}"
+            )
+        if variance_noise is not None and tuple(variance_noise.shape) != (self.num_steps, *noise.shape):
+            raise ValueError(
+                f"variance_noise must have shape (K, B, T, A) = {(self.num_steps, *noise.shape)}, "
+                f"got {tuple(variance_noise.shape)}"
+            )
         x = noise
         batch = noise.shape[0]
         for i in range(len(self._noisy)):  # fixed K: unrolls under tracing

@@ -204,3 +204,25 @@ def test_torch_export_ddpm_with_variance_noise_input():
         assert not any("randn" in str(n.target) for n in program.graph.nodes)
         torch.testing.assert_close(program.module()(noise, cond, var), _eager_loop(den, spec, 10, noise, cond, var),
                                    rtol=0, atol=1e-6)
+
+
+def test_forward_rejects_wrong_shapes():
+    sampler = Sampler(TinyDenoiser(), SchedulerSpec(kind="ddpm"), 10)
+    noise, cond = _inputs(batch=2)
+    with pytest.raises(ValueError, match="variance_noise"):
+        sampler(noise, cond, torch.zeros(9, *noise.shape))
+    with pytest.raises(ValueError, match="global_cond"):
+        sampler(noise, cond[:1])
+    with pytest.raises(ValueError, match="noise"):
+        sampler(noise[0], cond)
+
+
+def test_torch_compile_captures_one_graph():
+    """fullgraph=True fails on any graph break; the 'eager' backend keeps this test fast."""
+    den = TinyDenoiser().eval()
+    spec = SchedulerSpec(kind="ddim")
+    sampler = Sampler(den, spec, 8).eval()
+    noise, cond = _inputs(batch=2)
+    with torch.no_grad():
+        compiled = torch.compile(sampler, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(noise, cond), _eager_loop(den, spec, 8, noise, cond), rtol=0, atol=1e-6)
