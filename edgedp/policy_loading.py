@@ -176,3 +176,17 @@ def describe_checkpoint(path_or_preset: str | os.PathLike) -> dict[str, Any]:
         "num_inference_steps": spec.scheduler.get("num_inference_steps"),
         "source": spec.source,
     }
+
+
+# ---- foreign checkpoint formats (models/checkpoint_import): LeRobot directories, original .ckpt files.
+def _register_imports() -> None:
+    from models.checkpoint_import import api as _imp
+
+    def load(path: Path, device: str, k: "int | None", seed: int):
+        return _imp.load_foreign(path, device=device, num_inference_steps=k, seed=seed)
+
+    register_format(CheckpointFormat("lerobot", _imp.is_lerobot, load, _imp.describe_foreign))
+    register_format(CheckpointFormat("diffusion_policy", _imp.is_original_ckpt, load, _imp.describe_foreign))
+
+
+_register_imports()

@@ -180,7 +180,7 @@ def read_lerobot(path: str | os.PathLike) -> ImportedPolicy:
     ptype = cfg.get("type", "diffusion")
     if ptype != "diffusion":
         raise UnsupportedCheckpointError(f"{cfg_path}: LeRobot policy type {ptype!r} is not supported (only 'diffusion')")
-    prov: dict[str, str] = {}
+    prov: dict[str, str] = {"policy": f"config.json:type = {ptype}"}
     ins, outs, feat_where = _features(cfg, cfg_path)
     image_keys = [k for k, v in ins.items() if v["type"] == "VISUAL"]
     if STATE_KEY not in ins:
