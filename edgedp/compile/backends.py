@@ -1,0 +1,206 @@
+"""Backends behind the one sampler interface: eager, inductor, cpu-int8, tensorrt.
+
+Each backend says whether it can run here (``unavailable(device)`` returns the reason, or None),
+builds a CompiledSampler, writes whatever it needs to reload quickly into a cache entry directory,
+and reloads from it.  Nothing here decides *whether* to rebuild: that is cache.py's job.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def cuda_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA device (torch reports none)"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"cuda:{device.index} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)"
+    return None
+
+
+class Backend:
+    name = ""
+    precisions: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    def unavailable(self, device: torch.device) -> str | None:
+        if device.type not in self.devices:
+            return f"backend {self.name} runs on {' or '.join(self.devices)}, not {device}"
+        return cuda_reason(device)
+
+    def library_versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def build(self, policy: Any, precision: str, steps: int, device: torch.device, entry: Path,
+              calib: Any = None, progress: Progress = _noop) -> CompiledSampler:
+        raise NotImplementedError
+
+    def load(self, policy: Any, precision: str, steps: int, device: torch.device, entry: Path,
+             progress: Progress = _noop) -> CompiledSampler:
+        """Default: the backend keeps nothing that is slower to load than to build."""
+        return self.build(policy, precision, steps, device, entry, None, progress)
+
+
+def _bytes(module: nn.Module) -> int:
+    from edgedp.compile.int8 import weight_bytes
+
+    return weight_bytes(module)
+
+
+class EagerBackend(Backend):
+    """Plain PyTorch at the requested precision: the baseline, and the fallback on any device."""
+
+    name = "eager"
+    precisions = ("fp32", "fp16", "bf16")
+
+    def unavailable(self, device: torch.device) -> str | None:
+        return cuda_reason(device)
+
+    def build(self, policy, precision, steps, device, entry, calib=None, progress=_noop):
+        unet = float_unet_copy(policy, device, precision)
+        den = FloatOut(unet)
+        return CompiledSampler(self.name, precision, steps, device, policy, make_loop(policy, den, steps, device),
+                               den, weight_bytes=_bytes(unet))
+
+
+class InductorBackend(Backend):
+    """torch.compile (inductor) of one denoiser call; the K-step loop stays a short Python loop.
+
+    Compiling the unrolled K-step graph would make compile time grow with K (K = 100 is 100 U-Net
+    copies) for no speed gain on CPU, where per-call overhead is microseconds against a
+    millisecond-scale step.  Inductor's own on-disk cache lives inside the cache entry, so a
+    reload skips code generation.  On CPU, weight freezing lets inductor prepack weights for
+    oneDNN, which is what makes it faster than eager at all.
+    """
+
+    name = "inductor"
+    precisions = ("fp32", "fp16", "bf16")
+
+    def _compile(self, policy, precision, steps, device, entry: Path, progress) -> CompiledSampler:
+        import torch._inductor.config as inductor_config
+
+        (entry / "inductor").mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((entry / "inductor").resolve())
+        inductor_config.freezing = True
+        unet = float_unet_copy(policy, device, precision)
+        den = FloatOut(unet)
+        compiled = torch.compile(den, dynamic=False)
+        progress("compiling the denoiser with inductor (first call)")
+        x = torch.zeros((1, policy.horizon, policy.action_dim), device=device)
+        t = torch.zeros((1,), dtype=torch.long, device=device)
+        g = torch.zeros((1, policy.global_cond_dim), device=device)
+        with torch.inference_mode():
+            compiled(x, t, g)
+        return CompiledSampler(self.name, precision, steps, device, policy,
+                               make_loop(policy, compiled, steps, device), compiled, weight_bytes=_bytes(unet))
+
+    def build(self, policy, precision, steps, device, entry, calib=None, progress=_noop):
+        return self._compile(policy, precision, steps, device, entry, progress)
+
+    def load(self, policy, precision, steps, device, entry, progress=_noop):
+        return self._compile(policy, precision, steps, device, entry, progress)
+
+
+class CpuInt8Backend(Backend):
+    """INT8 weights (per output channel) with dynamically quantized activations, on the CPU.
+
+    The fastest path measured on this machine at batch 1 (see docs/compile.md): the step is
+    weight-streaming bound, and int8 reads a quarter of float32's bytes with VNNI dot products.
+    Layers that calibration finds too sensitive stay float32 (listed in the manifest).
+    """
+
+    name = "cpu-int8"
+    precisions = ("int8",)
+    devices = ("cpu",)
+
+    def unavailable(self, device):
+        reason = super().unavailable(device)
+        if reason:
+            return reason
+        from edgedp.compile.int8 import quant_engine_available
+
+        if not quant_engine_available():
+            return "this torch build has no quantized engine (fbgemm/x86/qnnpack) for int8 GEMM"
+        return None
+
+    def _assemble(self, policy, steps, device, skip: list[str]) -> tuple[nn.Module, CompiledSampler]:
+        from edgedp.compile.int8 import quantize_module
+
+        unet = float_unet_copy(policy, device, "fp32")
+        quantize_module(unet, skip=skip)
+        den = FloatOut(unet)
+        cs = CompiledSampler(self.name, "int8", steps, device, policy, make_loop(policy, den, steps, device), den,
+                             weight_bytes=_bytes(unet), info={"float_layers": list(skip)})
+        return unet, cs
+
+    def build(self, policy, precision, steps, device, entry, calib=None, progress=_noop):
+        from safetensors.torch import save_file
+
+        skip: list[str] = []
+        if calib is not None:
+            from edgedp.compile.quantize import sensitive_layers
+
+            progress("calibrating: per-layer int8 error on calibration observations")
+            skip, errors = sensitive_layers(policy, calib, steps)
+        unet, cs = self._assemble(policy, steps, device, skip)
+        entry.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in unet.state_dict().items()}
+        tmp = entry / "denoiser_int8.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, entry / "denoiser_int8.safetensors")
+        (entry / "int8_layers.json").write_text(json.dumps({"float_layers": skip}))
+        return cs
+
+    def load(self, policy, precision, steps, device, entry, progress=_noop):
+        from safetensors.torch import load_file
+
+        skip = json.loads((entry / "int8_layers.json").read_text())["float_layers"]
+        unet, cs = self._assemble(policy, steps, device, skip)
+        unet.load_state_dict(load_file(str(entry / "denoiser_int8.safetensors")), strict=True)
+        from edgedp.compile.int8 import Int8Gemm
+
+        for m in unet.modules():
+            if isinstance(m, Int8Gemm):
+                m.pack()
+        return cs
+
+
+def _registry() -> dict[str, Backend]:
+    from edgedp.compile.tensorrt import TensorRTBackend
+
+    backends: list[Backend] = [EagerBackend(), InductorBackend(), CpuInt8Backend(), TensorRTBackend()]
+    return {b.name: b for b in backends}
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def get_backend(name: str) -> Backend:
+    from edgedp.errors import UserError
+
+    if not BACKENDS:
+        BACKENDS.update(_registry())
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}' (allowed: {', '.join(BACKENDS)})")
+    return BACKENDS[name]
+
+
+def all_backends() -> dict[str, Backend]:
+    if not BACKENDS:
+        BACKENDS.update(_registry())
+    return dict(BACKENDS)
