@@ -205,7 +205,9 @@ class ConditionalUnet1D(nn.Module):
             timestep = timestep[None].to(sample.device)
         timesteps = timestep.expand(x.shape[0])
 
-        global_feature = self.diffusion_step_encoder(timesteps)
+        enc = self.diffusion_step_encoder
+        # The sinusoid comes out float32 (as in the reference); match the weights' dtype (fp16/fp64 runs).
+        global_feature = enc[3](enc[2](enc[1](enc[0](timesteps).to(x.dtype))))
         global_feature = torch.cat([global_feature, global_cond], dim=-1)
 
         skips = []
