@@ -1,0 +1,112 @@
+"""The planner thread: newest observation -> encode once -> K-step sampler -> timed chunk -> ChunkRing.
+
+Action j of a chunk is for time t_obs + (j - (n_obs_steps - 1)) * dt: index n_obs_steps-1 is "now" at the
+newest observation. The executed slice (T_a steps from that index) is published with t0 = t_obs, so the
+servo loop can drop the steps whose time has passed by the time it arrives.
+
+When to start the next chunk: it must be published before the current one runs out, so planning starts at
+(end of current chunk) - (expected latency), where the expected latency is the largest of the last few
+measured ones plus a margin. If that is already past, planning starts at once: denoising overlaps execution
+whenever the chunk is longer than the latency.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from edgedp.runtime.observation import NotReady, ObservationWindow, StaleObservation
+from edgedp.runtime.ring import ChunkRing
+from edgedp.runtime.telemetry import Telemetry
+
+
+class Planner:
+    def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
+                 telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
+                 extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.sampler = sampler
+        self.window = window
+        self.ring = ring
+        self.tel = telemetry
+        self.dt = action_period
+        self.ta = n_action_steps
+        self.steps = steps
+        self.first = policy.n_obs_steps - 1
+        self.extra = extra_latency
+        self.margin = margin
+        self.clock = clock
+        self._lat = deque(maxlen=5)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.next_start = 0.0
+        self.fatal: Optional[BaseException] = None
+
+    def expected_latency(self) -> float:
+        return (max(self._lat) if self._lat else 0.5) * 1.2 + self.margin
+
+    def plan_once(self) -> Optional[int]:
+        """One observation -> one published chunk; None when the observation was stale or not ready."""
+        import torch
+
+        t_start = self.clock()
+        try:
+            obs = self.window.assemble(t_start)
+        except StaleObservation:
+            self.tel.stale_observations += 1
+            return None
+        except NotReady:
+            self.tel.not_ready += 1
+            return None
+        t_obs_done = self.clock()
+        with torch.inference_mode():
+            gc = self.policy.encode(obs.data)
+            t_enc = self.clock()
+            noise = self.policy.random_noise(1)
+            naction = self.sampler(gc, noise)
+            action = self.policy.unnormalize_action(naction)[0].to("cpu", torch.float64).numpy()
+        t_sample = self.clock()
+        chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
+        if self.extra > 0:
+            time.sleep(self.extra)
+        seq = self.ring.publish(chunk, t0=obs.t, dt=self.dt)
+        t_pub = self.clock()
+        self._lat.append(t_pub - t_start)
+        self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, (t_enc - t_obs_done) * 1e3,
+                                  (t_sample - t_enc) * 1e3, self.steps, t_pub, obs.age * 1e3)
+        chunk_end = obs.t + (chunk.shape[0] - 1) * self.dt
+        self.next_start = chunk_end - self.expected_latency()
+        return seq
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.next_start - self.clock()
+            if wait > 0:
+                self._stop.wait(min(wait, 0.05))
+                continue
+            try:
+                if self.plan_once() is None:
+                    self._stop.wait(0.005)
+            except Exception as exc:  # the run stops on a planner error; the servo loop holds meanwhile
+                self.tel.planner_errors.append(f"{type(exc).__name__}: {exc}")
+                self.fatal = exc
+                return
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="planner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
