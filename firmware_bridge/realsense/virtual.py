@@ -154,6 +154,11 @@ class VirtualRealSense:
         vs.bpp, vs.fmt, vs.intrinsics = bpp, fmt, intr
         return vs
 
+    @property
+    def color_sensor(self) -> rs.software_sensor:
+        """The software color sensor (a software sensor is not a ``color_sensor`` to pyrealsense2)."""
+        return self._color
+
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> "VirtualRealSense":
         """Start the feeder thread (frames are pushed whether or not a driver listens, like a camera)."""
