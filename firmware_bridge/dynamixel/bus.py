@@ -71,7 +71,9 @@ class BusSpec:
     read_current: bool = False
     tick_budget_s: float = 0.004  # a read retries missing servos until this much time has passed
     max_retries: int = 3
-    timeout_margin_ms: float = 2.0  # waited beyond wire time + 2 x adapter latency before a packet is missing
+    # waited beyond wire time + 2 x adapter latency before a status packet counts as missing; None: 2 ms on a
+    # serial adapter, 20 ms on a pty (emulated servos are threads that a busy CPU may not schedule at once)
+    timeout_margin_ms: Optional[float] = None
     torque_off_on_close: bool = True
     emulator_wire_time: bool = False
 
@@ -135,7 +137,10 @@ class DynamixelBus:
         if not os.path.exists(port_name):
             raise BusOpenError(f"serial port {port_name} does not exist (is the adapter plugged in?)")
         is_pty = os.path.realpath(port_name).startswith("/dev/pts/")
-        port = SdkPort(port_name, latency_ms=16.0, margin_ms=self.spec.timeout_margin_ms)
+        margin = self.spec.timeout_margin_ms
+        if margin is None:
+            margin = 20.0 if is_pty else 2.0
+        port = SdkPort(port_name, latency_ms=16.0, margin_ms=margin)
         try:
             port.openPort()
         except _DISCONNECT_ERRORS as exc:
