@@ -19,9 +19,9 @@ from calibration.charuco import BoardDetector, BoardSpec, board_pose
 from calibration.degeneracy import MotionReport, analyse_motion
 from calibration.errors import CalibrationError
 from calibration.handeye import METHODS, board_in_world, motion_pairs, robot_side, solve_closed_form
-from calibration.refine import refine_handeye
+from calibration.refine import refine_handeye, reprojection
 from calibration.samples import CameraModel, Sample
-from calibration.se3 import R_to_quat, T_error, average_T, inv_T
+from calibration.se3 import R_to_quat, T_error, average_T, inv_T, make_T, quat_to_R
 
 
 @dataclass
@@ -135,7 +135,22 @@ def _solve(obs: Sequence[Observation], mode: str, method: str, backend: str, cam
     if not refine:
         return X0, X0, W0, label, None
     rr = refine_handeye(X0, W0, Gp, [o.obj for o in obs], [o.img for o in obs], camera.K, camera.dist)
+    # The refinement trusts the robot poses completely. When they carry the larger error (encoder
+    # offsets, a loose link), it bends X to explain robot error as image error; the symptom is a
+    # worse fit of the measured motions. Then the closed-form answer is kept.
+    r0, t0 = _motion_fit(Gp, [o.C for o in obs], X0)
+    r1, t1 = _motion_fit(Gp, [o.C for o in obs], rr.X)
+    if r1 > 1.5 * r0 + 0.05 or t1 > 1.5 * t0 + 0.5:
+        rr.rejected = (f"reprojection refinement rejected: it worsened the motion fit (AX=XB residual "
+                       f"{r0:.3f}->{r1:.3f} deg, {t0:.2f}->{t1:.2f} mm), so robot pose error dominates; closed-form result kept")
+        return X0, X0, W0, label, rr
     return rr.X, X0, rr.W, label + " + reprojection refinement", rr
+
+
+def _motion_fit(Gp, C, X) -> tuple[float, float]:
+    """Mean AX=XB residual over all pairs: (deg, mm)."""
+    errs = [T_error(A @ X, X @ B) for _, _, A, B in motion_pairs(Gp, C)]
+    return float(np.mean([e[0] for e in errs])), float(np.mean([e[1] for e in errs]) * 1000)
 
 
 def calibrate_handeye(
@@ -157,7 +172,6 @@ def calibrate_handeye(
     compared: dict[str, dict[str, float]] = {}
     main_method = "park" if method == "all" else method
     if method == "all":
-        ref = None
         for m in METHODS:
             Xm, _, _, lab, rr = _solve(obs, mode, m, backend, camera, refine=False)
             compared[m] = {"label": lab, "translation": [float(v) for v in Xm[:3, 3]],
@@ -165,7 +179,6 @@ def calibrate_handeye(
     X, X0, W, label, rr = _solve(obs, mode, main_method, backend, camera, refine)
     if compared:
         for m, entry in compared.items():
-            from calibration.se3 import make_T, quat_to_R
             Xm = make_T(quat_to_R(entry["quaternion"]), entry["translation"])
             dr, dt = T_error(X, Xm)
             entry["vs_result_deg"] = round(dr, 4)
@@ -187,12 +200,13 @@ def calibrate_handeye(
     cons = [T_error(Wi, W) for Wi in Ws]
     rot_res = np.array([c[0] for c in cons])
     trans_res = np.array([c[1] * 1000 for c in cons])
-    if rr is not None:
+    if rr is not None and rr.rejected:
+        warnings.append(rr.rejected)
+    if rr is not None and not rr.rejected:
         reproj, total = rr.per_sample_rms, rr.rms
         if not rr.success:
             warnings.append("reprojection refinement did not converge; the closed-form result may be better")
     else:
-        from calibration.refine import reprojection
         res = reprojection(X, W, Gp_all, [o.obj for o in obs], [o.img for o in obs], camera.K, camera.dist)
         reproj = np.array([float(np.sqrt(np.mean(np.sum(r ** 2, axis=1)))) for r in res])
         allr = np.concatenate(res)

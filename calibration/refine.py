@@ -27,6 +27,7 @@ class RefineResult:
     rms: float  # px over all corners
     initial_rms: float
     success: bool
+    rejected: str = ""  # why the caller kept the closed-form answer instead ("" = used)
 
 
 def _perturb(T: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -112,3 +112,39 @@ def views_for_robot_poses(G: list[np.ndarray], X: np.ndarray, W: np.ndarray, mod
     if mode == "eye_in_hand":
         return [inv_T(X) @ inv_T(g) @ W for g in G]
     return [inv_T(X) @ g @ W for g in G]
+
+
+def write_handeye_dataset(
+    folder, spec: BoardSpec, K: np.ndarray, size: tuple[int, int], X: np.ndarray, W: np.ndarray, mode: str,
+    views: list[np.ndarray] | None = None, robot_poses: list[np.ndarray] | None = None, joints: list | None = None,
+    noise_sigma: float = 0.0, blur_sigma: float = 0.0, seed: int = 0,
+) -> list[np.ndarray]:
+    """Render a complete samples directory with known hand-eye X and board pose W; returns the views.
+
+    Give either camera←board `views` (robot poses are derived) or `robot_poses` (views derived);
+    with `joints`, samples.yaml stores those joint lists instead of gripper poses.
+    """
+    from pathlib import Path
+
+    from calibration.samples import CameraModel, pose_dict, write_samples_dir
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    if robot_poses is None:
+        robot_poses = robot_poses_for_views(views, X, W, mode)
+    if views is None:
+        views = views_for_robot_poses(robot_poses, X, W, mode)
+    entries = []
+    for k, (C, G) in enumerate(zip(views, robot_poses)):
+        name = f"view_{k:02d}.png"
+        img = render_view(spec, K, C, size, noise_sigma=noise_sigma, blur_sigma=blur_sigma, rng=rng)
+        cv2.imwrite(str(folder / name), img)
+        e = {"image": name}
+        if joints is not None:
+            e["joints"] = [float(v) for v in joints[k]]
+        else:
+            e["gripper_pose"] = pose_dict(G)
+        entries.append(e)
+    write_samples_dir(folder, entries, CameraModel(size[0], size[1], K, np.zeros(5)), spec)
+    return views
