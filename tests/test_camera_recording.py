@@ -91,3 +91,26 @@ def test_bad_recording_paths_are_refused(tmp_path):
     junk.write_bytes(b"not a recording")
     with pytest.raises(CameraSettingError, match="cannot read recording"):
         RealSenseCamera(RealSenseSettings(file=str(junk))).start()
+
+
+def test_failed_start_leaves_no_recording_behind(tmp_path):
+    img = np.zeros((H, W, 3), np.uint8)
+    scene_intr = Scene(lambda: np.zeros(2), width=W, height=H).intrinsics
+    with VirtualRealSense(lambda t: (img, None), scene_intr, fps=FPS) as v:
+        cam = RealSenseCamera(RealSenseSettings(serial=v.serial, width=W, height=H, fps=FPS, exposure=1e6,
+                                                record_to=str(tmp_path / "r.db3")))
+        with pytest.raises(CameraSettingError, match="exposure"):
+            cam.start()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discarded_recording_is_removed(tmp_path):
+    img = np.zeros((H, W, 3), np.uint8)
+    scene_intr = Scene(lambda: np.zeros(2), width=W, height=H).intrinsics
+    with VirtualRealSense(lambda t: (img, None), scene_intr, fps=FPS) as v:
+        cam = RealSenseCamera(RealSenseSettings(serial=v.serial, width=W, height=H, fps=FPS,
+                                                record_to=str(tmp_path / "r.db3")))
+        cam.start()
+        assert cam.wait_for_frame(2.0) is not None
+        cam.stop(keep_recording=False)
+    assert list(tmp_path.iterdir()) == []

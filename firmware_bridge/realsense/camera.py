@@ -21,6 +21,7 @@ When frames stop it restarts the device with backoff and, if that fails, stores 
 """
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -128,6 +129,7 @@ class RealSenseCamera:
         self._thread: Optional[threading.Thread] = None
         self._record_tmp: Optional[str] = None
         self._subscribers: list[Callable[[RealSenseFrame], None]] = []
+        self._keep_recording = True
 
     # -- Camera protocol --------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,11 +148,13 @@ class RealSenseCamera:
             raise self.error
         return self._latest
 
-    def stop(self) -> None:
+    def stop(self, keep_recording: bool = True) -> None:
+        """Stop streaming; a recording is moved into place, or deleted with ``keep_recording=False``."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        self._keep_recording = keep_recording
         self._close_device()
         with self._cond:
             self._cond.notify_all()
@@ -236,9 +240,11 @@ class RealSenseCamera:
             recorder = rs.recorder(self._record_tmp, dev)
             keep.append(dev)
             dev = recorder
-        plan = self._choose_profiles(dev, from_file=playback is not None)
         opened: list = []
+        plan: list = []
+        color_sensor = None
         try:
+            plan = self._choose_profiles(dev, from_file=playback is not None)
             for sensor, profiles in plan:
                 sensor.open(profiles if len(profiles) > 1 else profiles[0])
                 opened.append(sensor)
@@ -250,7 +256,13 @@ class RealSenseCamera:
                 sensor.start(syncer)
         except Exception:
             for sensor in opened:
+                _quietly(sensor.stop)
                 _quietly(sensor.close)
+            if recorder is not None:
+                plan = opened = color_sensor = dev = recorder = None  # type: ignore[assignment]
+                gc.collect()  # the recorder closes its file only when destroyed
+                self._keep_recording = False
+                self._finish_recording()
             raise
         color_profile = next(p for _, profs in plan for p in profs if p.stream_type() == rs.stream.color)
         self.intrinsics = intrinsics_of(color_profile.as_video_stream_profile())
@@ -337,15 +349,16 @@ class RealSenseCamera:
             o.recorder = None
             o.sensors.clear()
             o.device = None  # type: ignore[assignment]
-            import gc
-
             gc.collect()
             self._finish_recording()
 
     def _finish_recording(self) -> None:
         tmp, self._record_tmp = self._record_tmp, None
         if tmp and os.path.exists(tmp):
-            os.replace(tmp, self.settings.record_to)
+            if self._keep_recording:
+                os.replace(tmp, self.settings.record_to)
+            else:
+                os.remove(tmp)
 
     # -- driver thread ----------------------------------------------------------------------------
     def _run(self) -> None:
