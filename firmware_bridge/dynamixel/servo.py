@@ -140,14 +140,13 @@ class EmulatedServo:
         if any(owner[a] is None for a in range(address, address + length)):
             return P.ERR_ACCESS
         regs, whole = self.table.covered(address, length)
+        for r in regs:
+            if not r.writable or (r.eeprom and self.torque):
+                return P.ERR_ACCESS
         if not whole:
             return P.ERR_DATA_LENGTH
         values: dict[str, int] = {}
         for r in regs:
-            if not r.writable:
-                return P.ERR_ACCESS
-            if r.eeprom and self.torque:
-                return P.ERR_ACCESS
             off = r.address - address
             v = int.from_bytes(data[off:off + r.size], "little", signed=r.signed)
             if not r.lo <= v <= r.hi:
