@@ -35,6 +35,6 @@ class VirtualCamera(RealSenseCamera):
             self.virtual.close()
             raise
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, keep_recording: bool = True) -> None:
+        super().stop(keep_recording)
         self.virtual.close()
