@@ -8,7 +8,7 @@ import pyrealsense2 as rs
 import pytest
 
 from firmware_bridge.realsense import (
-    CameraDisconnected, CameraNotFound, CameraSettingError, RealSenseCamera, RealSenseSettings,
+    CameraDisconnected, CameraError, CameraNotFound, CameraSettingError, RealSenseCamera, RealSenseSettings,
 )
 from firmware_bridge.realsense.sim_camera import VirtualCamera
 from firmware_bridge.realsense.virtual import VirtualRealSense
@@ -186,3 +186,17 @@ def test_distortion_model_and_coefficients_are_reported():
     assert (got.width, got.height) == (64, 48)
     assert got.fx == pytest.approx(70.0) and got.fy == pytest.approx(71.0) and got.cy == pytest.approx(24.5)
     np.testing.assert_allclose(got.coeffs, intr.coeffs, rtol=1e-6)
+
+
+def test_a_failing_driver_thread_is_reported_not_silent(virtual):
+    def broken(frame):
+        raise ValueError("subscriber bug")
+
+    with RealSenseCamera(settings(virtual)) as cam:
+        cam.subscribe(broken)
+        with pytest.raises(CameraError, match="driver thread failed: ValueError: subscriber bug"):
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # the first frame may be handed out before the failure
+                cam.wait_for_frame(0.5)
+        with pytest.raises(CameraError):
+            cam.latest()

@@ -362,6 +362,20 @@ class RealSenseCamera:
 
     # -- driver thread ----------------------------------------------------------------------------
     def _run(self) -> None:
+        """Never dies silently: whatever stops the thread is stored and raised to the frame readers."""
+        try:
+            self._loop()
+        except CameraError as err:
+            self._fail(err)
+        except Exception as err:  # a bug or a subscriber's error: readers must not get stale frames forever
+            self._fail(CameraError(f"{self.settings.describe()}: driver thread failed: {type(err).__name__}: {err}"))
+
+    def _fail(self, err: CameraError) -> None:
+        with self._cond:
+            self.error = err
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
         timeout_ms = max(1, int(self.settings.timeout_s * 1000))
         # A file's end shows only as "no more frames": poll in short slices so the end is seen quickly.
         slice_ms = min(timeout_ms, 100) if self.settings.file else timeout_ms
@@ -386,13 +400,7 @@ class RealSenseCamera:
                 continue
             waited_ms = 0
             self.timeouts += 1
-            try:
-                self._reconnect()
-            except CameraError as err:
-                with self._cond:
-                    self.error = err
-                    self._cond.notify_all()
-                break
+            self._reconnect()
 
     def _set_ended(self) -> None:
         with self._cond:
