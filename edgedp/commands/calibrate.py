@@ -247,32 +247,53 @@ def _read_pose_list(path: Optional[str], n: int, what: str) -> Optional[np.ndarr
 
 
 def _open_robot(cfg):
-    """The runtime's device factory (edgedp.app); calibration code only needs the ServoBus protocol."""
+    """A ServoBus for the config's robot, built by the runtime's factory (edgedp.app.BusFactory).
+
+    torque_off_on_close is forced on: a calibration session always ends with a limp arm.
+    """
     try:
-        from edgedp import app
-    except ImportError:
-        raise UserError("the device factory (edgedp.app) is not available in this build; "
-                        "joint calibration and guided collection need it") from None
-    for name in ("make_bus", "open_bus", "build_bus"):
-        if hasattr(app, name):
-            return getattr(app, name)(cfg)
-    raise UserError("edgedp.app has no bus factory (make_bus/open_bus/build_bus)")
+        from edgedp.app import BusFactory
+    except ImportError as exc:
+        raise UserError(f"the device factory (edgedp.app) is not available ({exc})") from None
+    b = cfg.robot.bus
+    values = {"port": b.port, "baud": b.baud, "low_latency": b.low_latency, "fast_sync_read": b.fast_sync_read,
+              "torque_off_on_close": True}
+    return BusFactory(values, [j.model_dump() for j in cfg.robot.joints])()
 
 
 def _open_camera(cfg, name: Optional[str]):
-    try:
-        from edgedp import app
-    except ImportError:
-        raise UserError("the device factory (edgedp.app) is not available in this build") from None
+    """The RealSense (or recorded file) named in the config; the virtual scene camera shows no board."""
     if not cfg.cameras:
         raise UserError("the config has no cameras")
     cams = [c for c in cfg.cameras if name is None or c.name == name]
     if not cams:
         raise UserError(f"no camera named '{name}' (allowed: {', '.join(c.name for c in cfg.cameras)})")
-    for fn in ("make_camera", "open_camera", "build_camera"):
-        if hasattr(app, fn):
-            return getattr(app, fn)(cfg, cams[0])
-    raise UserError("edgedp.app has no camera factory (make_camera/open_camera/build_camera)")
+    cam = cams[0]
+    if cam.kind == "virtual":
+        raise UserError(f"camera '{cam.name}' is virtual: the simulated scene shows no ChArUco board to calibrate on")
+    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
+
+    return RealSenseCamera(RealSenseSettings(
+        serial=cam.serial, width=cam.width, height=cam.height, fps=cam.fps, exposure=cam.exposure,
+        white_balance=cam.white_balance, file=str(cam.file) if cam.file else None, name=cam.name))
+
+
+def _connect(bus) -> None:
+    from edgedp.app import bus_errors
+
+    try:
+        bus.connect()
+    except bus_errors() as exc:
+        raise UserError(f"robot bus: {exc}") from None
+
+
+def _start(camera) -> None:
+    from firmware_bridge.realsense.errors import CameraError
+
+    try:
+        camera.start()
+    except CameraError as exc:
+        raise UserError(f"camera: {exc}") from None
 
 
 def _joints(args) -> int:
@@ -286,10 +307,13 @@ def _joints(args) -> int:
     ref = _read_pose_list(args.reference, n, "reference pose")
     second = _read_pose_list(args.second, n, "second pose")
     bus = _open_robot(cfg)
-    bus.connect()
+    _connect(bus)
     try:
         with _Wrap():
-            cal = JointCalibrator(bus, [j.name for j in cfg.robot.joints], [j.id for j in cfg.robot.joints])
+            js = cfg.robot.joints
+            # The bus reports angles through the config's current direction/zero; the calibrator undoes them.
+            cal = JointCalibrator(bus, [j.name for j in js], [j.id for j in js],
+                                  current_direction=[j.direction for j in js], current_zero=[j.zero_offset for j in js])
             result = cal.run_interactive(ref, second, args.range_seconds, prompt=input, say=_print)
             write_joint_calibration(args.out, result)
             verify_joint_calibration(args.out, result)
@@ -330,10 +354,14 @@ def _collect(args) -> int:
     with _Wrap():
         board = load_board(args.board)
         cam_model = load_camera(args.camera_yaml) if args.camera_yaml else None
-    bus = _open_robot(cfg)
     camera = _open_camera(cfg, args.camera)
-    bus.connect()
-    camera.start()
+    bus = _open_robot(cfg)
+    _connect(bus)
+    try:
+        _start(camera)
+    except BaseException:
+        bus.close()
+        raise
     try:
         if cam_model is None:
             intr = camera.intrinsics
