@@ -76,7 +76,7 @@ def _resolve_steps(policy: Any, steps: int | None) -> int:
 def compile_policy(policy: Any, backend: str, precision: str, steps: int | None, device: str | torch.device,
                    cache_dir: str | Path | None = None, calib: str | Path | None = None,
                    allow_inaccurate: bool = False, max_rmse: float = DEFAULT_MAX_RMSE,
-                   max_abs: float = DEFAULT_MAX_ABS, gate_samples: int = 4, force: bool = False,
+                   max_abs: float = DEFAULT_MAX_ABS, gate_samples: int = 4, force: bool = False, gate: bool = True,
                    progress: Progress | None = None) -> CompileReport:
     say = progress or (lambda _msg: None)
     dev = check_request(backend, precision, device, steps)
@@ -86,20 +86,31 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
     say("hashing checkpoint weights")
     key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, b.library_versions())
     found = cache_mod.lookup(cache_dir, key)
+    needs_gate = gate and precision != "fp32"
     if found.state == "hit" and not force:
         say(f"cache hit: {found.path}")
         cs = b.load(policy, precision, k, dev, found.path, say)
-        gate = None
-        if found.manifest and found.manifest.get("gate"):
-            g = found.manifest["gate"]
-            gate = GateResult(g["rmse"], g["max_abs"], g["max_rmse"], g["max_abs_limit"], g["n"], g["source"])
-        return CompileReport(cs, "hit", "", found.path, 0.0, gate, found.manifest or {})
+        result = None
+        recorded = (found.manifest or {}).get("gate")
+        if recorded:
+            result = GateResult(recorded["rmse"], recorded["max_abs"], recorded["max_rmse"],
+                                recorded["max_abs_limit"], recorded["n"], recorded["source"])
+        if needs_gate and (result is None or result.max_rmse != max_rmse or result.max_abs_limit != max_abs):
+            # Built without a gate (e.g. by `bench`) or under other limits: check before handing it out.
+            sets = observation_sets(policy, calib, n_calib=gate_samples, n_heldout=gate_samples)
+            ref = get_backend("eager").build(policy, "fp32", k, dev, found.path, None, say)
+            result = accuracy_gate(ref, cs, sets, k, max_rmse, max_abs)
+        accepted = bool((found.manifest or {}).get("allowed_inaccurate")) and recorded is not None \
+            and result.max_rmse == recorded["max_rmse"] and result.max_abs_limit == recorded["max_abs_limit"]
+        if result is not None and needs_gate and not result.passed and not (allow_inaccurate or accepted):
+            raise UserError(f"refusing {backend}/{precision}: {result.line()}; "
+                            f"rerun with --allow-inaccurate to accept it")
+        return CompileReport(cs, "hit", "", found.path, 0.0, result, found.manifest or {})
 
     state = found.state if not (force and found.state == "hit") else "stale"
     reason = found.reason or ("--force" if force else "")
-    needs_gate = precision != "fp32"
     sets = None
-    if needs_gate or calib:
+    if needs_gate or calib or precision == "int8":
         say("encoding calibration and held-out observations")
         sets = observation_sets(policy, calib, n_calib=gate_samples, n_heldout=gate_samples)
     build_dir = cache_mod.new_build_dir(cache_dir, key)
@@ -108,17 +119,18 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
         say(f"building {backend}/{precision} K={k} on {dev}")
         cs = b.build(policy, precision, k, dev, build_dir, sets, say)
         build_s = time.perf_counter() - t0
-        gate = None
+        result = None
         if needs_gate:
             say("accuracy gate: float32 reference vs candidate on held-out observations")
             ref = get_backend("eager").build(policy, "fp32", k, dev, build_dir, None, say)
-            gate = accuracy_gate(ref, cs, sets, k, max_rmse, max_abs)
-            if not gate.passed and not allow_inaccurate:
-                raise UserError(f"refusing to cache {backend}/{precision}: {gate.line()}; "
+            result = accuracy_gate(ref, cs, sets, k, max_rmse, max_abs)
+            if not result.passed and not allow_inaccurate:
+                raise UserError(f"refusing to cache {backend}/{precision}: {result.line()}; "
                                 f"rerun with --allow-inaccurate to accept it")
         extra = {"build_s": round(build_s, 3), "weight_bytes": cs.weight_bytes, "info": cs.info,
-                 "gate": gate.to_dict() if gate else None,
-                 "calibration": sets.source if sets else None, "allowed_inaccurate": bool(gate and not gate.passed)}
+                 "gate": result.to_dict() if result else None,
+                 "calibration": sets.source if sets else None,
+                 "allowed_inaccurate": bool(result and not result.passed)}
         manifest = cache_mod.commit(build_dir, found.path, key, extra)
     except BaseException:
         cache_mod.abandon(build_dir)
@@ -128,7 +140,7 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
         import os
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((found.path / "inductor").resolve())
-    return CompileReport(cs, state, reason, found.path, build_s, gate, manifest)
+    return CompileReport(cs, state, reason, found.path, build_s, result, manifest)
 
 
 def get_compiled_sampler(policy: Any, backend: str, precision: str, steps: int | None, device: str | torch.device,

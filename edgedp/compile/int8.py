@@ -14,6 +14,7 @@ meaningful weight bytes and are where quantization error would hurt most.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import torch
@@ -68,10 +69,13 @@ class Int8Gemm(nn.Module):
     def pack(self) -> None:
         _select_engine()
         n = self.qweight.shape[0]
-        qw = torch._make_per_channel_quantized_tensor(
-            self.qweight, self.scale.double(), torch.zeros(n, dtype=torch.long), 0
-        )
-        self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        with warnings.catch_warnings():
+            # torch marks quantized *tensor* creation deprecated; the packed GEMM op is what we use.
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(
+                self.qweight, self.scale.double(), torch.zeros(n, dtype=torch.long), 0
+            )
+            self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
 
     def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
         super()._load_from_state_dict(*args, **kwargs)
