@@ -355,7 +355,7 @@ class DynamixelBus:
             res = self._io(self.ph.syncReadTx, self.port, self._addr, self._len, ids, len(ids), False)
         if res != COMM_SUCCESS:
             raise BusTimeout(f"sync read could not be sent: {self.ph.getTxRxResult(res)}")
-        want = sum(pending)
+        want = sum(pending)  # status packets still to come in this attempt
         L = self._len
         expect = 11 + L
         rows = self._rows
@@ -367,8 +367,10 @@ class DynamixelBus:
                 if k < 0 or not pending[k]:
                     self.counters["dropped"] += 1  # a late answer to an earlier request, or a stranger
                     continue
+                want -= 1
                 err = rx[8]
-                if len(rx) != expect or err & 0x7F:
+                # length from the LEN field: the SDK un-stuffs in place and leaves the list longer
+                if (rx[5] | rx[6] << 8) + 7 != expect or err & 0x7F:
                     self.counters["status_errors"] += 1
                     if err & 0x7F:
                         self.port.is_using = False
@@ -378,9 +380,10 @@ class DynamixelBus:
                     alerts.append((rx[4], err))
                 rows[k * L:(k + 1) * L] = bytes(rx[9:9 + L])
                 pending[k] = False
-                want -= 1
             elif res == COMM_RX_CORRUPT and len(rx) >= 7 and len(rx) >= (rx[5] | rx[6] << 8) + 7:
-                self.counters["crc_errors"] += 1  # complete packet, wrong CRC: keep listening for the others
+                # a complete packet with a wrong CRC: its servo stays pending, keep listening for the others
+                self.counters["crc_errors"] += 1
+                want -= 1
             else:
                 self.counters["timeouts"] += want  # nothing more arrived before the deadline
                 return
