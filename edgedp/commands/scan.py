@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"no servos answered on {args.port} at {', '.join(map(str, bauds))} baud")
         return 1
     table = Table(title=f"{len(found)} servo(s) on {args.port}")
-    for col in ("id", "model", "model number", "firmware", "baud", "operating mode", "torque"):
+    for col in ("id", "model", "number", "firmware", "baud", "mode", "torque"):
         table.add_column(col)
     for s in found:
         table.add_row(str(s.id), s.model, str(s.model_number), f"v{s.firmware}", str(s.baud), s.operating_mode, s.torque)
