@@ -36,6 +36,7 @@ class RateLoop:
         self.overruns = 0
         self.skipped = 0  # deadlines skipped over because of overruns
         self.last_error = 0.0  # seconds the last wake-up came after its deadline
+        self.slept = True
 
     @property
     def next_deadline(self) -> float:
@@ -57,6 +58,9 @@ class RateLoop:
             self.tick += missed
             deadline = self.next_deadline
         remaining = deadline - self._clock()
+        # Whether this tick waited at all: if not, its lateness comes from the previous tick's work (bus I/O),
+        # not from the wake-up, and the two are reported apart.
+        self.slept = remaining > 0
         if remaining > self.spin:
             self._sleep(remaining - self.spin)
         if self.spin > 0:

@@ -61,6 +61,9 @@ class ServoParams:
     timeline_hz: float = 50.0
     max_timeline: int = 200_000
     stop_decel_time: float = 0.3
+    # SCHED_FIFO priority for the servo thread/process (Linux; needs root or CAP_SYS_NICE / an rtprio limit).
+    # 0 leaves the default scheduler. When refused, the loop runs anyway and the report says so.
+    realtime_priority: int = 50
 
 
 class ServoLoop:
@@ -88,7 +91,11 @@ class ServoLoop:
         self._hist = np.zeros((2 * self.cap, 1 + n))
         self._hist_i = 0
         self._hist_n = 0
-        self.hist = np.zeros(HIST_BINS + 1, dtype=np.int64)
+        self.hist = np.zeros(HIST_BINS + 1, dtype=np.int64)  # every tick: wake time - deadline
+        self.wake_hist = np.zeros(HIST_BINS + 1, dtype=np.int64)  # ticks that slept: pure wake-up jitter
+        self.work_hist = np.zeros(HIST_BINS + 1, dtype=np.int64)  # tick work (bus read + compute + write)
+        self.max_wake_us = 0.0
+        self.max_work_us = 0.0
         self.max_err_us = 0.0
         tl = params.max_timeline
         self.tl_t = np.zeros(tl)
@@ -104,6 +111,7 @@ class ServoLoop:
         ctl = self.control
         p = self.p
         ctl.set_phase("starting")
+        self.report["scheduling"] = _set_realtime(p.realtime_priority)
         reason = "stopped"
         error: Optional[str] = None
         connected = torque = False
@@ -141,9 +149,15 @@ class ServoLoop:
                 deadline = loop.wait()
                 err_us = loop.last_error * 1e6
                 b = int(err_us / HIST_BIN_US) if err_us > 0 else 0
-                self.hist[b if b < HIST_BINS else HIST_BINS] += 1
+                b = b if b < HIST_BINS else HIST_BINS
+                self.hist[b] += 1
                 if err_us > self.max_err_us:
                     self.max_err_us = err_us
+                if loop.slept:
+                    self.wake_hist[b] += 1
+                    if err_us > self.max_wake_us:
+                        self.max_wake_us = err_us
+                t_work = self.clock()
                 ticks += 1
                 failed = False
                 # 1. present positions
@@ -188,6 +202,11 @@ class ServoLoop:
                     self.bus.write_goal(cmd)
                 except self.bus_errors:
                     failed = True
+                work_us = (self.clock() - t_work) * 1e6
+                wb = int(work_us / HIST_BIN_US)
+                self.work_hist[wb if wb < HIST_BINS else HIST_BINS] += 1
+                if work_us > self.max_work_us:
+                    self.max_work_us = work_us
                 if failed:
                     bus_errors += 1
                     failed_in_a_row += 1
@@ -239,6 +258,10 @@ class ServoLoop:
             "joins": [asdict(j) for j in self.joiner.joins],
             "period_error_hist": self.hist,
             "period_error_max_us": self.max_err_us,
+            "wake_error_hist": self.wake_hist,
+            "wake_error_max_us": self.max_wake_us,
+            "tick_work_hist": self.work_hist,
+            "tick_work_max_us": self.max_work_us,
             "timeline": {
                 "t": self.tl_t[: self.tl_n].copy(),
                 "cmd": self.tl_cmd[: self.tl_n].copy(),
@@ -297,6 +320,19 @@ class ServoLoop:
         return notes
 
 
+def _set_realtime(priority: int) -> str:
+    """Ask the kernel to run the calling thread with SCHED_FIFO, so other processes cannot delay its ticks."""
+    import os
+
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return "default"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return f"SCHED_FIFO {priority}"
+    except (OSError, PermissionError) as exc:
+        return f"default (SCHED_FIFO refused: {exc.strerror or exc})"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Runners: the loop as a thread, or in its own process.
 
@@ -333,10 +369,6 @@ def _process_main(make_bus, chunk_spec: RingSpec, state_spec: RingSpec, control_
 
     # The parent handles Ctrl-C and SIGTERM and asks us to stop through the control block.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(-5)
-    except OSError:
-        pass
     chunks = ChunkRing.attach(chunk_spec)
     states = ChunkRing.attach(state_spec)
     control = Control.attach(control_name)

@@ -42,6 +42,13 @@ def hist_percentiles(hist: np.ndarray, max_us: float) -> dict:
     return {"p50": q(0.5), "p99": q(0.99), "max": float(max_us), "n": total}
 
 
+def _hist_or_none(s: dict, name: str) -> dict:
+    h = s.get(f"{name}_hist")
+    if h is None:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    return hist_percentiles(np.asarray(h), s.get(f"{name}_max_us", 0.0))
+
+
 class Telemetry:
     def __init__(self, servo_rate_hz: float, mode: str, config_summary: dict | None = None):
         self.servo_rate_hz = servo_rate_hz
@@ -100,6 +107,9 @@ class Telemetry:
             "servo_rate_hz": self.servo_rate_hz,
             "servo_ticks": s.get("ticks", 0),
             "servo_period_error_us": period,
+            "servo_wake_error_us": _hist_or_none(s, "wake_error"),
+            "servo_tick_work_us": _hist_or_none(s, "tick_work"),
+            "servo_scheduling": s.get("scheduling"),
             "inference_ms": {"p50": inf["p50"], "p99": inf["p99"], "max": inf["max"], "mean": inf["mean"]},
             "stages_ms": {k: _pcts(v) for k, v in self.stage_ms.items()},
             "observation_age_ms": _pcts(self.observation_age_ms),
@@ -205,6 +215,9 @@ class Telemetry:
         pe = d["servo_period_error_us"]
         t.add_row("servo rate", f"{d['servo_rate_hz']:g} Hz ({d['servo_ticks']} ticks)")
         t.add_row("servo period error p50 / p99 / max", f"{f(pe['p50'])} / {f(pe['p99'])} / {f(pe['max'])} µs")
+        we, tw = d["servo_wake_error_us"], d["servo_tick_work_us"]
+        t.add_row("  wake-up error p50 / p99 (ticks that slept)", f"{f(we['p50'])} / {f(we['p99'])} µs")
+        t.add_row("  tick work (bus + compute) p50 / p99 / max", f"{f(tw['p50'])} / {f(tw['p99'])} / {f(tw['max'])} µs")
         t.add_row("overruns (skipped ticks)", f"{d['overruns']} ({d['skipped_ticks']})")
         for k in ("observation", "encode", "denoise_step", "sample", "inference"):
             s = d["stages_ms"][k]

@@ -1,0 +1,154 @@
+"""Servo period error (wake-up time minus absolute deadline) at a fixed rate, with and without the planner
+running on the same machine, for the servo loop as a thread and as its own process.
+
+The bus is the real driver (dynamixel-sdk) against the Protocol 2.0 emulator, which runs in a third process
+(on a robot the servos are hardware, not a thread competing for our GIL). "with planner" runs the small
+preset's full inference (encode + K denoising steps) back to back in this process and publishes each chunk,
+which is what the planner thread does in `edgedp run`.
+
+    python benchmarks/servo_jitter.py --hz 500 --seconds 10 --out benchmarks/results/servo_jitter.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._emulator_proc import EmulatorProcess  # noqa: E402
+from edgedp.app import BusFactory, bus_errors  # noqa: E402
+from edgedp.runtime.control import Control  # noqa: E402
+from edgedp.runtime.ring import ChunkRing  # noqa: E402
+from edgedp.runtime.servo_loop import ServoParams, ServoProcess, ServoThread  # noqa: E402
+from edgedp.runtime.telemetry import hist_percentiles  # noqa: E402
+
+JOINTS = [
+    {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -1.6, "max": 1.6, "max_velocity": 3.0,
+     "max_acceleration": 30.0},
+    {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.2, "max": 2.2, "max_velocity": 3.0,
+     "max_acceleration": 30.0},
+]
+
+
+def planner_load(stop: threading.Event, ring: ChunkRing, stats: dict, policy) -> None:
+    rng = np.random.default_rng(0)
+    obs = {"observation.image": rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8),
+           "observation.state": np.zeros((2, 2), np.float32)}
+    n = 0
+    t_total = 0.0
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        chunk = policy.predict_chunk(obs)[1:9].astype(np.float64) * 0.3
+        t_total += time.perf_counter() - t0
+        ring.publish(chunk, t0=time.monotonic(), dt=0.1)
+        n += 1
+    stats["inferences"] = n
+    stats["inference_ms_mean"] = 1e3 * t_total / max(n, 1)
+
+
+def measure(mode: str, with_planner: bool, hz: float, seconds: float, port: str, spin_us: float,
+            steps: int) -> dict:
+    params = ServoParams(servo_hz=hz, lower=[j["min"] for j in JOINTS], upper=[j["max"] for j in JOINTS],
+                         max_velocity=[j["max_velocity"] for j in JOINTS],
+                         max_acceleration=[j["max_acceleration"] for j in JOINTS],
+                         start_ramp_time=0.5, spin_us=spin_us if mode == "process" else 0.0)
+    factory = BusFactory({"port": port, "baud": 4_000_000, "torque_off_on_close": False}, JOINTS)
+    chunks = ChunkRing.create(8, 2, slots=4)
+    states = ChunkRing.create(256, 3, slots=3)
+    control = Control.create()
+    runner = (ServoProcess if mode == "process" else ServoThread)(factory, chunks, states, control, params,
+                                                                   bus_errors())
+    stop = threading.Event()
+    load_stats: dict = {}
+    load = None
+    policy = None
+    if with_planner:
+        import torch
+
+        from edgedp.policy_loading import load_policy
+
+        torch.set_num_threads(1)
+        policy = load_policy("preset:small", "cpu", steps, 0)  # loaded before the clock starts
+        policy.predict_chunk({"observation.image": np.zeros((2, 96, 96, 3), np.uint8),
+                              "observation.state": np.zeros((2, 2), np.float32)})
+    old_switch = sys.getswitchinterval()
+    if mode == "thread":
+        sys.setswitchinterval(0.0005)  # what the runtime does in thread mode
+    runner.start()
+    while control.phase == "starting" and runner.alive():
+        time.sleep(0.01)
+    if with_planner:
+        load = threading.Thread(target=planner_load, args=(stop, chunks, load_stats, policy), daemon=True)
+        load.start()
+    time.sleep(seconds)
+    stop.set()
+    if load is not None:
+        load.join(10)
+    control.request_stop()
+    report = runner.join(5.0) or {}
+    runner.kill()
+    sys.setswitchinterval(old_switch)
+    chunks.close()
+    states.close()
+    control.close()
+    pe = hist_percentiles(np.asarray(report.get("period_error_hist", np.zeros(1))),
+                          report.get("period_error_max_us", 0.0))
+    we = hist_percentiles(np.asarray(report.get("wake_error_hist", np.zeros(1))), report.get("wake_error_max_us", 0.0))
+    tw = hist_percentiles(np.asarray(report.get("tick_work_hist", np.zeros(1))), report.get("tick_work_max_us", 0.0))
+    return {"mode": mode, "planner": with_planner, "hz": hz, "ticks": report.get("ticks"),
+            "period_error_us": pe, "wake_error_us": we, "tick_work_us": tw, "overruns": report.get("overruns"), "skipped": report.get("skipped_ticks"),
+            "bus_errors": report.get("bus_errors"), "chunks_executed": report.get("chunks_executed"),
+            "spin_us": params.spin_us, "scheduling": report.get("scheduling"), **load_stats, "error": report.get("error")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hz", type=float, default=500.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--spin-us", type=float, default=150.0, help="busy-wait before each deadline (process mode)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--modes", default="thread,process")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/servo_jitter.json"))
+    args = ap.parse_args()
+    emu = EmulatorProcess({j["id"]: j["model"] for j in JOINTS})
+    rows = []
+    try:
+        for mode in args.modes.split(","):
+            for planner in (False, True):
+                r = measure(mode, planner, args.hz, args.seconds, emu.port_name, args.spin_us, args.steps)
+                rows.append(r)
+                pe = r["period_error_us"]
+                print(f"{mode:8s} planner={'on ' if planner else 'off'} ticks={r['ticks']} "
+                      f"p50={pe['p50']} p99={pe['p99']} max={pe['max']:.0f} us overruns={r['overruns']} "
+                      f"bus_errors={r['bus_errors']}", flush=True)
+    finally:
+        emu.close()
+    import os
+    import platform
+
+    print()
+    print("period error = wake time - deadline, every tick; wake = only ticks that slept (the previous tick's bus")
+    print("I/O finished in time); work = bus read + compute + bus write per tick. All in µs.")
+    print(f"{'mode':8s} {'planner':8s} {'ticks':>7s} {'err p50':>8s} {'err p99':>8s} {'err max':>8s} "
+          f"{'wake p99':>9s} {'work p50':>9s} {'work p99':>9s} {'overruns':>8s}")
+    for r in rows:
+        pe, we, tw = r["period_error_us"], r["wake_error_us"], r["tick_work_us"]
+        print(f"{r['mode']:8s} {'on' if r['planner'] else 'off':8s} {r['ticks']:>7} {pe['p50']:>8.0f} "
+              f"{pe['p99']:>8.0f} {pe['max']:>8.0f} {we['p99']:>9.0f} {tw['p50']:>9.0f} {tw['p99']:>9.0f} "
+              f"{r['overruns']:>8}")
+    out = {"hz": args.hz, "seconds": args.seconds, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+           "load_average": os.getloadavg(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
