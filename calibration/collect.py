@@ -17,6 +17,7 @@ import numpy as np
 
 from calibration.charuco import BoardDetector, BoardSpec, board_pose
 from calibration.degeneracy import analyse_motion
+from calibration.busio import read_q
 from calibration.errors import CalibrationError
 from calibration.samples import CameraModel, write_samples_dir
 from calibration.se3 import T_error, inv_T
@@ -49,7 +50,7 @@ class HandEyeCollector:
 
     def try_take(self, say: Callable[[str], None]) -> bool:
         """Take one sample at the current pose if the board is seen and the view is new enough."""
-        q = np.asarray(self.bus.read().q, float)
+        q = read_q(self.bus)
         frame = self._fresh_frame(self.clock())
         img = frame.image
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
@@ -79,7 +80,7 @@ class HandEyeCollector:
     def _wait_reached(self, goal: np.ndarray) -> bool:
         end = self.clock() + self.reach_timeout_s
         while self.clock() < end:
-            q = np.asarray(self.bus.read().q, float)
+            q = read_q(self.bus)
             if np.max(np.abs(q - goal)) < self.reach_tol:
                 return True
             self.sleep(0.02)

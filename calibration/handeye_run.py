@@ -221,7 +221,8 @@ def calibrate_handeye(
                 loo_r.append(float("nan"))
                 loo_t.append(float("nan"))
                 continue
-            Xk = _solve(rest, mode, main_method, backend, camera, refine)[0]
+            # Leave-one-out repeats exactly what produced X (closed form alone when refinement was rejected).
+            Xk = _solve(rest, mode, main_method, backend, camera, refine and not (rr is not None and rr.rejected))[0]
             dr, dt = T_error(X, Xk)
             loo_r.append(dr)
             loo_t.append(dt * 1000)

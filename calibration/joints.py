@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import yaml
 
+from calibration.busio import read_q
 from calibration.errors import CalibrationError
 from calibration.samples import write_yaml_atomic
 
@@ -132,7 +133,7 @@ class JointCalibrator:
 
     def read_raw(self) -> np.ndarray:
         """Average a few readings: the user's hand shakes, the encoder does not."""
-        qs = [np.asarray(self.bus.read().q, float) for _ in range(self.samples_per_reading)]
+        qs = [read_q(self.bus) for _ in range(self.samples_per_reading)]
         q = np.mean(qs, axis=0)
         if len(q) != len(self.names):
             raise CalibrationError(f"the bus reports {len(q)} joints, the config has {len(self.names)}")
@@ -147,7 +148,7 @@ class JointCalibrator:
 
         def poll() -> None:
             while not done.is_set():
-                raw = raw_from_reported(np.asarray(self.bus.read().q, float), self.d0, self.z0)
+                raw = raw_from_reported(read_q(self.bus), self.d0, self.z0)
                 with lock:
                     np.minimum(lo, raw, out=lo)
                     np.maximum(hi, raw, out=hi)

@@ -26,7 +26,7 @@ W_PX, H_PX = 640, 480
 @pytest.fixture
 def rig():
     chain, X, W, qs, _ = _joint_samples(n=8, seed=11)
-    bus = DynamixelBus(BusSpec("emulator"), [JointSpec(f"j{k}", k + 1, "xm430-w350") for k in range(6)])
+    bus = DynamixelBus(BusSpec("emulator", tick_budget_s=0.05), [JointSpec(f"j{k}", k + 1, "xm430-w350") for k in range(6)])
     bus.connect()
     ids = list(range(1, 7))
 

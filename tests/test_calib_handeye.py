@@ -5,8 +5,6 @@ Measured (printed with -s): see docs/calibration.md for the table these produce.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -214,7 +212,17 @@ def _robot_config(tmp_path, dh=DH):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "edgedp.cli", *map(str, args)], capture_output=True, text=True)
+    """Run the edgedp CLI in this process (a subprocess per call costs seconds of imports)."""
+    import contextlib
+    import io
+    import types
+
+    from edgedp import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_cli_joint_samples_with_dh_config_writes_yaml_and_png(tmp_path):

@@ -55,7 +55,7 @@ def bus():
     # The bus starts uncalibrated except joint 3, which carries a stale calibration the tool must undo.
     joints = [JointSpec("shoulder", 1, "xm430-w350"), JointSpec("elbow", 2, "xm430-w350"),
               JointSpec("wrist", 3, "xm430-w350", direction=-1, zero_offset=0.25)]
-    b = DynamixelBus(BusSpec("emulator"), joints)
+    b = DynamixelBus(BusSpec("emulator", tick_budget_s=0.05), joints)
     b.connect()
     yield b
     b.close()
@@ -102,7 +102,7 @@ def test_interactive_session_on_emulated_bus(bus, tmp_path):
     bus.close()
     spec = [JointSpec(n, i, "xm430-w350", direction=int(d), zero_offset=float(z))
             for n, i, d, z in zip(NAMES, (1, 2, 3), res.direction, res.zero_offset)]
-    b2 = DynamixelBus(BusSpec("emulator"), spec)
+    b2 = DynamixelBus(BusSpec("emulator", tick_budget_s=0.05), spec)
     b2.connect()
     try:
         probe = np.array([0.3, -0.6, 0.9])
