@@ -196,9 +196,7 @@ class Emulator:
     def _send(self, packets: Iterable[tuple[EmulatedServo, bytes]], t_rx: float, instr_len: int) -> None:
         """Send status packets one after another as a bus would: return delay, then the bytes' wire time."""
         byte_time = 10.0 / self.baud
-        clock = max(self._bus_clock, t_rx)
-        if self.wire_time:
-            clock = max(clock, t_rx + instr_len * byte_time)
+        clock = self._bus_clock
         for servo, pkt in packets:
             drop, corrupt, delay = self.faults.decide()
             clock += servo.mem[9] * 2e-6  # Return Delay Time, 2 us per unit
@@ -217,6 +215,11 @@ class Emulator:
         self._bus_clock = clock
 
     def _handle(self, pkt: P.Packet, t_rx: float) -> None:
+        # the instruction occupies the bus for its own bytes, after whatever was on the bus before it
+        clock = max(self._bus_clock, t_rx)
+        if self.wire_time:
+            clock += pkt.raw_length * 10.0 / self.baud
+        self._bus_clock = clock
         with self.lock:
             out = self._execute(pkt, t_rx)
         if out:

@@ -32,10 +32,12 @@ class SdkPort(PortHandler):
         self.latency_ms = latency_ms
         self.margin_ms = margin_ms
         self.fd = -1
+        self._rx = bytearray()
 
     def setupPort(self, cflag_baud):
         ok = super().setupPort(cflag_baud)
         self.fd = self.ser.fileno()
+        os.set_blocking(self.fd, False)  # pyserial opens it non-blocking already; make sure
         return ok
 
     def getCurrentTime(self):
@@ -46,19 +48,35 @@ class SdkPort(PortHandler):
         self.packet_timeout = self.tx_time_per_byte * packet_length + 2.0 * self.latency_ms + self.margin_ms
 
     def readPort(self, length):
-        remaining = (self.packet_timeout - (time.perf_counter() * 1000.0 - self.packet_start_time)) / 1000.0
-        ready, _, _ = select.select([self.fd], [], [], remaining if remaining > 0 else 0)
-        if not ready:
-            return b""
-        data = os.read(self.fd, length)
-        if not data:
-            raise PortVanished(errno.EIO, f"{self.port_name} returned no data although readable (device gone)")
-        return data
+        # One read() takes everything already there (a whole sync read's answers, usually); the SDK's many
+        # small reads are then served from this buffer without further system calls.
+        buf = self._rx
+        if len(buf) < length:
+            if not buf:
+                remaining = (self.packet_timeout - (time.perf_counter() * 1000.0 - self.packet_start_time)) / 1000.0
+                ready, _, _ = select.select([self.fd], [], [], remaining if remaining > 0 else 0)
+                if not ready:
+                    return b""
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                if not data:
+                    raise PortVanished(errno.EIO, f"{self.port_name} returned no data although readable (device gone)")
+                buf += data
+        out = bytes(buf[:length])
+        del buf[:length]
+        return out
+
+    def getBytesAvailable(self):
+        return len(self._rx) + self.ser.in_waiting
 
     def writePort(self, packet):
         return os.write(self.fd, bytes(packet))
 
     def clearPort(self):
+        self._rx.clear()
         try:
             self.ser.reset_input_buffer()
         except Exception as exc:  # termios.error on a vanished pty
