@@ -138,7 +138,12 @@ class RealSenseCamera:
             return
         self._check_paths()
         self._stop.clear()
-        self._open = self._open_device(recording=True)
+        try:
+            self._open = self._open_device(recording=True)
+        except CameraError:  # already names the camera (CameraError is itself a RuntimeError)
+            raise
+        except RuntimeError as err:  # librealsense's own errors (device busy, USB trouble) are RuntimeError
+            raise CameraError(f"{self.settings.describe()}: cannot start streaming: {err}") from None
         self._thread = threading.Thread(target=self._run, name=f"realsense-{self.settings.name}", daemon=True)
         self._thread.start()
 
@@ -333,7 +338,10 @@ class RealSenseCamera:
             r = sensor.get_option_range(option)
             if not r.min <= value <= r.max:
                 raise CameraSettingError(f"{s.describe()}: {what} {value:g} outside the device's range {r.min:g}..{r.max:g}")
-            sensor.set_option(option, float(value))
+            try:
+                sensor.set_option(option, float(value))
+            except RuntimeError as err:
+                raise CameraSettingError(f"{s.describe()}: cannot set {what} to {value:g}: {err}") from None
 
     def _close_device(self) -> None:
         o, self._open = self._open, None
