@@ -202,3 +202,10 @@ def test_a_failing_driver_thread_is_reported_not_silent(virtual):
                 cam.wait_for_frame(0.5)
         with pytest.raises(CameraError):
             cam.latest()
+
+
+def test_a_camera_already_streaming_elsewhere_is_a_clear_error(virtual):
+    with RealSenseCamera(settings(virtual, name="first")):
+        second = RealSenseCamera(settings(virtual, name="second"))
+        with pytest.raises(CameraError, match=f"camera 'second' \\(serial {virtual.serial}\\): cannot start streaming"):
+            second.start()
