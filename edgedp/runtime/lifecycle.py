@@ -125,6 +125,10 @@ class Runtime:
                 time.sleep(0.01)
             if control.phase in ("waiting", "ramping", "running"):
                 planner.start()
+                if self.console is not None:
+                    self.console.print(f"servo loop holding the arm ({self.tel.mode}, {p.servo.servo_hz:g} Hz); "
+                                       f"planner started; Ctrl-C to stop", highlight=False)
+                    _flush(self.console)
             t_begin = time.monotonic()
             code = self._supervise(control, servo, planner, t_begin)
         except Exception as exc:
@@ -211,6 +215,13 @@ class Runtime:
                     self.tel.plot(self.telemetry_path.with_suffix(".png"))
                 except Exception as exc:  # the JSON is the record; a plot failure is only noted
                     print(f"telemetry plot failed: {exc}", file=sys.stderr)
+
+
+def _flush(console) -> None:
+    try:
+        console.file.flush()
+    except Exception:
+        pass
 
 
 def _quiet(fn: Callable[[], Any]) -> None:
