@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from edgedp.cli import main
 from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
 from firmware_bridge.realsense.discovery import list_devices
+from firmware_bridge.realsense.virtual import VirtualRealSense
+from firmware_bridge.types import Intrinsics
 
 
 def test_listing_matches_what_librealsense_sees(capsys):
@@ -50,6 +54,20 @@ def test_user_mistakes_are_one_line_and_leave_nothing(tmp_path, capsys):
     assert main(["cameras", "--record", str(tmp_path / "c.db3"), "--virtual", "--seconds", "0"]) == 2
     assert "--seconds must be positive" in capsys.readouterr().err
 
-    assert main(["cameras", "--serial", "123"]) == 2
-    assert "use them with --record" in capsys.readouterr().err
+    assert main(["cameras", "--virtual"]) == 2
+    assert "use it with --record" in capsys.readouterr().err
+    assert main(["cameras", "--serial", "NOSUCH2"]) == 2
+    assert "serial 'NOSUCH2' not found" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_modes_of_one_camera(capsys):
+    intr = Intrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+    img = np.zeros((48, 64, 3), np.uint8)
+    # a virtual device registered in this process is found by serial like a USB one
+    with VirtualRealSense(lambda t: (img, None), intr, fps=15, depth=True) as v:
+        assert main(["cameras", "--serial", v.serial]) == 0
+    out = capsys.readouterr().out
+    assert v.serial in out
+    assert "RGB Camera" in out and "color" in out and "rgb8" in out and "64x48" in out and "15" in out
+    assert "Stereo Module" in out and "z16" in out

@@ -1,4 +1,4 @@
-"""`edgedp cameras`: list connected RealSense cameras, or record one (or the simulated scene) to .db3.
+"""`edgedp cameras`: list connected RealSense cameras, show one camera's modes, or record to .db3.
 
 Listing exits 0 with a table, or 1 with "no RealSense cameras connected" so scripts can test
 for a camera. Recording goes through the same driver the runtime uses, so a recorded file is
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--record", metavar="PATH", help="record to this .db3 file instead of listing")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--serial", help="camera to record (default: the only connected one)")
+    src.add_argument("--serial", help="camera to record (default: the only connected one); alone: list its modes")
     src.add_argument("--virtual", action="store_true",
                      help="record the simulated arm scene through a virtual RealSense (no camera needed)")
     p.add_argument("--seconds", type=float, default=3.0, help="how long to record (default 3)")
@@ -39,10 +39,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.record is None:
-        if args.virtual or args.serial:
-            raise UserError("--serial and --virtual choose what to record: use them with --record PATH")
+        if args.virtual:
+            raise UserError("--virtual chooses what to record: use it with --record PATH")
+        if args.serial:
+            return _modes(args.serial)
         return _list()
     return _record(args)
+
+
+def _modes(serial: str) -> int:
+    """The video modes of one camera: what width/height/fps a run config may ask of it."""
+    from firmware_bridge.realsense import CameraError
+    from firmware_bridge.realsense.discovery import describe, find_device, stream_modes
+
+    try:
+        dev = find_device(serial)
+    except CameraError as err:
+        raise UserError(str(err)) from None
+    info = describe(dev)
+    table = Table(title=f"{info.name} {info.serial} (firmware {info.firmware}, USB {info.usb_type})")
+    for col in ("sensor", "stream", "format", "resolution", "fps"):
+        table.add_column(col)
+    for m in stream_modes(dev):
+        table.add_row(m.sensor, m.stream, m.format, f"{m.width}x{m.height}", str(m.fps))
+    make_console().print(table)
+    return 0
 
 
 def _list() -> int:

@@ -68,3 +68,27 @@ def find_device(serial: Optional[str], ctx: Optional[rs.context] = None) -> rs.d
     present += [v.serial for v in virtual.registered_devices()]
     have = ", ".join(present) if present else "none"
     raise CameraNotFound(f"RealSense camera with serial '{serial}' not found (connected: {have})")
+
+
+@dataclass(frozen=True)
+class StreamMode:
+    sensor: str
+    stream: str
+    format: str
+    width: int
+    height: int
+    fps: int
+
+
+def stream_modes(dev: rs.device) -> list[StreamMode]:
+    """Every video mode the device offers, for choosing width/height/fps in a run config."""
+    modes = set()
+    for sensor in dev.query_sensors():
+        name = sensor.get_info(rs.camera_info.name) if sensor.supports(rs.camera_info.name) else "-"
+        for p in sensor.get_stream_profiles():
+            if not p.is_video_stream_profile():
+                continue
+            v = p.as_video_stream_profile()
+            modes.add(StreamMode(name, p.stream_type().name, p.format().name, v.width(), v.height(), v.fps()))
+    return sorted(modes, key=lambda m: (m.sensor, m.stream, m.format, -m.width * m.height, -m.fps))
+
