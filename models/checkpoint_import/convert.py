@@ -114,7 +114,10 @@ def build_policy(imp: ImportedPolicy, num_inference_steps: int | None = None, de
                 sd[k] = sd[k].reshape(ref.shape)
             else:
                 raise CheckpointError(f"{name}: {k} has shape {tuple(sd[k].shape)}, native needs {tuple(ref.shape)}")
-    policy.load_state_dict({k: v.to(dtype=want[k].dtype) for k, v in sd.items()}, strict=True, assign=True)
+    # Fresh allocations: tensors straight from a safetensors/zip buffer may be misaligned, which makes
+    # oneDNN pick other kernels (different rounding, slower) and would pin the source buffers in memory.
+    policy.load_state_dict({k: v.to(dtype=want[k].dtype).clone(memory_format=torch.contiguous_format)
+                            for k, v in sd.items()}, strict=True, assign=True)
     policy.to(device)
     if num_inference_steps is not None:
         try:

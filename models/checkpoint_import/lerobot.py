@@ -329,9 +329,9 @@ def read_lerobot(path: str | os.PathLike) -> ImportedPolicy:
     enc_target = target_shapes(lambda: ObservationEncoder(image_shapes, state_dims, feature_order,
                                                           shared=not separate, **image_kwargs))
     try:
-        encoder_state = remap(enc_src, enc_rename, enc_target, src_name, "encoder")
+        encoder_state = remap(enc_src, enc_rename, enc_target, src_name, "encoder", "diffusion.")
         unet_target = target_shapes(lambda: ConditionalUnet1D(**unet_kwargs))
-        unet_state = remap(unet_src, lambda k: lerobot_unet_to_native(k), unet_target, src_name, "unet")
+        unet_state = remap(unet_src, lerobot_unet_to_native, unet_target, src_name, "unet", "diffusion.unet.")
     except ValueError as err:
         if isinstance(err, CheckpointError):
             raise

@@ -255,9 +255,9 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
     rename = image_kwargs.get("_rename")
     enc_target = target_shapes(lambda: ObservationEncoder(image_shapes, state_dims, feature_order, shared=shared,
                                                           **enc_kwargs))
-    encoder_state = remap(enc_sd, rename or (lambda k: None), enc_target, name, "encoder")
+    encoder_state = remap(enc_sd, rename or (lambda k: None), enc_target, name, "encoder", "obs_encoder.")
     unet_target = target_shapes(lambda: ConditionalUnet1D(**unet_kwargs))
-    unet_state = remap(model_sd, lambda k: k, unet_target, name, "unet")
+    unet_state = remap(model_sd, lambda k: k, unet_target, name, "unet", "model.")
 
     fields = feature_order + ["action"]
     normalization = _normalizer(sd, fields, name, set(image_shapes))

@@ -63,21 +63,26 @@ def remap(
     target: Mapping[str, torch.Size],
     source: str,
     what: str,
+    src_prefix: str = "",
 ) -> dict[str, torch.Tensor]:
-    """Rename `sd` into `target`'s keys; every key used once, every target filled, shapes equal."""
+    """Rename `sd` into `target`'s keys; every key used once, every target filled, shapes equal.
+
+    `src_prefix` is what the caller stripped from the file's keys, so messages show them as stored.
+    """
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     for key, t in sd.items():
+        shown = src_prefix + key
         new = rename(key)
         if new is None:
-            raise CheckpointError(f"{source}: unexpected {what} key {key} (no native counterpart)")
+            raise CheckpointError(f"{source}: unexpected {what} key {shown} (no native counterpart)")
         if new not in target:
-            raise CheckpointError(f"{source}: {what} key {key} maps to {new}, which the model built from the "
+            raise CheckpointError(f"{source}: {what} key {shown} maps to {new}, which the model built from the "
                                   "checkpoint's config does not have (config and weights disagree)")
         if new in out:
-            raise CheckpointError(f"{source}: {key} and {origin[new]} both map to {what} {new}")
+            raise CheckpointError(f"{source}: {shown} and {src_prefix}{origin[new]} both map to {what} {new}")
         if tuple(t.shape) != tuple(target[new]):
-            raise CheckpointError(f"{source}: {key} has shape {tuple(t.shape)} but the model built from the "
+            raise CheckpointError(f"{source}: {shown} has shape {tuple(t.shape)} but the model built from the "
                                   f"checkpoint's config expects {tuple(target[new])} for {new}")
         out[new] = t
         origin[new] = key
