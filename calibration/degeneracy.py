@@ -6,7 +6,6 @@ pure translations) is not determined, and every solver still returns *a* number.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 

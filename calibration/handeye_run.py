@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ from calibration.errors import CalibrationError
 from calibration.handeye import METHODS, board_in_world, motion_pairs, robot_side, solve_closed_form
 from calibration.refine import refine_handeye, reprojection
 from calibration.samples import CameraModel, Sample
-from calibration.se3 import R_to_quat, T_error, average_T, inv_T, make_T, quat_to_R
+from calibration.se3 import R_to_quat, T_error, average_T, make_T, quat_to_R
 
 
 @dataclass
