@@ -113,11 +113,25 @@ def center_crop(x: torch.Tensor, crop_h: int, crop_w: int) -> torch.Tensor:
     return x[..., top:top + crop_h, left:left + crop_w]
 
 
+def random_crop(x: torch.Tensor, crop_h: int, crop_w: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An independent random crop per image of (N, C, H, W), the training-time augmentation of both references."""
+    n, c, h, w = x.shape
+    if (h, w) == (crop_h, crop_w):
+        return x
+    top = torch.randint(0, h - crop_h + 1, (n,), generator=generator).to(x.device)
+    left = torch.randint(0, w - crop_w + 1, (n,), generator=generator).to(x.device)
+    rows = (top[:, None] + torch.arange(crop_h, device=x.device)).view(n, 1, crop_h, 1).expand(n, c, crop_h, w)
+    x = x.gather(2, rows)
+    cols = (left[:, None] + torch.arange(crop_w, device=x.device)).view(n, 1, 1, crop_w).expand(n, c, crop_h, crop_w)
+    return x.gather(3, cols)
+
+
 class ImageEncoder(nn.Module):
     """One camera frame batch (N, 3, H, W), already normalized, -> features (N, feature_dim).
 
-    Resize (optional, bilinear) then center crop happen here, so they run on whatever device the
-    trunk runs on. ``input_shape`` is the (3, H, W) the encoder receives.
+    Resize (optional, bilinear) then crop happen here, so they run on whatever device the trunk
+    runs on: the center crop in eval mode, a random crop per image in train mode.
+    ``input_shape`` is the (3, H, W) the encoder receives.
     """
 
     def __init__(
@@ -161,7 +175,8 @@ class ImageEncoder(nn.Module):
         if self.resize_shape and tuple(x.shape[-2:]) != self.resize_shape:
             x = F.interpolate(x, size=self.resize_shape, mode="bilinear", align_corners=False, antialias=True)
         if self.crop_shape:
-            x = center_crop(x, *self.crop_shape)
+            # Random crops only while training (augmentation); inference always takes the center.
+            x = random_crop(x, *self.crop_shape) if self.training else center_crop(x, *self.crop_shape)
         x = torch.flatten(self.pool(self.backbone(x)), start_dim=1)
         return self.relu(self.out(x))
 

@@ -73,6 +73,12 @@ def read_spec(path: str | os.PathLike) -> tuple[PolicySpec, dict[str, Any]]:
         spec = PolicySpec.from_dict(doc["spec"])
     except SpecError as exc:
         raise NativeCheckpointError(f"{f}: spec.{exc}") from None
+    try:
+        from models.schedulers import SchedulerSpec
+
+        SchedulerSpec.from_dict(spec.scheduler)
+    except (ValueError, TypeError) as exc:
+        raise NativeCheckpointError(f"{f}: spec.scheduler: {exc}") from None
     return spec, doc
 
 

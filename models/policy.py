@@ -305,6 +305,36 @@ class DiffusionPolicy(nn.Module):
         """Only the executed steps, (n_action_steps, action_dim)."""
         return self.predict_chunk(obs, noise)[self.action_slice]
 
+    # ---- training ------------------------------------------------------------------------
+    def compute_loss(self, obs: Mapping[str, Any], action: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The Diffusion Policy training loss on a batch (call in train mode, with autograd).
+
+        obs: raw features batched (B, n_obs, ...); action: raw (B, horizon, action_dim).
+        Draws k ~ U{0..N-1} and eps ~ N(0, I), noises the normalized actions with the forward
+        process, and returns MSE(eps_theta(x_k, k | obs), target), target = eps for epsilon
+        prediction or the clean actions for sample prediction.
+        """
+        from models.schedulers import NoiseScheduler
+
+        spec = self._scheduler_spec
+        if spec.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"compute_loss: prediction_type {spec.prediction_type!r} is not supported for training")
+        batch = self.normalize_obs(self.prepare_obs(obs))
+        global_cond = self.obs_encoder({k: v.to(self.dtype) for k, v in batch.items()})
+        a = action if isinstance(action, torch.Tensor) else torch.from_numpy(np.asarray(action, dtype=np.float32))
+        a = a.to(device=self.device, dtype=torch.float32)
+        if tuple(a.shape) != (global_cond.shape[0], self.horizon, self.action_dim):
+            raise PolicyInputError(f"action: expected shape {(global_cond.shape[0], self.horizon, self.action_dim)}, "
+                                   f"got {tuple(a.shape)}")
+        naction = self.normalizers[self._spec.action_key](a).to(self.dtype)
+        b = naction.shape[0]
+        eps = torch.randn(naction.shape, generator=generator, dtype=torch.float32).to(naction)
+        k = torch.randint(0, spec.num_train_timesteps, (b,), generator=generator).to(self.device)
+        noisy = NoiseScheduler(spec).add_noise(naction, eps, k)
+        pred = self.unet(noisy, k, global_cond)
+        target = eps if spec.prediction_type == "epsilon" else naction
+        return torch.nn.functional.mse_loss(pred, target)
+
     def parameter_counts(self) -> dict[str, int]:
         return {
             "unet": sum(p.numel() for p in self.unet.parameters()),

@@ -122,6 +122,9 @@ def test_corrupted_files_give_one_line_errors(saved):
     (path / "policy.yaml").write_text(spec_text.replace("horizon: 16", "horizon: 15"))
     with pytest.raises(NativeCheckpointError, match="horizon"):
         read_spec(path)
+    (path / "policy.yaml").write_text(spec_text.replace("kind: ddim", "kind: ddpx"))
+    with pytest.raises(NativeCheckpointError, match="spec.scheduler: .*ddpx"):
+        read_spec(path)
     (path / "policy.yaml").write_text(spec_text.replace("format_version: 1", "format_version: 9"))
     with pytest.raises(NativeCheckpointError, match="format_version 9"):
         read_spec(path)

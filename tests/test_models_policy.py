@@ -161,3 +161,30 @@ def test_state_dict_has_no_sampler_or_alias_keys():
     assert p.sampler.timesteps.dtype == torch.int64
     out = p.predict_chunk(small_obs(np.random.default_rng(0)))
     assert out.dtype == np.float32
+
+
+def test_compute_loss_trains_and_train_mode_crops_randomly():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_spec(scheduler={"kind": "ddim", "num_inference_steps": 3}))
+    rng = np.random.default_rng(0)
+    obs = {"cam": rng.integers(0, 256, (2, 2, 40, 48, 3), dtype=np.uint8),
+           "joints": rng.normal(size=(2, 2, 2)).astype(np.float32)}
+    action = rng.uniform(-1, 1, size=(2, 16, 2)).astype(np.float32)
+    policy.train()
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        g = torch.Generator().manual_seed(1)  # same k and eps each step: the loss on them must fall
+        loss = policy.compute_loss(obs, action, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+    enc = policy.obs_encoder.image_encoders[0]
+    x = torch.rand(6, 3, 40, 48)
+    assert not torch.equal(enc(x), enc(x))  # random crops while training
+    policy.eval()
+    assert torch.equal(enc(x), enc(x))      # center crop at inference
+    with pytest.raises(PolicyInputError, match="action: expected shape"):
+        policy.compute_loss(obs, action[:, :8])
