@@ -29,9 +29,10 @@ def rig():
     bus = DynamixelBus(BusSpec("emulator", tick_budget_s=0.05), [JointSpec(f"j{k}", k + 1, "xm430-w350") for k in range(6)])
     bus.connect()
     ids = list(range(1, 7))
+    emulator = bus.emulator  # kept: bus.close() drops its reference
 
     def render(t):
-        pos = bus.emulator.present_positions_rad()
+        pos = emulator.present_positions_rad()
         q = np.array([pos[i] for i in ids])
         C = inv_T(X) @ inv_T(chain.fk(q)) @ W
         grey = render_view(SPEC, K, C, (W_PX, H_PX), supersample=2, noise_sigma=1.5, rng=np.random.default_rng(int(t * 1e3)))
@@ -67,3 +68,49 @@ def test_collect_poses_then_calibrate(rig, tmp_path):
     print(f"\ncollected on emulator + virtual RealSense: {dr:.4f} deg, {dt * 1000:.3f} mm, reprojection {res.reproj_rms_total:.3f} px")
     # Joint angles are read with 4096-tick resolution (0.09 deg per joint), so allow a little more than on exact poses.
     assert dr < 0.3 and dt < 0.003
+
+
+def test_cli_manual_collection(rig, tmp_path, monkeypatch):
+    """`edgedp calibrate collect-handeye` by hand: torque off, the user poses the arm and presses Enter."""
+    import yaml
+
+    import edgedp.commands.calibrate as cmd
+    from edgedp import cli
+
+    bus, cam, chain, X, qs = rig
+    emulator = bus.emulator
+    cfg = {"robot": {"bus": {"port": "emulator"}, "joints": [
+        {"name": f"j{k}", "id": k + 1, "model": "xm430-w350", "min": -3.1, "max": 3.1, "max_velocity": 2,
+         "max_acceleration": 10} for k in range(6)]},
+        "cameras": [{"name": "wrist", "kind": "realsense", "serial": "0", "width": 640, "height": 480, "fps": 15}],
+        "policy": {"checkpoint": "preset:small"}}
+    (tmp_path / "robot.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(SPEC.to_dict()))
+    monkeypatch.setattr(cmd, "_open_robot", lambda c: bus)
+    monkeypatch.setattr(cmd, "_open_camera", lambda c, name: cam)
+    answers = []
+    for q in qs[:5]:
+        answers.append((q, ""))
+    answers.append((None, "q"))
+    it = iter(answers)
+
+    def user(text=""):
+        q, ans = next(it)
+        if q is not None:
+            for k in range(6):
+                emulator.servo(k + 1).set_external_position(angle_rad=float(q[k]))
+            import time
+
+            time.sleep(0.15)  # hold still until a newer frame exists
+        return ans
+
+    monkeypatch.setattr("builtins.input", user)
+    out = tmp_path / "manual"
+    assert cli.main(["calibrate", "collect-handeye", str(tmp_path / "robot.yaml"), "--out", str(out),
+                     "--board", str(tmp_path / "board.yaml")]) == 0
+    data = yaml.safe_load((out / "samples.yaml").read_text())
+    assert len(data["samples"]) == 5
+    for entry, q in zip(data["samples"], qs):
+        assert np.allclose(entry["joints"], q, atol=0.003)
+        assert (out / entry["image"]).is_file()
+    assert (out / "camera.yaml").is_file() and (out / "board.yaml").is_file()
