@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def run_case(baud: int, wire_time: bool, fast: bool, cycles: int) -> dict:
             wall = np.empty(cycles)
             cpu = np.empty(cycles)
             pc, tt = time.perf_counter, time.thread_time
+            ru0 = resource.getrusage(resource.RUSAGE_THREAD)
             for k in range(cycles):
                 goal = q0 + 0.2 * np.sin(k * 0.01)
                 t0, c0 = pc(), tt()
@@ -75,6 +77,7 @@ def run_case(baud: int, wire_time: bool, fast: bool, cycles: int) -> dict:
                 bus.read()
                 cpu[k] = tt() - c0
                 wall[k] = pc() - t0
+            ru1 = resource.getrusage(resource.RUSAGE_THREAD)
             stats = bus.stats()
     finally:
         proc.terminate()
@@ -86,6 +89,9 @@ def run_case(baud: int, wire_time: bool, fast: bool, cycles: int) -> dict:
         "cycle_median_us": float(np.median(wall) * 1e6), "cycle_p99_us": float(np.percentile(wall, 99) * 1e6),
         "wire_bytes": nbytes, "wire_theory_us": nbytes * 10 / baud * 1e6,
         "driver_cpu_median_us": float(np.median(cpu) * 1e6), "driver_cpu_mean_us": float(cpu.mean() * 1e6),
+        # user = Python driver + SDK code, system = the kernel's serial/pty I/O on the driver's behalf
+        "driver_user_us": (ru1.ru_utime - ru0.ru_utime) / cycles * 1e6,
+        "driver_sys_us": (ru1.ru_stime - ru0.ru_stime) / cycles * 1e6,
         "retries": stats["retries"], "timeouts": stats["timeouts"],
     }
 
@@ -131,12 +137,14 @@ def main(argv=None) -> int:
         for wire in (True, False):
             for fast in (False, True):
                 results.append(run_case(baud, wire, fast, args.cycles))
-    hdr = f"{'baud':>8} {'wire':>5} {'read':>15} {'median us':>10} {'p99 us':>9} {'theory us':>10} {'cpu us':>7}"
+    hdr = (f"{'baud':>8} {'wire':>5} {'read':>15} {'median us':>10} {'p99 us':>9} {'theory us':>10} {'cpu us':>7} "
+           f"{'user us':>8} {'sys us':>7}")
     print(f"bus cycle, {N_SERVOS} x {MODEL}, {args.cycles} cycles each (sync write + read of Present Position)")
     print(hdr)
     for r in results:
         print(f"{r['baud']:>8} {str(r['wire_time']):>5} {r['read']:>15} {r['cycle_median_us']:>10.0f} "
-              f"{r['cycle_p99_us']:>9.0f} {r['wire_theory_us']:>10.0f} {r['driver_cpu_median_us']:>7.0f}")
+              f"{r['cycle_p99_us']:>9.0f} {r['wire_theory_us']:>10.0f} {r['driver_cpu_median_us']:>7.0f} "
+              f"{r['driver_user_us']:>8.0f} {r['driver_sys_us']:>7.0f}")
     soaks = []
     if args.soak > 0:
         for fast in (False, True):
