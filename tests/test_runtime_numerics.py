@@ -144,7 +144,8 @@ def test_safety_tracks_a_feasible_trajectory_exactly():
     f = _filter()
     out = np.empty(2)
     t = np.arange(2000) * f.h
-    traj = 0.3 * np.cos(2 * np.pi * 0.5 * t)  # starts at rest, as the filter does[:, None] * np.array([1.0, 1.0])
+    # A cosine starts at rest, as the filter does after reset().
+    traj = 0.3 * np.cos(2 * np.pi * 0.5 * t)[:, None] * np.array([1.0, 1.0])
     f.reset(traj[0])
     for k in range(1, 2000):
         f.apply(traj[k], out)

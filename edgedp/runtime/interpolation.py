@@ -12,6 +12,49 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
+
+_NONE = np.empty((0, 0))
+
+
+@njit(nogil=True, cache=True)
+def _evaluate(values, tangents, t0, dt, t, out) -> bool:
+    """Position at time t (linear, or cubic Hermite when tangents are given); True when t is inside the data."""
+    n = values.shape[0]
+    d = values.shape[1]
+    s = (t - t0) / dt
+    if s <= 0.0 or n == 1:
+        row = 0 if s <= 0.0 else n - 1
+        for k in range(d):
+            out[k] = values[row, k]
+        return s >= 0.0 and (n > 1 or s == 0.0)
+    last = n - 1
+    if s >= last:
+        for k in range(d):
+            out[k] = values[last, k]
+        return s == last
+    i = int(s)
+    u = s - i
+    if tangents.shape[0] == 0:
+        for k in range(d):
+            out[k] = values[i, k] + u * (values[i + 1, k] - values[i, k])
+        return True
+    u2 = u * u
+    u3 = u2 * u
+    h00 = 2 * u3 - 3 * u2 + 1
+    h10 = u3 - 2 * u2 + u
+    h01 = -2 * u3 + 3 * u2
+    h11 = u3 - u2
+    for k in range(d):
+        out[k] = h00 * values[i, k] + h10 * tangents[i, k] + h01 * values[i + 1, k] + h11 * tangents[i + 1, k]
+    return True
+
+
+@njit(nogil=True, cache=True)
+def blend_into(out, other, w) -> None:
+    """out = w * out + (1 - w) * other, in place."""
+    for k in range(out.shape[0]):
+        out[k] = w * out[k] + (1.0 - w) * other[k]
 
 
 class Trajectory:
@@ -62,37 +105,13 @@ class TimedChunk(Trajectory):
             self.tangents = _catmull_rom_tangents(self.values)  # per knot, in units per step
         else:
             self.tangents = None
+        self._tangents = _NONE if self.tangents is None else self.tangents
 
     def end_time(self) -> float:
         return self.t0 + (self.n - 1) * self.dt
 
     def evaluate(self, t: float, out: np.ndarray) -> bool:
-        s = (t - self.t0) / self.dt
-        if s <= 0.0 or self.n == 1:
-            out[:] = self.values[0] if s <= 0.0 else self.values[-1]
-            return s >= 0.0 and (self.n > 1 or s == 0.0)
-        last = self.n - 1
-        if s >= last:
-            out[:] = self.values[last]
-            return s == last
-        i = int(s)
-        u = s - i
-        p0 = self.values[i]
-        p1 = self.values[i + 1]
-        if self.tangents is None:
-            np.multiply(p1 - p0, u, out=out)
-            out += p0
-            return True
-        m0 = self.tangents[i]
-        m1 = self.tangents[i + 1]
-        u2 = u * u
-        u3 = u2 * u
-        h00 = 2 * u3 - 3 * u2 + 1
-        h10 = u3 - 2 * u2 + u
-        h01 = -2 * u3 + 3 * u2
-        h11 = u3 - u2
-        out[:] = h00 * p0 + h10 * m0 + h01 * p1 + h11 * m1
-        return True
+        return _evaluate(self.values, self._tangents, self.t0, self.dt, t, out)
 
     def times(self) -> np.ndarray:
         return self.t0 + self.dt * np.arange(self.n)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory
+from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory, blend_into
 
 
 def smoothstep(x: float) -> float:
@@ -47,8 +47,7 @@ class Crossfade(Trajectory):
         covered = self.new.evaluate(t, out)
         if w < 1.0:
             self.old.evaluate(t, self._tmp)
-            out *= w
-            out += (1.0 - w) * self._tmp
+            blend_into(out, self._tmp, w)
         return covered
 
     def end_time(self) -> float:
