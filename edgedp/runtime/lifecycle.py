@@ -146,8 +146,17 @@ class Runtime:
                     self.tel.notes.append("servo loop did not stop in time; terminated")
                     servo.kill()
             planner.join(max(0.05, 0.9 - (time.monotonic() - t_stop)))
-            for h in frames.values():
+            for k, h in frames.items():
                 h.stop(0.2)
+                info: dict = {"frames_seen": h.frames_seen, "poll_errors": h.errors}
+                counters = getattr(p.cameras[k], "counters", None)
+                if callable(counters):
+                    try:
+                        info["driver"] = {kk: (vv if isinstance(vv, (int, float, str, bool, type(None))) else str(vv))
+                                          for kk, vv in counters().items()}
+                    except Exception:
+                        pass
+                self.tel.cameras[k] = info
             for cam in started_cams:
                 _quiet(cam.stop)
             for close in reversed(p.closers):

@@ -295,6 +295,12 @@ class ServoLoop:
         notes: dict[str, Any] = {"decelerated": False, "torque_off": False, "closed": False}
         if not connected:
             return notes
+        stats = getattr(self.bus, "stats", None)
+        if callable(stats):
+            try:
+                self.report["bus_stats"] = _plain(stats())
+            except Exception:
+                pass
         cmd = np.empty(self.n)
         if torque and reason != "watchdog":
             t_end = self.clock() + self.p.stop_decel_time
@@ -318,6 +324,17 @@ class ServoLoop:
         except BaseException as exc:
             notes["close_error"] = f"{type(exc).__name__}: {exc}"
         return notes
+
+
+def _plain(x):
+    """Driver counters as JSON-friendly values (dict keys to str, numpy scalars to Python)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
 
 
 def _set_realtime(priority: int) -> str:

@@ -67,6 +67,7 @@ class Telemetry:
         self.stopped_by = "unknown"
         self.exit_code = 0
         self.notes: list[str] = []
+        self.cameras: dict[str, Any] = {}  # per camera: frames seen by the runtime, driver counters
 
     # ---- planner side ---------------------------------------------------------------------------
     def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, encode_ms: float,
@@ -130,6 +131,8 @@ class Telemetry:
             },
             "joins": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in j.items()} for j in joins],
             "servo_stop": s.get("stop", {}),
+            "bus_stats": s.get("bus_stats", {}),
+            "cameras": self.cameras,
             "servo_end": s.get("reason"),
             "servo_error": s.get("error"),
             "planner_errors": self.planner_errors[:20],
