@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from edgedp.policy_loading import load_policy
 
     console = make_console()
+    policy = load_policy(args.checkpoint)
+    # transient: the bar is erased when done, so a refusal or the summary is all that stays on screen.
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=make_console(stderr=True), transient=False) as bar:
-        task = bar.add_task("loading checkpoint", total=PROGRESS_STAGES)
-        policy = load_policy(args.checkpoint)
+                  console=make_console(stderr=True), transient=True) as bar:
+        task = bar.add_task("starting", total=PROGRESS_STAGES)
 
         def progress(msg: str) -> None:
             bar.update(task, description=msg, advance=1)
