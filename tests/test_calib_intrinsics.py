@@ -86,3 +86,33 @@ def test_realsense_factory_intrinsics_to_camera_yaml():
     d455 = Intrinsics(1280, 720, 640.0, 640.0, 640.0, 360.0, "inverse_brown_conrady", (-0.05, 0.06, 0.0, 0.001, -0.02))
     d = from_realsense(d455)
     assert d["dist"] == pytest.approx([-0.05, 0.06, 0.0, 0.001, -0.02]) and d["warnings"]
+
+
+def test_cli_realsense_factory_intrinsics_from_virtual_device(tmp_path):
+    """`--realsense SERIAL` through the real RealSense driver against a virtual rs.software_device."""
+    from edgedp import cli
+    from firmware_bridge.realsense.virtual import VirtualRealSense
+
+    intr = Intrinsics(640, 480, 615.2, 615.9, 322.1, 240.4, "inverse_brown_conrady", (0.0,) * 5)
+    img = np.zeros((480, 640, 3), np.uint8)
+    with VirtualRealSense(lambda t: (img, None), intr, fps=15) as dev:
+        out = tmp_path / "camera.yaml"
+        assert cli.main(["calibrate", "intrinsics", "--realsense", dev.serial, "--fps", "15", "--out", str(out)]) == 0
+        d = yaml.safe_load(out.read_text())
+        assert d["fx"] == pytest.approx(615.2, abs=1e-3) and d["cy"] == pytest.approx(240.4, abs=1e-3)
+        assert d["distortion_model"] == "inverse_brown_conrady" and d["dist"] == [0.0] * 5
+    assert cli.main(["calibrate", "intrinsics", "--realsense", "NO-SUCH-SERIAL", "--out", str(tmp_path / "x.yaml")]) == 2
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_cli_render_board_is_detectable(tmp_path):
+    from edgedp import cli
+    from calibration.charuco import BoardDetector
+
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump(SPEC.to_dict()))
+    out = tmp_path / "board.png"
+    assert cli.main(["calibrate", "render-board", str(board), "--out", str(out), "--px-per-square", "60"]) == 0
+    img = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    d = BoardDetector(SPEC).detect(img)
+    assert d is not None and len(d.ids) == SPEC.n_corners

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--realsense", metavar="SERIAL", help="read the factory intrinsics of this RealSense instead")
     i.add_argument("--width", type=int, default=640)
     i.add_argument("--height", type=int, default=480)
+    i.add_argument("--fps", type=int, default=30, help="stream mode whose intrinsics are read (with --realsense)")
     i.add_argument("--out", required=True, help="camera.yaml to write")
     i.add_argument("--plot", help="PNG of per-view errors and coverage (default: next to --out)")
     i.add_argument("--reject-factor", type=float, default=3.0, help="drop views above this × the median view error")
@@ -159,7 +160,7 @@ def _intrinsics(args) -> int:
     if args.realsense:
         from calibration.intrinsics import from_realsense
 
-        intr = _realsense_intrinsics(args.realsense, args.width, args.height)
+        intr = _realsense_intrinsics(args.realsense, args.width, args.height, args.fps)
         write_yaml_atomic(out, from_realsense(intr))
         _print(f"wrote {out} (factory intrinsics of RealSense {args.realsense}, {intr.width}x{intr.height})")
         return 0
@@ -187,14 +188,14 @@ def _intrinsics(args) -> int:
     return 0
 
 
-def _realsense_intrinsics(serial: str, width: int, height: int):
+def _realsense_intrinsics(serial: str, width: int, height: int, fps: int = 30):
     """Open the camera briefly with firmware_bridge.realsense and return its factory color intrinsics."""
     try:
         from firmware_bridge.realsense.camera import RealSenseCamera, RealSenseSettings
         from firmware_bridge.realsense.errors import CameraError
     except ImportError as exc:
         raise UserError(f"RealSense support is not available ({exc})") from None
-    cam = RealSenseCamera(RealSenseSettings(serial=serial, width=width, height=height))
+    cam = RealSenseCamera(RealSenseSettings(serial=serial, width=width, height=height, fps=fps))
     try:
         cam.start()
         intr = cam.intrinsics
