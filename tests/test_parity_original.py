@@ -23,6 +23,15 @@ NORM_TOL = 1e-5
 RUNS = {"ddim10": ("ddim", 10), "ddim16": ("ddim", 16), "ddpm100": ("ddpm", 100)}
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Single-threaded like the references; on a shared 2-core box this is also ~10x faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _fixture_dir(name: str) -> Path:
     d = FIXTURES / name
     if not (d / "checkpoint.ckpt").is_file():
