@@ -111,14 +111,12 @@ def test_write_goal_moves_joints_and_clips_to_servo_limits(emu):
         assert np.allclose(start.q, 0.0) and np.allclose(start.dq, 0.0) and np.allclose(start.current, 0.0)
         bus.set_torque(True)
         assert all(emu.servo(i).torque for i in (1, 2, 3))
-        bus.write_goal([1.5, -0.4, 0.2])  # joint 1 limited at tick 3000 (1.46 rad)
+        bus.write_goal([1.5, -0.8, 0.6])  # joint 1 limited at tick 3000 (1.46 rad)
         time.sleep(0.1)
         mid = bus.read()
         assert (mid.dq[1:] != 0).all() and np.sign(mid.dq[1]) == -1
-        time.sleep(1.6)
-        end = bus.read().q
-        assert end[0] == pytest.approx((3000 - 2048) * RAD_PER_TICK, abs=1e-9)
-        assert end[1:] == pytest.approx([-0.4, 0.2], abs=RAD_PER_TICK)
+        target = np.array([(3000 - 2048) * RAD_PER_TICK, -0.8, 0.6])
+        assert wait_for(lambda: np.allclose(bus.read().q, target, atol=RAD_PER_TICK), timeout=5.0)
         assert bus.stats()["goal_clipped"] == 1
         with pytest.raises(ValueError):
             bus.write_goal([0.0, float("nan"), 0.0])
@@ -168,6 +166,24 @@ def test_hardware_error_is_surfaced_by_name(emu):
         assert err.state is not None and err.state.q.shape == (3,)
         assert not emu.servo(2).torque  # the firmware's shutdown switched it off
         assert bus.stats()["hardware_errors"][2] == 1
+        with pytest.raises(HardwareError, match="servo 2 hardware error: overheating, overload"):
+            bus.set_torque(True)  # refused until the servo is rebooted
+
+
+def test_hardware_errors_at_a_rate_are_all_reported(emu):
+    with DynamixelBus(spec(emu), joints(3)) as bus:
+        emu.faults.set(hardware_error_rate=0.05, hardware_error_bits=0x01, seed=2)  # input voltage: no shutdown
+        seen = 0
+        for _ in range(200):
+            try:
+                bus.read()
+            except HardwareError as err:
+                assert err.names == ["input voltage"]
+                seen += 1
+        emu.faults.clear()
+    raised = emu.faults.counts.hardware_errors
+    assert sum(raised.values()) > 0 and seen > 0
+    assert set(bus.stats()["hardware_errors"]) == {1, 2, 3}
 
 
 def test_bus_vanishing_mid_run_raises_bus_disconnected(emu):

@@ -251,14 +251,18 @@ def test_motor_follows_profile_and_reports_consistent_velocity(emu, link):
     ph.write4ByteTxRx(port, 1, 116, 4000)
     time.sleep(0.2)
     vel = s32(ph.read4ByteTxRx(port, 1, 128)[0])
+    t1 = time.monotonic()
     p1 = ph.read4ByteTxRx(port, 1, 132)[0]
     time.sleep(0.1)
+    t2 = time.monotonic()
     p2 = ph.read4ByteTxRx(port, 1, 132)[0]
     assert 95 <= vel <= 100  # cruising at the profile velocity
-    ticks_per_s = (p2 - p1) / 0.1
+    ticks_per_s = (p2 - p1) / (t2 - t1)
     assert ticks_per_s == pytest.approx(100 * 0.229 / 60 * 4096, rel=0.25)
     assert ph.read2ByteTxRx(port, 1, 126)[0] != 0  # current flows while moving
-    time.sleep(1.2)
+    deadline = time.monotonic() + 5
+    while ph.read4ByteTxRx(port, 1, 132)[0] != 4000 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ph.read4ByteTxRx(port, 1, 132)[0] == 4000
     assert ph.read1ByteTxRx(port, 1, 122)[0] == 0  # Moving
 

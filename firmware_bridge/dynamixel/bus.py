@@ -455,6 +455,10 @@ class DynamixelBus:
             res, err = self._io(self.ph.writeTxRx, self.port, sid, addr, size, data)
             if res == COMM_SUCCESS:
                 if err & 0x7F:
+                    if err & 0x80:  # refused because of a hardware error: say which
+                        bits = self._read(sid, 70, 1)
+                        self.counters["hardware_errors"][sid] = self.counters["hardware_errors"].get(sid, 0) + 1
+                        raise HardwareError(sid, hardware_error_names(bits), bits)
                     raise ServoStatusError(sid, err, f"write {name}={value}")
                 return
             self._count(res)

@@ -242,7 +242,7 @@ class Emulator:
         if not servos:
             return []
         now = time.monotonic()
-        hw = self.faults.take_hardware()
+        hw = self.faults.take_hardware([s.id for s in servos])
         for sid, bits in hw.items():
             s = self._find(sid)
             if s is not None:

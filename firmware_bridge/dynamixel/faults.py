@@ -37,13 +37,19 @@ class Faults:
         self.delay_rate = 0.0
         self.delay_s = 0.0
         self.pending_hardware: dict[int, int] = {}
+        self.hardware_error_rate = 0.0
+        self.hardware_error_bits = 0x20
         self.counts = FaultCounts()
 
     def set(self, crc_rate: Optional[float] = None, drop_rate: Optional[float] = None,
             delay_rate: Optional[float] = None, delay_s: Optional[float] = None,
-            hardware_error: Optional[dict[int, int]] = None, seed: Optional[int] = None) -> None:
-        """Change rates (0..1) and/or raise hardware error bits {servo id: bits} on the next access."""
-        for name, v in (("crc_rate", crc_rate), ("drop_rate", drop_rate), ("delay_rate", delay_rate)):
+            hardware_error: Optional[dict[int, int]] = None, hardware_error_rate: Optional[float] = None,
+            hardware_error_bits: Optional[int] = None, seed: Optional[int] = None) -> None:
+        """Change rates (0..1) and/or raise hardware error bits {servo id: bits} on the next instruction.
+
+        hardware_error_rate: chance per instruction that one random servo raises `hardware_error_bits`."""
+        for name, v in (("crc_rate", crc_rate), ("drop_rate", drop_rate), ("delay_rate", delay_rate),
+                        ("hardware_error_rate", hardware_error_rate)):
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {v}")
         with self._lock:
@@ -57,13 +63,17 @@ class Faults:
                 self.delay_rate = float(delay_rate)
             if delay_s is not None:
                 self.delay_s = float(delay_s)
+            if hardware_error_rate is not None:
+                self.hardware_error_rate = float(hardware_error_rate)
+            if hardware_error_bits is not None:
+                self.hardware_error_bits = int(hardware_error_bits) & 0xFF
             if hardware_error:
                 self.pending_hardware.update({int(k): int(v) for k, v in hardware_error.items()})
 
     def clear(self) -> None:
         """All rates back to zero (counts are kept: call reset_counts for those)."""
         with self._lock:
-            self.crc_rate = self.drop_rate = self.delay_rate = 0.0
+            self.crc_rate = self.drop_rate = self.delay_rate = self.hardware_error_rate = 0.0
             self.delay_s = 0.0
             self.pending_hardware.clear()
 
@@ -71,9 +81,13 @@ class Faults:
         with self._lock:
             self.counts = FaultCounts()
 
-    def take_hardware(self) -> dict[int, int]:
+    def take_hardware(self, ids: list[int]) -> dict[int, int]:
+        """Hardware errors to raise now: the ones set explicitly, plus a random one at the set rate."""
         with self._lock:
             out, self.pending_hardware = self.pending_hardware, {}
+            if self.hardware_error_rate and ids and self._rng.random() < self.hardware_error_rate:
+                sid = self._rng.choice(ids)
+                out[sid] = out.get(sid, 0) | self.hardware_error_bits
             for k in out:
                 self.counts.hardware_errors[k] = self.counts.hardware_errors.get(k, 0) + 1
             return out
