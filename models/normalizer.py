@@ -75,6 +75,15 @@ class FieldNormalizer(nn.Module):
             getattr(self, name).copy_(value.reshape(self.stat_shape))
         return self
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # Statistics stay float32 whatever dtype the network is cast to: raw values like 500 px
+        # or 1e-3 rad ranges lose too much in fp16/bf16. Device moves still apply.
+        saved = {n: b for n, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for n, b in saved.items():
+            self._buffers[n] = b.to(device=self._buffers[n].device, dtype=torch.float32)
+        return self
+
     def _min_max_denominator(self) -> torch.Tensor:
         d = self.max - self.min
         return torch.where(d == 0, torch.tensor(LEROBOT_EPS, dtype=d.dtype, device=d.device), d)

@@ -86,3 +86,12 @@ def test_stats_validation_and_set_keys_with_dots():
     assert "observation.state" in s
     assert "fields.observation__state.max" in s.state_dict()
     assert torch.equal(s["observation.state"].max, torch.tensor([2.0, 4.0]))
+
+
+def test_statistics_stay_float32_when_the_network_is_cast():
+    n = FieldNormalizer("min_max", "lerobot", (2,)).set_stats(min=[13.456424, 32.938293], max=[496.14618, 510.9579])
+    before = n.min.clone()
+    n.half()
+    assert n.min.dtype == torch.float32 and torch.equal(n.min, before)
+    y = n(torch.tensor([[100.0, 200.0]], dtype=torch.float16))
+    assert y.dtype == torch.float32
