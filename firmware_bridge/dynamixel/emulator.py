@@ -23,6 +23,7 @@ from firmware_bridge.dynamixel.control_table import BAUD_CODES, BAUD_TO_CODE
 from firmware_bridge.dynamixel.faults import Faults
 from firmware_bridge.dynamixel.models import FAST_SYNC_READ_MIN_FIRMWARE, get_model
 from firmware_bridge.dynamixel.servo import EmulatedServo
+from firmware_bridge.dynamixel.units import RAD_PER_TICK
 
 _TERMIOS_BAUDS: dict[int, int] = {}
 for _b in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1152000,
@@ -73,7 +74,8 @@ class Emulator:
         self.lock = threading.RLock()
         self._servos: dict[int, EmulatedServo] = {}
         for sid, (model, fw) in sorted(spec.items()):
-            self._servos[sid] = EmulatedServo(sid, get_model(model), firmware.get(sid, fw), BAUD_TO_CODE[baud])
+            self._servos[sid] = EmulatedServo(sid, get_model(model), firmware.get(sid, fw), BAUD_TO_CODE[baud],
+                                              lock=self.lock)
         self.port_name: Optional[str] = None
         self.stats = {"instructions": 0, "crc_errors_in": 0, "ignored_wrong_baud": 0}
         self._master = self._slave = None
@@ -127,7 +129,8 @@ class Emulator:
 
     # ---- state accessors (thread-safe) ---------------------------------------------------------------
     def servo(self, dxl_id: int) -> EmulatedServo:
-        """The emulated servo with this id, advanced to now (hold `emulator.lock` to read several fields)."""
+        """The emulated servo with this id, advanced to now. Its `position_ticks`, `position_rad` and
+        `set_external_position` are thread-safe; hold `emulator.lock` to read several raw registers at once."""
         with self.lock:
             s = self._find(dxl_id)
             if s is None:
@@ -146,7 +149,7 @@ class Emulator:
             out = {}
             for s in self._servos.values():
                 s.refresh(now)
-                out[s.id] = s.position_rad
+                out[s.id] = (s.get("Present_Position") - 2048) * RAD_PER_TICK
             return out
 
     def _find(self, dxl_id: int) -> Optional[EmulatedServo]:
@@ -258,8 +261,6 @@ class Emulator:
             return []
         if not broadcast and target is None:
             return []
-        for s in servos:
-            s.refresh(now)
         inst, prm = pkt.instruction, pkt.params
         h = _HANDLERS.get(inst)
         if h is None:

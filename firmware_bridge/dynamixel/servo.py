@@ -8,6 +8,8 @@ register's range refused (data range error), goals beyond the position/current/v
 from __future__ import annotations
 
 import math
+import struct
+import threading
 import time
 from typing import Optional
 
@@ -17,13 +19,18 @@ from firmware_bridge.dynamixel.models import RAD_S_PER_VELOCITY_UNIT, ServoModel
 from firmware_bridge.dynamixel.motor_model import TICKS_PER_RAD, MotorModel
 from firmware_bridge.dynamixel.units import CENTER_TICK, RAD_PER_TICK
 
+# Realtime Tick, Moving, Moving Status, Present PWM, Present Current, Present Velocity, Present Position,
+# Velocity Trajectory, Position Trajectory, Present Input Voltage, Present Temperature (addresses 120..146)
+_PRESENT = struct.Struct("<HBBhhiiiiHB")
+_PRESENT_FIRST, _PRESENT_END = 120, 147
 _VALID_MODES_CURRENT = {0, 1, 3, 4, 5, 16}
 _VALID_MODES_NO_CURRENT = {1, 3, 4, 16}
 
 
 class EmulatedServo:
     def __init__(self, dxl_id: int, model: ServoModel, firmware: Optional[int] = None,
-                 baud_code: int = 1, position_ticks: float = CENTER_TICK):
+                 baud_code: int = 1, position_ticks: float = CENTER_TICK, lock=None):
+        self.lock = lock if lock is not None else threading.RLock()  # shared with the emulator's serving thread
         self.model = model
         self.table = model.table
         self.firmware = model.default_firmware if firmware is None else int(firmware)
@@ -36,6 +43,8 @@ class EmulatedServo:
         self.set("ID", dxl_id)
         self.set("Baud_Rate", baud_code)
         self.t0 = time.monotonic()
+        self._vel_unit_scale = 1.0 / TICKS_PER_RAD / RAD_S_PER_VELOCITY_UNIT
+        self._pwm_scale = 1.0 / (model.max_speed_rad_s * TICKS_PER_RAD)
 
     # ---- raw register access -------------------------------------------------------------------------
     def get(self, name: str) -> int:
@@ -95,38 +104,40 @@ class EmulatedServo:
 
     # ---- time ----------------------------------------------------------------------------------------
     def refresh(self, now: float) -> None:
-        """Advance the motor to `now` and update the Present_* registers from it."""
+        """Advance the motor to `now` and update the Present_* registers (120..146) from it, in one pack."""
         m = self.motor
         m.advance(now)
-        present = self._present_from_phys(m.position)
-        sign = -1.0 if self._reverse() else 1.0
-        self.set("Present_Position", int(round(present)))
-        vel_units = sign * m.velocity / TICKS_PER_RAD / RAD_S_PER_VELOCITY_UNIT
-        self.set("Present_Velocity", int(round(vel_units)))
+        reverse = self.mem[10] & 1
+        homing = int.from_bytes(self.mem[20:24], "little", signed=True)
+        present = (2 * CENTER_TICK - m.position if reverse else m.position) + homing
+        goal_present = (2 * CENTER_TICK - m.goal if reverse else m.goal) + homing
+        sign = -1.0 if reverse else 1.0
+        vel_units = sign * m.velocity * self._vel_unit_scale
         cur = sign * m.current_a()
-        if self.model.current_unit_a is not None:
-            self.set("Present_Current", max(-32768, min(32767, int(round(cur / self.model.current_unit_a)))))
+        model = self.model
+        if model.current_unit_a is not None:
+            cur_units = max(-32768, min(32767, int(round(cur / model.current_unit_a))))
         else:  # XL430: Present Load in 0.1 % of the stall torque
-            self.set("Present_Load", max(-1000, min(1000, int(round(1000 * cur / self.model.stall_current_a)))))
-        self.set("Present_PWM", int(round(885 * min(1.0, abs(m.velocity) / (self.model.max_speed_rad_s * TICKS_PER_RAD)))))
-        moving = abs(vel_units) > self.get("Moving_Threshold")
-        self.set("Moving", int(moving))
-        self.set("Moving_Status", (1 if abs(m.goal - m.position) < 1 else 0) | (2 if moving else 0))
-        self.set("Realtime_Tick", int((now - self.t0) * 1000) % 32768)
-        self.set("Present_Input_Voltage", int(round(self.voltage * 10)))
-        self.set("Present_Temperature", int(self.temperature))
-        self.set("Position_Trajectory", int(round(self._present_from_phys(m.goal))))
-        self.set("Velocity_Trajectory", int(round(vel_units)))
+            cur_units = max(-1000, min(1000, int(round(1000 * cur / model.stall_current_a))))
+        pwm = int(round(885 * min(1.0, abs(m.velocity) * self._pwm_scale)))
+        vel = int(round(vel_units))
+        moving = abs(vel_units) > int.from_bytes(self.mem[24:28], "little")
+        status = (1 if abs(m.goal - m.position) < 1 else 0) | (2 if moving else 0)
+        _PRESENT.pack_into(self.mem, 120, int((now - self.t0) * 1000) % 32768, int(moving), status, pwm, cur_units,
+                           vel, int(round(present)), vel, int(round(goal_present)),
+                           int(round(self.voltage * 10)), int(self.temperature))
 
     # ---- firmware behaviour --------------------------------------------------------------------------
     def error_byte(self, code: int = 0) -> int:
         return code | (P.ERR_ALERT if self.mem[70] else 0)
 
-    def read(self, address: int, length: int) -> tuple[int, bytes]:
+    def read(self, address: int, length: int, now: Optional[float] = None) -> tuple[int, bytes]:
         if length <= 0:
             return P.ERR_DATA_LENGTH, b""
         if address + length > TABLE_END:
             return P.ERR_ACCESS, b""
+        if address < _PRESENT_END and address + length > _PRESENT_FIRST:
+            self.refresh(time.monotonic() if now is None else now)  # present values only when asked
         return 0, bytes(self.mem[address:address + length])
 
     def check_write(self, address: int, data: bytes) -> int:
@@ -180,6 +191,7 @@ class EmulatedServo:
         err = self.check_write(address, data)
         if err:
             return err
+        self.motor.advance(time.monotonic())  # the motion so far happened under the old settings
         torque_before = self.torque
         end = address + len(data)
         self.mem[address:end] = data
@@ -214,12 +226,15 @@ class EmulatedServo:
     # ---- accessors for tests and the simulated scene -------------------------------------------------
     @property
     def position_ticks(self) -> int:
-        return self.get("Present_Position")
+        """Present_Position now (advanced to this instant)."""
+        with self.lock:
+            self.refresh(time.monotonic())
+            return self.get("Present_Position")
 
     @property
     def position_rad(self) -> float:
-        """Servo angle in radians: (Present_Position - 2048) * 2*pi/4096 (see units.py)."""
-        return (self.get("Present_Position") - CENTER_TICK) * RAD_PER_TICK
+        """Servo angle in radians now: (Present_Position - 2048) * 2*pi/4096 (see units.py)."""
+        return (self.position_ticks - CENTER_TICK) * RAD_PER_TICK
 
     @property
     def operating_mode(self) -> str:
@@ -227,6 +242,10 @@ class EmulatedServo:
 
     def set_external_position(self, angle_rad: Optional[float] = None, ticks: Optional[float] = None) -> None:
         """Move the horn by hand (torque off only), as in a calibration session; in servo radians or ticks."""
+        with self.lock:
+            self._move_by_hand(angle_rad, ticks)
+
+    def _move_by_hand(self, angle_rad: Optional[float], ticks: Optional[float]) -> None:
         if self.torque:
             raise RuntimeError(f"servo {self.id}: torque is on, the horn cannot be moved by hand")
         if (angle_rad is None) == (ticks is None):
