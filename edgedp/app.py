@@ -150,17 +150,17 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
 
     emulator = None
     if cfg.robot.bus.port == "emulator":
-        from firmware_bridge.dynamixel.emulator import Emulator
+        from edgedp.runtime.sim_emulator import EmulatorProcess
 
-        emulator = Emulator(servos={j.id: j.model for j in cfg.robot.joints}, baud=cfg.robot.bus.baud)
+        # The emulated arm starts at the middle of its joint range, like a robot parked at home. It is served
+        # from its own process: real servos answer on time whatever our process does (see sim_emulator.py).
+        initial = {j.id: j.zero_offset + j.direction * 0.5 * (j.min + j.max) for j in cfg.robot.joints}
+        emulator = EmulatorProcess({j.id: j.model for j in cfg.robot.joints}, baud=cfg.robot.bus.baud,
+                                   initial=initial)
 
         def start_emulator() -> None:
             emulator.start()
             factory.bus_values["port"] = emulator.port_name
-            # The emulated arm starts at the middle of its joint range, like a robot parked at home.
-            for j in cfg.robot.joints:
-                servo_angle = j.zero_offset + j.direction * 0.5 * (j.min + j.max)
-                emulator.servo(j.id).set_external_position(angle_rad=servo_angle)
 
         starters.append(start_emulator)
         closers.append(emulator.stop)

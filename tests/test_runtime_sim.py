@@ -75,8 +75,8 @@ def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
     lagged = np.stack([np.interp(t - 0.1, t, cmd[:, j]) for j in range(cmd.shape[1])], axis=1)
     late = t > t[0] + 0.2
     assert np.median(np.abs(meas[late] - lagged[late])) < 0.15
-    emu = parts.emulator
-    final = np.array([emu.servo(j).position_rad for j in (1, 2)])
+    emu = parts.emulator.final  # the emulated servos' state when the run ended
+    final = np.array([emu[j]["position"] for j in (1, 2)])
     assert np.allclose(final, cmd[-1], atol=0.2)
     # The start: the first command is the pose the arm was in (mid-range = 0 here), reached without a jump.
     assert np.allclose(cmd[0], 0.0, atol=0.01)
@@ -87,7 +87,7 @@ def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
     assert np.all(cmd[:, 0] >= -1.6) and np.all(cmd[:, 0] <= 1.6)
     assert np.all(cmd[:, 1] >= -2.2) and np.all(cmd[:, 1] <= 2.2)
     # Hold on stop: torque stays on (safety.on_stop: hold), and nothing is left running.
-    assert all(emu.servo(j).torque for j in (1, 2))
+    assert all(emu[j]["torque"] for j in (1, 2))
     assert not left, [t.name for t in left]
     assert rt.stop_seconds is not None  # the figure itself is reported in telemetry notes, not asserted
 
@@ -105,7 +105,7 @@ def test_watchdog_stops_on_bus_faults_and_switches_torque_off(tmp_path):
     # The torque-off request went out on the dead bus (the first servo executed it although its reply was
     # lost; the driver gives up at the first unconfirmed servo, so later ones depend on the driver).
     assert tel["servo_stop"]["torque_off"] or "torque_off_error" in tel["servo_stop"]
-    assert not parts.emulator.servo(1).torque
+    assert not parts.emulator.final[1]["torque"]
     assert not left
 
 
@@ -116,7 +116,7 @@ def test_sim_loop_process_mode(tmp_path, join):
     assert code == 0, (tel["notes"], tel.get("servo_error"))
     assert tel["mode"] == "process"
     assert tel["chunks_executed"] >= 2 and tel["servo_ticks"] > 50
-    assert not multiprocessing.active_children()
+    assert not multiprocessing.active_children()  # servo and emulator processes are gone
     assert not left
 
 
