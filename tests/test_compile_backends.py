@@ -150,3 +150,17 @@ def test_tensorrt_within_gate_and_reloads(policy, tmp_path, precision):
     g = _conds(policy, 1).cuda()
     x = torch.randn(1, policy.horizon, policy.action_dim, device="cuda")
     torch.testing.assert_close(again.sampler(g, x), rep.sampler(g, x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision,limit", [("fp32", 1e-5), ("int8", 0.02)])
+def test_onnxruntime_matches_eager(policy, tmp_path, precision, limit):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ref = get_backend("eager").build(policy, "fp32", 4, torch.device("cpu"), tmp_path)
+    cs = get_backend("onnxruntime").build(policy, precision, 4, torch.device("cpu"), tmp_path / precision)
+    rmse, _ = action_error(ref, cs, _conds(policy, 2), 4)
+    assert rmse < limit
+    again = get_backend("onnxruntime").load(policy, precision, 4, torch.device("cpu"), tmp_path / precision)
+    g = _conds(policy, 1)
+    x = torch.randn(1, policy.horizon, policy.action_dim)
+    torch.testing.assert_close(again(g, x), cs(g, x), rtol=0, atol=0)

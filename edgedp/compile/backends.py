@@ -1,4 +1,4 @@
-"""Backends behind the one sampler interface: eager, inductor, cpu-int8, tensorrt.
+"""Backends behind the one sampler interface: eager, inductor, cpu-int8, onnxruntime, tensorrt.
 
 Each backend says whether it can run here (``unavailable(device)`` returns the reason, or None),
 builds a CompiledSampler, writes whatever it needs to reload quickly into a cache entry directory,
@@ -181,9 +181,11 @@ class CpuInt8Backend(Backend):
 
 
 def _registry() -> dict[str, Backend]:
+    from edgedp.compile.onnx import OnnxRuntimeBackend
     from edgedp.compile.tensorrt import TensorRTBackend
 
-    backends: list[Backend] = [EagerBackend(), InductorBackend(), CpuInt8Backend(), TensorRTBackend()]
+    backends: list[Backend] = [EagerBackend(), InductorBackend(), CpuInt8Backend(), OnnxRuntimeBackend(),
+                               TensorRTBackend()]
     return {b.name: b for b in backends}
 
 

@@ -8,7 +8,6 @@ Stages (all at batch 1, inputs float32):
 * ``encoder_ms``: raw observation -> global condition (normalize + image encoder).
 * ``step_ms``: one denoiser call eps_theta(x_k, k, cond).
 * ``scheduler_ms``: one scheduler update x_k -> x_{k-1} (the sampler's own step kernel).
-* ``loop_ms``: the K-step loop from noise to normalized actions.
 * ``chunk_ms``: encoder + loop, observation in, normalized action chunk out.
 The reference runs the same weights the way the reference implementations do: plain eager
 float32 PyTorch with a diffusers scheduler stepped from Python (encoder included).
@@ -149,7 +148,6 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
     say("timing whole chunks (round-robin over backends and the reference)")
     runners: dict[str, Callable[[], Any]] = {}
     for label, (cs, g, x) in built.items():
-        runners[label + "#loop"] = (lambda cs=cs, g=g, x=x: _sync(dev, cs(g, x)))
         runners[label + "#chunk"] = (lambda cs=cs, x=x: _sync(dev, cs(cs.encode(obs), x)))
     if sched is not None:
         runners["#reference"] = lambda: reference_chunk(policy, sched, obs, noise)
@@ -163,7 +161,7 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
             times[name].append((time.perf_counter() - t0) * 1e3)
     for label in built:
         res = report["results"][label]
-        for part in ("loop", "chunk"):
+        for part in ("chunk",):
             a = np.asarray(times[f"{label}#{part}"])
             res[f"{part}_ms"] = float(np.median(a))
             res[f"{part}_p99_ms"] = float(np.percentile(a, 99))
