@@ -147,6 +147,8 @@ class ImageEncoder(nn.Module):
         relu: bool = True,
         softmax_layout: str = "lerobot",
         softmax_temperature: float = 1.0,
+        project: bool = True,
+        imagenet_norm: bool = False,
     ):
         super().__init__()
         c, h, w = (int(v) for v in input_shape)
@@ -167,9 +169,22 @@ class ImageEncoder(nn.Module):
             self.pool = GlobalAvgPool(self.backbone.out_channels)
         else:
             raise ValueError(f"unknown pool {pool!r} (allowed: {', '.join(POOLS)})")
-        self.out = nn.Linear(self.pool.out_dim, feature_dim)
-        self.relu = nn.ReLU() if relu else nn.Identity()
-        self.feature_dim = int(feature_dim)
+        if project:
+            self.out: nn.Module = nn.Linear(self.pool.out_dim, feature_dim)
+            self.relu = nn.ReLU() if relu else nn.Identity()
+            self.feature_dim = int(feature_dim)
+        else:
+            # The original DiffusionUnetImagePolicy (torchvision ResNet, fc = Identity): pooled
+            # trunk features are the image features, no Linear and no ReLU.
+            self.out = nn.Identity()
+            self.relu = nn.Identity()
+            self.feature_dim = int(self.pool.out_dim)
+        # Its MultiImageObsEncoder may re-normalize with ImageNet statistics after the crop
+        # (torchvision Normalize: (x - mean) / std); derived constants, not saved.
+        self.imagenet_norm = bool(imagenet_norm)
+        if self.imagenet_norm:
+            self.register_buffer("im_mean", torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1), persistent=False)
+            self.register_buffer("im_std", torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resize_shape and tuple(x.shape[-2:]) != self.resize_shape:
@@ -177,6 +192,8 @@ class ImageEncoder(nn.Module):
         if self.crop_shape:
             # Random crops only while training (augmentation); inference always takes the center.
             x = random_crop(x, *self.crop_shape) if self.training else center_crop(x, *self.crop_shape)
+        if self.imagenet_norm:
+            x = (x - self.im_mean) / self.im_std
         x = torch.flatten(self.pool(self.backbone(x)), start_dim=1)
         return self.relu(self.out(x))
 

@@ -61,6 +61,8 @@ class DiffusionPolicy(nn.Module):
             relu=e.relu,
             softmax_layout=e.softmax_layout,
             softmax_temperature=e.softmax_temperature,
+            project=e.project,
+            imagenet_norm=e.imagenet_norm,
         )
         u = spec.unet
         self.unet = ConditionalUnet1D(

@@ -38,6 +38,8 @@ class EncoderSpec:
     resize_shape: list[int] | None = None  # [h, w] bilinear resize before the crop
     softmax_layout: str = "lerobot"       # lerobot | robomimic (buffer names and arithmetic)
     softmax_temperature: float = 1.0
+    project: bool = True                  # Linear(+ReLU) after the pool; false: pooled features as is
+    imagenet_norm: bool = False           # (x - ImageNet mean) / std after the crop (original image policy)
 
 
 @dataclass
