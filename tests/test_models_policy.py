@@ -100,8 +100,9 @@ def test_image_conversions_are_equivalent():
     ref = policy.predict_chunk(obs, noise)
     chw_u8 = np.ascontiguousarray(obs["cam"].transpose(0, 3, 1, 2))
     as_float = chw_u8.astype(np.float32) / 255.0
+    cond = policy.encode(obs)
     for img in (chw_u8, as_float, torch.from_numpy(as_float), as_float[None]):
-        assert np.array_equal(policy.predict_chunk({**obs, "cam": img}, noise), ref)
+        assert torch.equal(policy.encode({**obs, "cam": img}), cond)  # conversion only touches encode
     assert np.array_equal(policy.predict_chunk(obs, torch.from_numpy(noise)[None]), ref)
 
 
