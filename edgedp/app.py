@@ -99,6 +99,13 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
 
     from edgedp.policy_loading import load_policy
 
+    port = cfg.robot.bus.port
+    if port != "emulator" and not os.path.exists(port):
+        import glob
+
+        present = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
+        raise UserError(f"robot.bus.port: {port} does not exist (serial ports present: {', '.join(present) or 'none'}; "
+                        f"or 'emulator')")
     p = cfg.policy
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
     check_against_policy(cfg, policy.horizon, policy.n_obs_steps, list(policy.image_keys))

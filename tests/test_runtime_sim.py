@@ -132,4 +132,26 @@ def test_cli_run_rejects_bad_config_before_opening_anything(tmp_path, capsys):
     assert main(["run", str(EXAMPLE), "--duration", "-1"]) == 2
     assert "--duration" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["robot"]["bus"]["port"] = str(tmp_path / "ttyUSB9")
+    data["cameras"] = []
+    data["policy"]["checkpoint"] = "preset:small"
+    absent = tmp_path / "absent.yaml"
+    absent.write_text(yaml.safe_dump(data))
+    assert main(["run", str(absent), "--duration", "1"]) == 2
+    assert "robot.bus.port" in capsys.readouterr().err
     assert not (_threads() - before)
+
+
+def test_late_chunks_make_the_arm_hold_and_decelerate(tmp_path):
+    """Chunks of 2 actions (0.1 s) arriving 0.4 s late: the servo loop runs out of plan, decelerates, holds."""
+    cfg = _cfg(**{"policy.n_action_steps": 2, "policy.extra_latency_ms": 400.0})
+    code, rt, parts, tel, left = _run(cfg, 4.0, tmp_path)
+    assert code == 0
+    assert tel["uncovered_ticks"] > 0
+    assert tel["chunks_executed"] >= 2
+    tl = rt.tel.servo["timeline"]
+    t, cmd = tl["t"], tl["cmd"]
+    v = np.abs(np.diff(cmd, axis=0)) / np.diff(t)[:, None]
+    assert np.all(v <= 3.0 * 1.01)  # never faster than max_velocity, also while holding and resuming
+    assert not left

@@ -29,6 +29,8 @@ class Planner:
                  extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic):
         self.policy = policy
         self.sampler = sampler
+        # A compiled sampler may bring its own compiled encoder; the eager path uses the policy's.
+        self.encode = getattr(sampler, "encode", None) or policy.encode
         self.window = window
         self.ring = ring
         self.tel = telemetry
@@ -63,10 +65,11 @@ class Planner:
             return None
         t_obs_done = self.clock()
         with torch.inference_mode():
-            gc = self.policy.encode(obs.data)
+            gc = self.encode(obs.data)
             t_enc = self.clock()
             noise = self.policy.random_noise(1)
             naction = self.sampler(gc, noise)
+            naction = naction.to(self.policy.device, self.policy.dtype)
             action = self.policy.unnormalize_action(naction)[0].to("cpu", torch.float64).numpy()
         t_sample = self.clock()
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])

@@ -31,7 +31,7 @@ import numpy as np
 from edgedp.runtime.clock import RateLoop
 from edgedp.runtime.control import Control
 from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory
-from edgedp.runtime.joins import Joiner, start_ramp
+from edgedp.runtime.joins import Crossfade, Joiner, start_ramp
 from edgedp.runtime.ring import ChunkRing, RingSpec
 from edgedp.runtime.safety import SafetyFilter
 
@@ -180,9 +180,13 @@ class ServoLoop:
                         ctl.set_phase("ramping")
                     else:
                         if holding:  # we decelerated away from the plan: fade in from where we are
-                            plan = Constant(cmd)
+                            held = Constant(cmd)
+                            plan = self.joiner.adopt(held, chunk, deadline)
+                            if not isinstance(plan, Crossfade):  # ensemble/switch: still never jump
+                                plan = Crossfade(held, plan, deadline, max(1, p.crossfade_steps) * h.dt)
                             holding = False
-                        plan = self.joiner.adopt(plan, chunk, deadline)
+                        else:
+                            plan = self.joiner.adopt(plan, chunk, deadline)
                 # 3. target
                 tgt: Optional[np.ndarray] = None
                 if plan is not None:
