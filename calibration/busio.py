@@ -19,3 +19,15 @@ def read_q(bus, retries: int = 5, pause_s: float = 0.01) -> np.ndarray:
                 raise
             time.sleep(pause_s)
     raise AssertionError("unreachable")
+
+
+def read_state(bus, retries: int = 5, pause_s: float = 0.005):
+    """bus.read() (a JointState with its time), retried like read_q."""
+    for attempt in range(retries):
+        try:
+            return bus.read()
+        except Exception:  # noqa: BLE001 - see read_q
+            if attempt == retries - 1:
+                raise
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")

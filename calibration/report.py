@@ -14,6 +14,9 @@ def _save(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=str(path.parent))
     os.close(fd)
     try:
+        from calibration.samples import file_mode
+
+        os.chmod(tmp, file_mode())
         fig.savefig(tmp, dpi=100)
         os.replace(tmp, path)
     finally:

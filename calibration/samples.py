@@ -140,11 +140,19 @@ def pose_dict(T: np.ndarray) -> dict[str, list[float]]:
     return {"translation": [float(v) for v in T[:3, 3]], "quaternion": [float(v) for v in R_to_quat(T[:3, :3])]}
 
 
+def file_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp makes 0600, too strict for shared results)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_yaml_atomic(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
         os.replace(tmp, path)

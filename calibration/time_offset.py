@@ -21,11 +21,8 @@ MIN_CORRELATION = 0.5
 
 
 def image_motion_signal(times: Sequence[float], images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean |frame difference| between consecutive frames, stamped at the later frame's time.
-
-    Stamping at the later frame matches what the camera clock says about the motion: the change
-    is first visible in that frame.
-    """
+    """Mean |frame difference| between consecutive frames, stamped midway between the two frames
+    (the difference measures the motion over that interval)."""
     t = np.asarray(times, float)
     if len(images) < 3 or len(t) != len(images):
         raise CalibrationError("need at least 3 frames, each with a time stamp")
@@ -105,8 +102,45 @@ def estimate_delay(
 
 def estimate_camera_delay(cam_t, images, joint_t, joint_q, max_lag: float = 0.5) -> tuple[float, float]:
     tc, sc = image_motion_signal(cam_t, images)
-    tj, sj = joint_speed_signal(joint_t, joint_q)
-    return estimate_delay(tj, sj, tc, sc, max_lag)
+    return _camera_delay_from_signal(tc, sc, joint_t, joint_q, max_lag)
+
+
+def _camera_delay_from_signal(tc, sc, joint_t, joint_q, max_lag: float) -> tuple[float, float]:
+    """Delay of an image-motion signal behind the joints.
+
+    How many pixels change per radian differs per joint (a base joint sweeps the whole arm, a wrist
+    joint a few pixels), so after a first estimate against the plain speed norm the image signal is
+    regressed on the per-joint speeds |dq_k| (non-negative weights) at that delay, and the delay is
+    estimated again against the weighted sum; twice.
+    """
+    from scipy.optimize import nnls
+
+    tj = np.asarray(joint_t, float)
+    q = np.asarray(joint_q, float).reshape(len(tj), -1)
+    if len(tj) < 3:
+        raise CalibrationError("need at least 3 joint samples")
+    # Match what a frame difference sees: each joint's displacement over one frame period, centred.
+    half = 0.5 * float(np.median(np.diff(tc))) if len(tc) > 1 else 0.0
+    if half > 0:
+        ahead = np.column_stack([np.interp(tj + half, tj, q[:, k]) for k in range(q.shape[1])])
+        behind = np.column_stack([np.interp(tj - half, tj, q[:, k]) for k in range(q.shape[1])])
+        speeds = np.abs(ahead - behind) / (2 * half)
+    else:
+        speeds = np.abs(np.gradient(q, tj, axis=0))
+    d, c = estimate_delay(tj, np.linalg.norm(speeds, axis=1), tc, sc, max_lag)
+    if speeds.shape[1] == 1:
+        return d, c
+    for _ in range(2):
+        inside = (tj + d >= tc[0]) & (tj + d <= tc[-1])
+        if inside.sum() < 10:
+            break
+        y = np.interp(tj[inside] + d, tc, sc)
+        A = np.column_stack([speeds[inside], np.ones(inside.sum())])
+        w, _ = nnls(A, y)
+        if not np.any(w[:-1] > 0):
+            break
+        d, c = estimate_delay(tj, speeds @ w[:-1], tc, sc, max_lag)
+    return d, c
 
 
 def estimate_command_delay(cmd_t, cmd_q, joint_t, joint_q, max_lag: float = 0.5) -> tuple[float, float]:
@@ -128,19 +162,89 @@ def estimate_from_npz(path: str | Path, max_lag: float = 0.5) -> dict:
     for key in ("cam_t", "joint_t", "joint_q"):
         if key not in z.files:
             raise CalibrationError(f"{path}: missing array '{key}' (have: {', '.join(z.files)})")
-    tj, sj = joint_speed_signal(z["joint_t"], z["joint_q"])
-    if "cam_motion" in z.files:
-        tc, sc = np.asarray(z["cam_t"], float), np.asarray(z["cam_motion"], float)
-    elif "cam_images" in z.files:
-        tc, sc = image_motion_signal(z["cam_t"], z["cam_images"])
-    else:
+    if "cam_motion" not in z.files and "cam_images" not in z.files:
         raise CalibrationError(f"{path}: needs 'cam_images' or 'cam_motion'")
+    return estimate_from_arrays({k: z[k] for k in z.files}, max_lag)
+
+
+def excitation(t: np.ndarray | float, center: np.ndarray, amplitude: float) -> np.ndarray:
+    """Commanded joint motion for delay measurement: two incommensurate sines per joint, so the
+    cross-correlation has one clear peak instead of one per period; starts at `center` with zero phase."""
+    t = np.asarray(t, float)[..., None]
+    n = len(center)
+    k = np.arange(n)
+    f1 = 0.5 + 0.13 * k
+    f2 = 1.37 + 0.21 * k
+    return np.asarray(center) + amplitude * (0.7 * np.sin(2 * np.pi * f1 * t) + 0.3 * np.sin(2 * np.pi * f2 * t))
+
+
+def record_streams(bus, camera, center: Sequence[float], amplitude: float = 0.3, duration: float = 6.0,
+                   rate_hz: float = 100.0, image_scale: float = 0.25, clock=None, sleep=None) -> dict:
+    """Drive the arm through `excitation` with torque on and record what the delays need.
+
+    Works on the ServoBus and Camera protocols (the real arm, or the emulator with the virtual
+    camera). Frames are kept grey and downscaled (`image_scale`) to bound memory. The arm returns to
+    `center` at the end; the caller switches torque off.
+    """
+    import time as _time
+
+    import cv2
+
+    from calibration.busio import read_state
+
+    clock = clock or _time.monotonic
+    sleep = sleep or _time.sleep
+    center = np.asarray(center, float)
+    bus.set_torque(True)
+    bus.write_goal(center)
+    sleep(0.5)
+    cmd_t, cmd_q, joint_t, joint_q, cam_t, cam_img = [], [], [], [], [], []
+    last_seq = None
+    t0 = clock()
+    period = 1.0 / rate_hz
+    k = 0
+    while True:
+        now = clock()
+        if now - t0 > duration:
+            break
+        goal = excitation(now - t0, center, amplitude)
+        bus.write_goal(goal)
+        cmd_t.append(now)
+        cmd_q.append(goal)
+        js = read_state(bus)
+        joint_t.append(js.t)
+        joint_q.append(np.asarray(js.q, float))
+        f = camera.latest()
+        if f is not None and f.seq != last_seq:
+            last_seq = f.seq
+            g = f.image if f.image.ndim == 2 else cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY)
+            if image_scale != 1.0:
+                g = cv2.resize(g, None, fx=image_scale, fy=image_scale, interpolation=cv2.INTER_AREA)
+            cam_t.append(f.t)
+            cam_img.append(g)
+        k += 1
+        sleep(max(0.0, t0 + k * period - clock()))
+    bus.write_goal(center)
+    if len(cam_t) < 3:
+        raise CalibrationError(f"the camera delivered only {len(cam_t)} frames in {duration:g} s")
+    return {
+        "cmd_t": np.array(cmd_t), "cmd_q": np.array(cmd_q), "joint_t": np.array(joint_t),
+        "joint_q": np.array(joint_q), "cam_t": np.array(cam_t), "cam_images": np.array(cam_img),
+    }
+
+
+def estimate_from_arrays(z: dict, max_lag: float = 0.5) -> dict:
+    """Both delays from recorded arrays (the same keys as the .npz file)."""
+    if "cam_motion" in z:
+        tc, sc = np.asarray(z["cam_t"], float), np.asarray(z["cam_motion"], float)
+    else:
+        tc, sc = image_motion_signal(z["cam_t"], z["cam_images"])
     warnings = []
-    cam_d, cam_c = estimate_delay(tj, sj, tc, sc, max_lag)
+    cam_d, cam_c = _camera_delay_from_signal(tc, sc, z["joint_t"], z["joint_q"], max_lag)
     if cam_c < MIN_CORRELATION:
         warnings.append(f"weak camera/joint correlation ({cam_c:.2f}): is the arm in view and moving?")
     out = {"camera_delay_s": cam_d, "camera_correlation": cam_c, "command_delay_s": None, "command_correlation": None}
-    if "cmd_t" in z.files and "cmd_q" in z.files:
+    if "cmd_t" in z and "cmd_q" in z:
         d, c = estimate_command_delay(z["cmd_t"], z["cmd_q"], z["joint_t"], z["joint_q"], max_lag)
         out["command_delay_s"], out["command_correlation"] = d, c
         if c < MIN_CORRELATION:

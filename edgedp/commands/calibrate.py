@@ -64,8 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--write-eeprom", action="store_true", help="not supported yet: the calibration stays in the file")
     j.set_defaults(func=_joints)
 
-    t = cs.add_parser("time-offset", help="camera→joint and command→motion delays from recorded streams")
-    t.add_argument("streams", help=".npz with cam_t, cam_images (or cam_motion), joint_t, joint_q, and optionally cmd_t, cmd_q")
+    t = cs.add_parser("time-offset", help="camera→joint and command→motion delays (live on a robot/sim, or recorded)")
+    t.add_argument("streams", nargs="?", help=".npz with cam_t, cam_images (or cam_motion), joint_t, joint_q, "
+                                             "and optionally cmd_t, cmd_q")
+    t.add_argument("--record", metavar="CONFIG", help="record live instead: drive the robot of this run config "
+                                                      "(emulator + virtual camera work) and watch its camera")
+    t.add_argument("--camera", help="camera name in the config (default: the first)")
+    t.add_argument("--duration", type=float, default=6.0, help="seconds of commanded motion (with --record)")
+    t.add_argument("--amplitude", type=float, default=0.3, help="rad of motion around the joint-range middle")
+    t.add_argument("--save", help="also write the recorded streams to this .npz (with --record)")
     t.add_argument("--out", required=True, help="YAML to write (camera_delay_s, command_delay_s)")
     t.add_argument("--max-lag", type=float, default=0.5, help="largest delay searched, seconds")
     t.set_defaults(func=_time_offset)
@@ -258,18 +265,24 @@ def _open_robot(cfg):
         raise UserError(f"the device factory (edgedp.app) is not available ({exc})") from None
     b = cfg.robot.bus
     values = {"port": b.port, "baud": b.baud, "low_latency": b.low_latency, "fast_sync_read": b.fast_sync_read,
-              "torque_off_on_close": True}
+              "torque_off_on_close": True,
+              # Calibration is not a control loop: give a slow reply time to arrive rather than fail.
+              "tick_budget_s": 0.02}
     return BusFactory(values, [j.model_dump() for j in cfg.robot.joints])()
 
 
-def _open_camera(cfg, name: Optional[str]):
-    """The RealSense (or recorded file) named in the config; the virtual scene camera shows no board."""
+def _camera_config(cfg, name: Optional[str]):
     if not cfg.cameras:
         raise UserError("the config has no cameras")
     cams = [c for c in cfg.cameras if name is None or c.name == name]
     if not cams:
         raise UserError(f"no camera named '{name}' (allowed: {', '.join(c.name for c in cfg.cameras)})")
-    cam = cams[0]
+    return cams[0]
+
+
+def _open_camera(cfg, name: Optional[str]):
+    """The RealSense (or recorded file) named in the config; the virtual scene camera shows no board."""
+    cam = _camera_config(cfg, name)
     if cam.kind == "virtual":
         raise UserError(f"camera '{cam.name}' is virtual: the simulated scene shows no ChArUco board to calibrate on")
     from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
@@ -277,6 +290,36 @@ def _open_camera(cfg, name: Optional[str]):
     return RealSenseCamera(RealSenseSettings(
         serial=cam.serial, width=cam.width, height=cam.height, fps=cam.fps, exposure=cam.exposure,
         white_balance=cam.white_balance, file=str(cam.file) if cam.file else None, name=cam.name))
+
+
+def _open_scene_camera(cfg, name: Optional[str], bus) -> tuple:
+    """A camera that watches the arm: the configured RealSense, or for `kind: virtual` the simulated scene
+    rendered from the emulated servos (bus.port: emulator) through a virtual RealSense. Returns the camera
+    and the extra things to close afterwards."""
+    cam = _camera_config(cfg, name)
+    if cam.kind != "virtual":
+        return _open_camera(cfg, name), []
+    emulator = getattr(bus, "emulator", None)
+    if emulator is None:
+        raise UserError(f"camera '{cam.name}' is virtual and needs robot.bus.port: emulator")
+    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
+    from firmware_bridge.realsense.virtual import VirtualRealSense
+    from firmware_bridge.sim import Scene
+
+    ids = [j.id for j in cfg.robot.joints]
+    d = np.array([j.direction for j in cfg.robot.joints], float)
+    z = np.array([j.zero_offset for j in cfg.robot.joints], float)
+
+    def angles() -> np.ndarray:
+        pos = emulator.present_positions_rad()
+        return d * (np.array([pos[i] for i in ids]) - z)
+
+    sc = cfg.scene
+    scene = Scene(angles, link_lengths=sc.link_lengths, task=sc.task, workspace=sc.workspace, width=cam.width,
+                  height=cam.height, seed=sc.seed, depth=False)
+    dev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps).start()
+    return RealSenseCamera(RealSenseSettings(serial=dev.serial, width=cam.width, height=cam.height, fps=cam.fps,
+                                             name=cam.name)), [dev.close]
 
 
 def _connect(bus) -> None:
@@ -329,10 +372,19 @@ def _joints(args) -> int:
 
 def _time_offset(args) -> int:
     from calibration.samples import write_yaml_atomic
-    from calibration.time_offset import estimate_from_npz
+    from calibration.time_offset import estimate_from_arrays, estimate_from_npz
 
-    with _Wrap():
-        res = estimate_from_npz(args.streams, max_lag=args.max_lag)
+    if (args.streams is None) == (args.record is None):
+        raise UserError("give a recorded STREAMS .npz, or --record CONFIG to measure live")
+    if args.record:
+        streams = _record_live(args)
+        if args.save:
+            _save_npz(args.save, streams)
+        with _Wrap():
+            res = estimate_from_arrays(streams, max_lag=args.max_lag)
+    else:
+        with _Wrap():
+            res = estimate_from_npz(args.streams, max_lag=args.max_lag)
     write_yaml_atomic(args.out, res)
     _print(f"camera delay {res['camera_delay_s'] * 1000:.1f} ms (correlation {res['camera_correlation']:.2f})")
     if res.get("command_delay_s") is not None:
@@ -341,6 +393,58 @@ def _time_offset(args) -> int:
         _print(f"warning: {w}")
     _print(f"wrote {args.out}")
     return 0
+
+
+def _record_live(args) -> dict:
+    """Drive the arm around the middle of its joint ranges and record commands, joints and frames."""
+    from calibration.time_offset import record_streams
+    from edgedp.config import load_config
+
+    cfg = load_config(args.record)
+    js = cfg.robot.joints
+    center = np.array([0.5 * (j.min + j.max) for j in js])
+    half = np.array([0.5 * (j.max - j.min) for j in js])
+    if np.any(args.amplitude > half):
+        raise UserError(f"--amplitude {args.amplitude} rad leaves a joint range (smallest half-range {half.min():.3f} rad)")
+    bus = _open_robot(cfg)
+    _connect(bus)
+    closers: list = []
+    try:
+        if getattr(bus, "emulator", None) is not None:
+            # A fresh emulator starts at servo zero; put the arm where the motion is centred, gently.
+            for j, c in zip(js, center):
+                bus.emulator.servo(j.id).set_external_position(angle_rad=float(j.zero_offset + j.direction * c))
+        camera, closers = _open_scene_camera(cfg, args.camera, bus)
+        _start(camera)
+        closers.insert(0, camera.stop)
+        _print(f"moving the arm for {args.duration:g} s (±{args.amplitude:g} rad around the range middle)...")
+        with _Wrap():
+            return record_streams(bus, camera, center, amplitude=args.amplitude, duration=args.duration)
+    finally:
+        try:
+            bus.set_torque(False)
+        finally:
+            for close in closers:
+                close()
+            bus.close()
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    import os
+    import tempfile
+
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=str(out.parent.resolve()))
+    os.close(fd)
+    try:
+        from calibration.samples import file_mode
+
+        os.chmod(tmp, file_mode())
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _collect(args) -> int:
