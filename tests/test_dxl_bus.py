@@ -218,36 +218,39 @@ def test_delayed_answers_within_the_timeout_are_accepted_and_late_ones_retried(e
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_fault_soak_counts_match_and_no_corrupt_value_is_accepted(fast):
-    """1 % CRC corruption + 1 % dropped answers for ~3 s (10 s in benchmarks/bus_cycle.py --soak)."""
+    """1 % CRC corruption + 1 % dropped answers over >= 2000 answers (10 s in benchmarks/bus_cycle.py --soak).
+
+    The status timeout margin is 100 ms so that a busy shared CPU never produces a timeout of its own: every
+    timeout the driver counts must be an injected drop."""
     ids = [1, 2, 3, 4]
     with Emulator({i: "xm430-w350" for i in ids}, baud=BAUD, seed=11) as emu:
-        js = joints(4)
-        bs = spec(emu, fast_sync_read="on" if fast else "off", timeout_margin_ms=40.0, tick_budget_s=2.0,
-                  max_retries=20, read_velocity=True, read_current=True)
-        with DynamixelBus(bs, js) as bus:
+        bs = spec(emu, fast_sync_read="on" if fast else "off", timeout_margin_ms=100.0, tick_budget_s=5.0,
+                  max_retries=50, read_velocity=True, read_current=True)
+        with DynamixelBus(bs, joints(4)) as bus:
             rng = np.random.default_rng(5)
             emu.faults.reset_counts()
             emu.faults.set(crc_rate=0.01, drop_rate=0.01)
             reads = 0
-            t_end = time.monotonic() + 3.0
-            while time.monotonic() < t_end:
+            t_end = time.monotonic() + 30.0
+            while emu.faults.counts.responses < 2000 and time.monotonic() < t_end:
                 # torque off: the joints sit exactly where we put them, so every value read has one right answer;
-                # tick values include bytes like 0xFF/0xFD to exercise stuffing and parsing
+                # -131073 ticks is FF FF FD FF on the wire (stuffing in every answer that carries it)
                 truth = rng.integers(-20000, 20000, size=len(ids))
-                truth[reads % len(ids)] = -131073 if reads % 7 == 0 else truth[reads % len(ids)]
+                if reads % 7 == 0:
+                    truth[reads % len(ids)] = -131073
                 with emu.lock:
                     for sid, t in zip(ids, truth):
                         emu._find(sid).set_external_position(ticks=float(t))
                 q = bus.read().q
-                expect = (truth - 2048) * RAD_PER_TICK
                 ticks = np.rint(q / RAD_PER_TICK + 2048).astype(np.int64)
+                expect = (truth - 2048) * RAD_PER_TICK
                 assert np.array_equal(ticks, truth) and np.allclose(q, expect, rtol=0, atol=1e-9), \
                     f"read ticks {ticks} but the servos are at {truth}"
                 reads += 1
             emu.faults.clear()
         injected = emu.faults.counts
         got = bus.stats()
-    assert reads > 50
+    assert injected.responses >= 2000
     assert injected.dropped > 0 and injected.crc_corrupted > 0
     assert got["crc_errors"] == injected.crc_corrupted
     assert got["timeouts"] == injected.dropped

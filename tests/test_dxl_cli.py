@@ -1,13 +1,11 @@
 """`edgedp scan` exit codes and output, and `edgedp emulate` as a separate process serving a scan."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 
 from edgedp.cli import main
 from firmware_bridge.dynamixel.emulator import Emulator

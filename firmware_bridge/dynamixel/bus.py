@@ -24,7 +24,7 @@ from firmware_bridge.dynamixel.errors import (BusConfigError, BusDisconnected, B
                                               HardwareError, ServoStatusError)
 from firmware_bridge.dynamixel.models import (FAST_SYNC_READ_MIN_FIRMWARE, RAD_S2_PER_ACCEL_UNIT,
                                               RAD_S_PER_VELOCITY_UNIT, get_model, model_name)
-from firmware_bridge.dynamixel.sdk_io import PortVanished, SdkPacketHandler, SdkPort
+from firmware_bridge.dynamixel.sdk_io import SdkPacketHandler, SdkPort
 from firmware_bridge.dynamixel.units import TickConverter
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,6 @@ class DynamixelBus:
             return
         rows = self._rows
         index = self._index
-        got = 0
         off = 8
         seen = [False] * self.n
         for _ in range(self.n):
@@ -422,7 +421,6 @@ class DynamixelBus:
             seen[k] = True
             rows[k * L:(k + 1) * L] = bytes(rx[off + 2:off + 2 + L])
             off += L + 4
-            got += 1
         for k in range(self.n):
             self._pending[k] = False
 

@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from firmware_bridge.dynamixel import protocol as P
-from firmware_bridge.dynamixel.control_table import OPERATING_MODE_NAMES, TABLE_END, Register
+from firmware_bridge.dynamixel.control_table import OPERATING_MODE_NAMES, TABLE_END
 from firmware_bridge.dynamixel.models import RAD_S_PER_VELOCITY_UNIT, ServoModel
 from firmware_bridge.dynamixel.motor_model import TICKS_PER_RAD, MotorModel
 from firmware_bridge.dynamixel.units import CENTER_TICK, RAD_PER_TICK
