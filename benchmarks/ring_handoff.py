@@ -156,12 +156,12 @@ def main() -> int:
         lat, thr = res["latency"][k], res["throughput"][k]
         print(f"{k:8s} {lat['p50_us']:>11.1f} {lat['p99_us']:>11.1f} {lat['max_us']:>11.0f} {thr['per_second']:>12.0f}")
     if args.stress:
-        sp = stress_processes(args.stress)
-        st = stress_threads(max(1, args.stress // 2))
+        sp = stress_processes(args.stress, timeout=1800)
+        st = stress_threads(max(1, args.stress // 2), timeout=1800)
         res["stress"] = {"processes": sp, "threads": st}
         for name, s in (("processes", sp), ("threads", st)):
-            print(f"stress ({name}): {s['published']} handoffs in {s['seconds']:.1f} s, {s['reads']} verified reads, "
-                  f"torn reads {s['torn']}, out-of-order {s['non_monotonic']}")
+            print(f"stress ({name}): {s['last_seq']} of {s['published']} handoffs seen in {s['seconds']:.1f} s, "
+                  f"{s['reads']} verified reads (newest wins), torn reads {s['torn']}, out-of-order {s['non_monotonic']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     print(f"wrote {args.out}")

@@ -55,27 +55,28 @@ def _producer_process(spec: RingSpec, count: int, seed: int) -> None:
         ring.close()
 
 
-def stress_threads(count: int, capacity: int = 16, dim: int = 7, slots: int = 4) -> dict:
+def stress_threads(count: int, capacity: int = 16, dim: int = 7, slots: int = 4, timeout: float = 60.0) -> dict:
     """Producer thread and consumer (this thread) on one ring."""
     with ChunkRing.create(capacity, dim, slots=slots, checksum=True) as ring:
         t = threading.Thread(target=produce, args=(ring, count), daemon=True)
         start = time.perf_counter()
         t.start()
-        stats = consume(ring, count)
-        t.join(timeout=60)
+        stats = consume(ring, count, timeout=timeout)
+        t.join(timeout=timeout)
         stats["seconds"] = time.perf_counter() - start
     stats["published"] = count
+    stats["complete"] = stats["last_seq"] == count
     return stats
 
 
-def stress_processes(count: int, capacity: int = 16, dim: int = 7, slots: int = 4) -> dict:
+def stress_processes(count: int, capacity: int = 16, dim: int = 7, slots: int = 4, timeout: float = 120.0) -> dict:
     """Producer in a spawned process, consumer here: the two sides share only the memory block."""
     ctx = mp.get_context("spawn")
     with ChunkRing.create(capacity, dim, slots=slots, checksum=True) as ring:
         p = ctx.Process(target=_producer_process, args=(ring.spec, count, 1), daemon=True)
         p.start()
         start = time.perf_counter()
-        stats = consume(ring, count, timeout=120)
+        stats = consume(ring, count, timeout=timeout)
         p.join(timeout=30)
         if p.is_alive():
             p.terminate()
@@ -83,4 +84,5 @@ def stress_processes(count: int, capacity: int = 16, dim: int = 7, slots: int = 
         stats["seconds"] = time.perf_counter() - start
         stats["exitcode"] = p.exitcode
     stats["published"] = count
+    stats["complete"] = stats["last_seq"] == count
     return stats
