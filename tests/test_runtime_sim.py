@@ -52,6 +52,9 @@ def _run(cfg, duration, tmp_path, during=None):
     if timer is not None:
         timer.cancel()
         timer.join()
+    for t in _threads() - before:
+        if t.name == "planner":  # an inference cannot be interrupted: it may finish after the arm is held
+            t.join(15)
     left = {t for t in _threads() - before if t.is_alive()}
     tel = json.loads((tmp_path / "tel.json").read_text())
     return code, rt, parts, tel, left

@@ -74,7 +74,9 @@ class Planner:
         t_sample = self.clock()
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
         if self.extra > 0:
-            time.sleep(self.extra)
+            self._stop.wait(self.extra)
+        if self._stop.is_set():  # the run is stopping: the ring may already be gone
+            return None
         seq = self.ring.publish(chunk, t0=obs.t, dt=self.dt)
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)
