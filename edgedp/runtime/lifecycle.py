@@ -179,9 +179,12 @@ class Runtime:
             self.tel.stopped_by = self._stop_reason
             self.tel.exit_code = code
             self.tel.notes.append(f"stop took {self.stop_seconds * 1000:.0f} ms")
-            chunks.close()
-            states.close()
-            control.close()
+            _quiet(control.close)
+            for ring in (chunks, states):
+                if not planner.defer_until_exit(ring.close):
+                    _quiet(ring.close)
+            if planner.alive():
+                self.tel.notes.append("planner was finishing an inference when the run stopped (arm already held)")
         self._finish_output()
         return code
 

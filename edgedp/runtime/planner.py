@@ -46,6 +46,21 @@ class Planner:
         self._thread: Optional[threading.Thread] = None
         self.next_start = 0.0
         self.fatal: Optional[BaseException] = None
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._on_exit: list[Callable[[], None]] = []
+
+    def defer_until_exit(self, fn: Callable[[], None]) -> bool:
+        """Run `fn` when the planner thread ends (False: it already ended, the caller runs fn itself).
+
+        An inference in flight cannot be interrupted; the runtime uses this to release the rings the planner
+        still holds once that inference is over, instead of pulling them from under it.
+        """
+        with self._exit_lock:
+            if self._exited or self._thread is None:
+                return False
+            self._on_exit.append(fn)
+            return True
 
     def expected_latency(self) -> float:
         return (max(self._lat) if self._lat else 0.5) * 1.2 + self.margin
@@ -87,6 +102,19 @@ class Planner:
         return seq
 
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                todo, self._on_exit = self._on_exit, []
+            for fn in todo:
+                try:
+                    fn()
+                except Exception:
+                    pass
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             wait = self.next_start - self.clock()
             if wait > 0:
