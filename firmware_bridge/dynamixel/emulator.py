@@ -419,13 +419,11 @@ class Emulator:
         if not chain:
             return []
         out = self._fast_read([(s, addr, length) for s in chain])
-        if len(chain) < len(ids):  # truncated: the header promised every servo's block
+        if len(chain) < len(ids):
+            # the first servo announced every block in the length field; the chain stopped at the silent one
             s, raw = out[0]
-            cut = 8 + sum(4 + length for _ in chain)
-            raw = raw[:7] + raw[7:8] + raw[8:cut]
             full_len = 1 + len(ids) * (4 + length)
-            raw = raw[:5] + bytes((full_len & 0xFF, full_len >> 8)) + raw[7:]
-            out = [(s, raw)]
+            out = [(s, raw[:5] + bytes((full_len & 0xFF, full_len >> 8)) + raw[7:])]
         return out
 
     def _bulk_requests(self, prm) -> list[tuple[int, int, int]]:
