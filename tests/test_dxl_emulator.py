@@ -202,6 +202,15 @@ def test_fast_sync_read_unanswered_by_old_firmware():
         assert gsr.fastSyncRead() == sdk.COMM_RX_TIMEOUT
         assert gsr.txRxPacket() == sdk.COMM_SUCCESS  # plain sync read works on any firmware
         port.closePort()
+    with Emulator("1:xm430-w350@52,2:xm430-w350@44", baud=BAUD) as emu:  # the chain breaks at servo 2
+        port = sdk.PortHandler(emu.port_name)
+        assert port.openPort() and port.setBaudRate(BAUD)
+        ph = sdk.PacketHandler(2.0)
+        gsr = sdk.GroupSyncRead(port, ph, 132, 4)
+        gsr.addParam(1)
+        gsr.addParam(2)
+        assert gsr.fastSyncRead() == sdk.COMM_RX_CORRUPT  # a packet that ends before its length says
+        port.closePort()
 
 
 def test_byte_stuffing_both_directions(emu, link):
