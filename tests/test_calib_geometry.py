@@ -99,3 +99,34 @@ def test_board_pose_from_render_is_accurate():
 def test_no_board_no_detection():
     img = np.full((480, 640), 128, np.uint8)
     assert BoardDetector(SPEC).detect(img) is None
+
+
+def test_samples_yaml_validation(tmp_path):
+    import yaml
+
+    from calibration.samples import load_samples
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(SPEC.to_dict()))
+    (tmp_path / "camera.yaml").write_text(yaml.safe_dump({"fx": 600, "fy": 600, "cx": 320, "cy": 240, "dist": [0] * 5,
+                                                          "width": 640, "height": 480}))
+
+    def check(samples, match, fk=None):
+        (tmp_path / "samples.yaml").write_text(yaml.safe_dump({"samples": samples}))
+        with pytest.raises(CalibrationError, match=match):
+            load_samples(tmp_path, fk=fk, n_joints=2 if fk else None)
+
+    pose = {"translation": [0, 0, 0.1], "quaternion": [0, 0, 0, 1]}
+    check([{"image": "a.png", "joints": [0, 0], "gripper_pose": pose}], "exactly one")
+    check([{"image": "a.png", "gripper_pose": {"translation": [0, 0], "quaternion": [0, 0, 0, 1]}}], "3 translation")
+    check([{"image": "a.png", "gripper_pose": {"translation": [0, 0, 0], "quaternion": [0, 0, 0, 0]}}], "zero length")
+    check([{"image": "a.png", "joints": [0, 0]}], "--robot")
+    check([{"image": "a.png", "joints": [0, 0, 0]}], "3 joint values", fk=DHChain([[0.1, 0, 0, 0]] * 2).fk)
+    check([{"image": "missing.png", "gripper_pose": pose}], r"samples\[0\]: image not found")
+    (tmp_path / "samples.yaml").write_text(yaml.safe_dump({"samples": [{"image": "a.png", "gripper_pose": pose}]}))
+    s, cam, board = load_samples(tmp_path)
+    assert np.allclose(s[0].T_base_gripper[:3, 3], [0, 0, 0.1]) and cam.K[0, 0] == 600 and board == SPEC
+    (tmp_path / "camera.yaml").write_text(yaml.safe_dump({"fx": 600, "fy": 600, "cx": 320, "cy": 240, "dist": [0] * 3,
+                                                          "width": 640, "height": 480}))
+    with pytest.raises(CalibrationError, match="dist has 3 values"):
+        load_samples(tmp_path)
