@@ -396,3 +396,54 @@ def test_lerobot_refusals_name_the_problem(tmp_path):
     (base / "policy_postprocessor.json").unlink()
     with pytest.raises(CheckpointError, match="no normalization statistics"):
         read_foreign(base)
+
+
+# ---------------------------------------------------------------- original image policy (MultiImageObsEncoder)
+@pytest.mark.parametrize("shared,norm", [(False, "group"), (True, "batch")])
+def test_original_image_policy_round_trip(tmp_path, shared, norm):
+    # keys deliberately listed unsorted in shape_meta: the encoder sorts rgb keys, then low-dim keys
+    meta_order = ["robot_eef_pose", "camera_1", "camera_0", "gripper"]
+    spec = PolicySpec(
+        action_dim=2, image_features={"camera_0": [3, 64, 72], "camera_1": [3, 64, 72]},
+        state_features={"gripper": [1], "robot_eef_pose": [6]}, n_obs_steps=2, horizon=8, n_action_steps=4,
+        feature_order=["camera_0", "camera_1", "gripper", "robot_eef_pose"],
+        encoder=EncoderSpec(width=16, pool="avg", project=False, relu=False, imagenet_norm=True, shared=shared,
+                            norm=norm, crop_shape=[56, 64], feature_dim=128),
+        unet=UnetSpec(down_dims=[16, 32], diffusion_step_embed_dim=16, n_groups=4),
+        scheduler={"kind": "ddim", "num_inference_steps": 3, "ddpm_prev_rule": "t_minus_one"},
+        normalization=NormalizationSpec(convention="original")).validate()
+    src = _random_policy(spec)
+    _set_stats(src, _original_stats(spec))
+    sd: dict[str, torch.Tensor] = {"_dummy_variable": torch.zeros(0), "obs_encoder._dummy_variable": torch.zeros(0)}
+    models = ["rgb"] if shared else spec.image_keys
+    for k, v in src.state_dict().items():
+        if k.startswith("unet."):
+            sd["model." + k[5:]] = v.clone()
+        elif k.startswith("obs_encoder.image_encoders."):
+            i, _, rest = k[len("obs_encoder.image_encoders."):].partition(".")
+            assert rest.startswith("backbone.")
+            sd[f"obs_encoder.key_model_map.{models[int(i)]}.{rest[len('backbone.'):]}"] = v.clone()
+    for k in spec.resolved_feature_order + ["action"]:
+        sd[f"normalizer.params_dict.{k}.scale"] = src.normalizers[k].scale.clone()
+        sd[f"normalizer.params_dict.{k}.offset"] = src.normalizers[k].offset.clone()
+    shape_meta = {"obs": {k: ({"shape": spec.image_features[k], "type": "rgb"} if k in spec.image_features
+                              else {"shape": spec.state_features[k], "type": "low_dim"}) for k in meta_order},
+                  "action": {"shape": [2]}}
+    cfg = {"_target_": "w.TrainDiffusionUnetImageWorkspace", "training": {"use_ema": True},
+           "policy": {"_target_": "diffusion_policy.policy.diffusion_unet_image_policy.DiffusionUnetImagePolicy",
+                      "shape_meta": shape_meta, "noise_scheduler": DDIM, "horizon": 8, "n_action_steps": 4,
+                      "n_obs_steps": 2, "num_inference_steps": 3, "obs_as_global_cond": True,
+                      "diffusion_step_embed_dim": 16, "down_dims": [16, 32], "kernel_size": 5, "n_groups": 4,
+                      "cond_predict_scale": True,
+                      "obs_encoder": {"_target_": "diffusion_policy.model.vision.multi_image_obs_encoder.MultiImageObsEncoder",
+                                      "shape_meta": shape_meta,
+                                      "rgb_model": {"_target_": "diffusion_policy.model.vision.model_getter.get_resnet",
+                                                    "name": "resnet18", "weights": None},
+                                      "resize_shape": None, "crop_shape": [56, 64], "random_crop": True,
+                                      "use_group_norm": norm == "group", "share_rgb_model": shared,
+                                      "imagenet_norm": True}}}
+    torch.save({"cfg": cfg, "state_dicts": {"model": {}, "ema_model": sd}}, tmp_path / "img.ckpt")
+    got = load_foreign(tmp_path / "img.ckpt")
+    assert got.spec.resolved_feature_order == spec.resolved_feature_order
+    assert got.spec.encoder.project is False and got.spec.encoder.imagenet_norm is True
+    _same_outputs(src, got)

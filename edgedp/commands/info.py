@@ -81,8 +81,11 @@ def native_rows(path: Path) -> list[tuple[str, str, str]]:
     for k, s in spec.image_features.items():
         rows.append((f"camera {k}", "x".join(map(str, s)), sp.get("images", "policy.yaml")))
     if spec.image_features:
-        rows.append(("image encoder", f"{e.backbone} {e.norm}norm width {e.width}, {e.pool} {e.num_keypoints} kp -> "
-                                      f"{e.feature_dim}, {'shared' if e.shared else 'one per camera'}",
+        pool = f"spatial softmax {e.num_keypoints} kp" if e.pool == "spatial_softmax" else "global avg pool"
+        proj = f" -> Linear {e.feature_dim}" if getattr(e, "project", True) else " (no projection)"
+        norm_note = ", ImageNet re-normalization" if getattr(e, "imagenet_norm", False) else ""
+        rows.append(("image encoder", f"{e.backbone} {e.norm}norm width {e.width}, {pool}{proj}, "
+                                      f"{'shared' if e.shared else 'one per camera'}{norm_note}",
                      sp.get("image encoder", "policy.yaml")))
         hw = lambda v: "none" if not v else f"{v[0]}x{v[1]}"  # noqa: E731
         rows.append(("resize / crop", f"{hw(e.resize_shape)} / {hw(e.crop_shape)} (centre)",

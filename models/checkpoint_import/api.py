@@ -120,9 +120,11 @@ def summary_rows(imp: ImportedPolicy) -> list[tuple[str, str, str]]:
         rows.append((f"camera {k}", "x".join(map(str, shp)), p.get("images", "")))
     if imp.image_shapes:
         ik = imp.image_kwargs
-        enc = (f"resnet18 {ik['norm']}norm width {ik['width']}, {ik['pool']} "
-               f"{ik.get('num_keypoints')} kp -> {ik['feature_dim']}, "
-               f"{'shared' if imp.shared_image_encoder else 'one per camera'}")
+        pool = (f"spatial softmax {ik.get('num_keypoints')} kp" if ik["pool"] == "spatial_softmax" else "global avg pool")
+        proj = f" -> Linear {ik['feature_dim']}" if ik.get("project", True) else f" ({ik['feature_dim']} features)"
+        enc = (f"resnet18 {ik['norm']}norm width {ik['width']}, {pool}{proj}, "
+               f"{'shared' if imp.shared_image_encoder else 'one per camera'}"
+               + (", ImageNet re-normalization" if ik.get("imagenet_norm") else ""))
         rows.append(("image encoder", enc, p.get("image encoder", "")))
         rows.append(("resize / crop", f"{_hw(ik.get('resize_shape'))} / {_hw(ik.get('crop_shape'))} (centre)",
                      p.get("crop", p.get("crop_shape", ""))))

@@ -54,6 +54,7 @@ def to_spec(imp: ImportedPolicy) -> PolicySpec:
             resize_shape=list(ik["resize_shape"]) if ik.get("resize_shape") else None,
             softmax_layout=ik.get("softmax_layout", "lerobot"),
             softmax_temperature=float(ik.get("softmax_temperature", 1.0)),
+            project=bool(ik.get("project", True)), imagenet_norm=bool(ik.get("imagenet_norm", False)),
         )
     u = imp.unet_kwargs
     spec = PolicySpec(
@@ -97,8 +98,8 @@ def build_policy(imp: ImportedPolicy, num_inference_steps: int | None = None, de
     spec = to_spec(imp)
     name = os.path.basename(imp.source_path.rstrip("/"))
     try:
-        with torch.device("meta"):
-            policy = DiffusionPolicy(spec, num_inference_steps=num_inference_steps, seed=seed)
+        # Built for real (not on the meta device): derived, non-saved buffers must hold their values.
+        policy = DiffusionPolicy(spec, num_inference_steps=num_inference_steps, seed=seed)
     except ValueError as err:
         raise UnsupportedCheckpointError(f"{name}: {err}") from None
     want = policy.state_dict()
@@ -114,10 +115,9 @@ def build_policy(imp: ImportedPolicy, num_inference_steps: int | None = None, de
                 sd[k] = sd[k].reshape(ref.shape)
             else:
                 raise CheckpointError(f"{name}: {k} has shape {tuple(sd[k].shape)}, native needs {tuple(ref.shape)}")
-    # Fresh allocations: tensors straight from a safetensors/zip buffer may be misaligned, which makes
-    # oneDNN pick other kernels (different rounding, slower) and would pin the source buffers in memory.
-    policy.load_state_dict({k: v.to(dtype=want[k].dtype).clone(memory_format=torch.contiguous_format)
-                            for k, v in sd.items()}, strict=True, assign=True)
+    # Copied into the policy's own (aligned) tensors: tensors straight from a safetensors/zip buffer may
+    # be misaligned, which makes oneDNN pick other kernels (different rounding, slower).
+    policy.load_state_dict({k: v.to(dtype=want[k].dtype) for k, v in sd.items()}, strict=True)
     policy.to(device)
     if num_inference_steps is not None:
         try:

@@ -170,8 +170,8 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
         if sd[k].numel() != 0:
             raise CheckpointError(f"{name}: {k} should be an empty placeholder")
     norm_keys = [k for k in sd if k.startswith("normalizer.")]
-    model_sd = {k[len("model."):]: v.float() for k, v in sd.items() if k.startswith("model.")}
-    enc_sd = {k[len("obs_encoder."):]: v for k, v in sd.items() if k.startswith("obs_encoder.")}
+    model_sd = {k[len("model."):]: v.float() for k, v in sd.items() if k.startswith("model.") and k not in dummies}
+    enc_sd = {k[len("obs_encoder."):]: v for k, v in sd.items() if k.startswith("obs_encoder.") and k not in dummies}
     stray = [k for k in sd if k not in dummies and k not in norm_keys and not k.startswith(("model.", "obs_encoder."))]
     if stray:
         raise CheckpointError(f"{name}: unexpected state_dict key {stray[0]}")
@@ -345,15 +345,70 @@ def _hybrid_encoder(name: str, pol: dict, enc_sd: dict, image_shapes: dict, prov
 
 
 def _image_encoder(name: str, pol: dict, enc_sd: dict, image_shapes: dict, state_dims: dict, prov: dict):
-    """MultiImageObsEncoder: key_model_map.<cam|rgb>.<torchvision resnet names>; global average pool."""
+    """MultiImageObsEncoder: key_model_map.<cam|rgb>.<torchvision resnet names>; global average pool.
+
+    Features per frame: cameras in sorted key order, then low-dim keys sorted (its __init__ sorts
+    both); each camera's transform is resize -> crop (centre at eval) -> optional ImageNet normalize.
+    """
     oe = pol.get("obs_encoder") or {}
     target = _cls_name(oe.get("_target_"))
     if target != "MultiImageObsEncoder":
         raise UnsupportedCheckpointError(f"{name}: unsupported obs encoder {target} (only MultiImageObsEncoder)")
     rgb = oe.get("rgb_model") or {}
-    if _cls_name(rgb.get("_target_")) != "get_resnet" or rgb.get("name") != "resnet18":
-        raise UnsupportedCheckpointError(f"{name}: unsupported rgb_model {rgb.get('_target_')}({rgb.get('name')}); "
-                                         "only get_resnet resnet18")
-    raise UnsupportedCheckpointError(
-        f"{name}: {IMAGE} (torchvision ResNet-18 with global average pooling and no projection) needs an image "
-        "encoder without the output Linear, which models.encoder does not offer yet")
+    if _cls_name(rgb.get("_target_")) != "get_resnet" or rgb.get("name") != "resnet18" \
+            or str(rgb.get("weights")).lower() == "r3m":
+        raise UnsupportedCheckpointError(f"{name}: unsupported rgb_model {_cls_name(rgb.get('_target_'))}"
+                                         f"({rgb.get('name')}, weights={rgb.get('weights')}); only get_resnet resnet18")
+    if not image_shapes:
+        raise UnsupportedCheckpointError(f"{name}: image policy without rgb observations")
+
+    def one_shape(field: str) -> tuple[int, int] | None:
+        v = oe.get(field)
+        if isinstance(v, dict):
+            vals = {tuple(int(x) for x in v[k]) for k in image_shapes if k in v}
+            if len(vals) != 1 or set(v) - set(image_shapes):
+                raise UnsupportedCheckpointError(f"{name}: per-camera obs_encoder.{field} with different values "
+                                                 f"{v} is not supported")
+            v = list(vals.pop())
+        if v is None:
+            return None
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
+            raise CheckpointError(f"{name}: cfg.policy.obs_encoder.{field} {v!r} is not a pair of positive integers")
+        return (int(v[0]), int(v[1]))
+
+    resize = one_shape("resize_shape")
+    crop = one_shape("crop_shape")
+    shared = bool(oe.get("share_rgb_model", False))
+    group_norm = bool(oe.get("use_group_norm", False))
+    imagenet = bool(oe.get("imagenet_norm", False))
+    cams = sorted(image_shapes)
+    ordered = {k: image_shapes[k] for k in cams}
+    image_shapes.clear()
+    image_shapes.update(ordered)
+    feature_order = cams + sorted(state_dims)
+    prov["images"] = prov["state"] = "cfg.policy.shape_meta.obs; MultiImageObsEncoder sorts rgb keys, then low_dim keys"
+    prov["crop"] = ("cfg.policy.obs_encoder.resize_shape/crop_shape (centre crop at inference"
+                    + ("; resize is antialiased bilinear as torchvision >= 0.17 Resize" if resize else "") + ")")
+    prov["image encoder"] = ("MultiImageObsEncoder: torchvision ResNet-18, global average pool, no projection; "
+                             "use_group_norm / share_rgb_model / imagenet_norm from cfg.policy.obs_encoder")
+    models = ["rgb"] if shared else cams
+    first = f"key_model_map.{models[0]}.conv1.weight"
+    if first not in enc_sd:
+        raise CheckpointError(f"{name}: obs_encoder.{first} missing (share_rgb_model={shared} in the cfg)")
+    width = int(enc_sd[first].shape[0])
+    idx = {m: i for i, m in enumerate(models)}
+
+    def rename(k: str) -> str | None:
+        if not k.startswith("key_model_map."):
+            return None
+        for m in models:  # camera names may contain dots
+            p = f"key_model_map.{m}."
+            if k.startswith(p):
+                return f"image_encoders.{idx[m]}.backbone.{k[len(p):]}"
+        return None
+
+    sd = {k: v for k, v in enc_sd.items() if not k.startswith("key_transform_map.")}
+    kwargs = dict(crop_shape=crop, resize_shape=resize, norm="group" if group_norm else "batch", width=width,
+                  pool="avg", num_keypoints=32, feature_dim=8 * width, relu=False, project=False,
+                  imagenet_norm=imagenet, softmax_layout="lerobot", _rename=rename)
+    return kwargs, sd, shared, feature_order
