@@ -170,6 +170,15 @@ def test_hardware_error_is_surfaced_by_name(emu):
             bus.set_torque(True)  # refused until the servo is rebooted
 
 
+def test_health_reports_voltage_temperature_and_errors():
+    with Emulator({1: "xm430-w350", 2: "xl330-m288"}, baud=BAUD) as emu:
+        with DynamixelBus(spec(emu), [JointSpec("a", 1, "xm430-w350"), JointSpec("b", 2, "xl330-m288")]) as bus:
+            emu.faults.set(hardware_error={2: 0x01})
+            h = bus.health()
+    assert h[1] == {"voltage_v": 12.0, "temperature_c": 35, "hardware_errors": []}
+    assert h[2] == {"voltage_v": 5.0, "temperature_c": 35, "hardware_errors": ["input voltage"]}
+
+
 def test_hardware_errors_at_a_rate_are_all_reported(emu):
     with DynamixelBus(spec(emu), joints(3)) as bus:
         emu.faults.set(hardware_error_rate=0.05, hardware_error_bits=0x01, seed=2)  # input voltage: no shutdown

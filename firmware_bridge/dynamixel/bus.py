@@ -313,6 +313,31 @@ class DynamixelBus:
             self._write(j.id, "Torque_Enable", 64, 1, 1 if on else 0)
         self._torque_on_by_us = bool(on)
 
+    def health(self) -> dict[int, dict]:
+        """Per servo: input voltage (V), temperature (deg C) and hardware errors by name. Two Sync Reads,
+        for telemetry between ticks (not part of the tick)."""
+        self._need_connected()
+        out: dict[int, dict] = {sid: {} for sid in self.ids}
+        for addr, size in ((144, 3), (70, 1)):
+            g = GroupSyncRead(self.port, self.ph, addr, size)
+            for sid in self.ids:
+                g.addParam(sid)
+            res = COMM_RX_TIMEOUT
+            for _ in range(3):
+                res = self._io(g.txRxPacket)
+                if res == COMM_SUCCESS:
+                    break
+                self._count(res)
+            if res != COMM_SUCCESS:
+                raise BusTimeout(f"health read at address {addr} failed: {self.ph.getTxRxResult(res)}")
+            for sid in self.ids:
+                if addr == 144:
+                    out[sid]["voltage_v"] = g.getData(sid, 144, 2) / 10.0
+                    out[sid]["temperature_c"] = g.getData(sid, 146, 1)
+                else:
+                    out[sid]["hardware_errors"] = hardware_error_names(g.getData(sid, 70, 1))
+        return out
+
     def stats(self) -> dict:
         """Counters for telemetry (copies)."""
         out = dict(self.counters)
