@@ -112,3 +112,62 @@ def test_wrong_file_types_give_one_line(tmp_path):
         zf.writestr("readme.txt", "hello")
     with pytest.raises(CheckpointError, match="data.pkl"):
         load_torch_zip(z)
+
+
+def _raw_pickle_zip(path: Path, body: bytes) -> None:
+    """A torch-zip whose data.pkl is hand-written opcodes (protocol 2 header + body + STOP)."""
+    _torch_zip_with_pickle(path, b"\x80\x02" + body + b".")
+
+
+def test_deep_nesting_and_shared_reference_blowup_fail_fast(tmp_path):
+    deep = tmp_path / "deep.ckpt"
+    _raw_pickle_zip(deep, b"]" * 100_000)  # 1e5 lists left on the stack: the top one is the result
+    assert load_torch_zip(deep) == []
+    p = tmp_path / "nested.ckpt"
+    _raw_pickle_zip(p, b"]" * 5000 + b"a" * 4999)  # APPEND each list into the one below: depth 5000
+    with pytest.raises(CheckpointError, match="nests"):
+        load_torch_zip(p)
+    # 2**40 paths through shared references: must be walked once per object, not per path
+    x: list = [0]
+    for _ in range(40):
+        x = [x, x]
+    p2 = tmp_path / "laughs.ckpt"
+    _torch_zip_with_pickle(p2, pickle.dumps(x, protocol=2))
+    got = load_torch_zip(p2)
+    assert got[0] is got[1]
+
+
+def test_build_cannot_tamper_with_allowed_globals(tmp_path):
+    # GLOBAL collections OrderedDict, then BUILD with slot state {'_fn': print}
+    body = b"ccollections\nOrderedDict\n" + b"N}X\x03\x00\x00\x00_fnK\x01s\x86b"
+    p = tmp_path / "tamper.ckpt"
+    _raw_pickle_zip(p, body)
+    with pytest.raises(CheckpointError):
+        load_torch_zip(p)
+    # the allow-list still works afterwards in this process
+    ok = tmp_path / "ok.pt"
+    torch.save({"a": torch.ones(2)}, ok)
+    assert torch.equal(load_torch_zip(ok)["a"], torch.ones(2))
+
+
+def test_damaged_lerobot_files_give_one_line(tmp_path):
+    import json
+    from safetensors.torch import save_file
+    from models.checkpoint_import.lerobot import read_lerobot
+
+    d = tmp_path / "pretrained_model"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    save_file({"diffusion.unet.x": torch.ones(1)}, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="config.json: unreadable JSON"):
+        read_lerobot(d)
+    (d / "config.json").write_text(json.dumps({"type": "diffusion", "input_features": {
+        "observation.state": {"type": "STATE", "shape": [2]}}, "output_features": {
+        "action": {"type": "ACTION", "shape": [2]}}, "n_obs_steps": 2, "horizon": 16, "n_action_steps": 8}))
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged safetensors"):
+        read_lerobot(d)
+    (d / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="damaged safetensors"):
+        read_lerobot(d)

@@ -64,6 +64,8 @@ class MetadataData(_Inert):
 class _AnyMarker:
     """Stands for ``typing.Any`` (OmegaConf's ref/key/element type) without touching typing."""
 
+    __slots__ = ()
+
     def __repr__(self) -> str:
         return "typing.Any"
 
@@ -104,12 +106,34 @@ def _ordered_dict(*args: Any) -> collections.OrderedDict:
     return collections.OrderedDict(*args)
 
 
+class Sealed:
+    """An allowed callable as the pickle sees it: callable, but with no attributes to overwrite.
+
+    BUILD on a plain function would set attributes on it (e.g. ``__defaults__``) for the rest of
+    the process; a slotted wrapper whose ``__setattr__`` refuses makes that a load error instead.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise CheckpointError("pickle tried to modify an allowed global")
+
+    def __reduce__(self):  # never pickled back out
+        raise TypeError("not picklable")
+
+
 # Globals that need no torch: (module, name) -> object handed to the pickle machine.
 BASE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("collections", "defaultdict"): _plain_defaultdict,
-    ("dill._dill", "_load_type"): _dill_load_type,
-    ("_codecs", "encode"): _codecs_encode,
+    ("collections", "OrderedDict"): Sealed(_ordered_dict),
+    ("collections", "defaultdict"): Sealed(_plain_defaultdict),
+    ("dill._dill", "_load_type"): Sealed(_dill_load_type),
+    ("_codecs", "encode"): Sealed(_codecs_encode),
     ("typing", "Any"): ANY,
     ("builtins", "slice"): slice,
     ("omegaconf.dictconfig", "DictConfig"): DictConfigData,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, UnsupportedCheckpointError
-from .safe_unpickle import BASE_GLOBALS, restricted_loads
+from .safe_unpickle import BASE_GLOBALS, Sealed, restricted_loads
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -28,11 +28,16 @@ _MAX_DIMS = 16
 
 
 class _StorageType:
-    """What `torch.FloatStorage` etc. resolve to: a dtype tag, never the real torch class."""
+    """What `torch.FloatStorage` etc. resolve to: a dtype tag, never the real torch class (immutable)."""
+
+    __slots__ = ("name", "dtype")
 
     def __init__(self, name: str, dtype: torch.dtype) -> None:
-        self.name = name
-        self.dtype = dtype
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise CheckpointError("pickle tried to modify a storage type")
 
 
 class _Storage:
@@ -77,8 +82,8 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
 def tensor_globals() -> dict[tuple[str, str], Any]:
     """The allow-list for torch checkpoints: base data globals plus tensor/storage rebuilders."""
     table = dict(BASE_GLOBALS)
-    table[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor_v2
-    table[("torch._utils", "_rebuild_parameter")] = _rebuild_parameter
+    table[("torch._utils", "_rebuild_tensor_v2")] = Sealed(_rebuild_tensor_v2)
+    table[("torch._utils", "_rebuild_parameter")] = Sealed(_rebuild_parameter)
     for name, dtype in _STORAGE_DTYPES.items():
         table[("torch", name)] = _StorageType(name, dtype)
     table[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage", torch.uint8)
