@@ -14,6 +14,7 @@ CORE = [
     "matplotlib>=3.7",
     "atomics>=1.0.2",
     "opencv-python-headless>=4.8,<4.13",
+    "scipy>=1.10",
 ]
 
 EXTRAS = {

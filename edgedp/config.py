@@ -102,6 +102,9 @@ class RobotConfig(_Strict):
     dh: Optional[list[list[float]]] = Field(
         None, description="DH rows [a, alpha, d, theta_offset] per joint, for forward kinematics"
     )
+    time_offset_file: Optional[Path] = Field(
+        None, description="YAML from `edgedp calibrate time-offset`: camera and command delays used to align observations"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> "RobotConfig":
@@ -309,6 +312,10 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> list[str]:
                 problems.append(f"cameras[{i}].file: file not found: {cam.file}")
     if cfg.robot.calibration_file is not None:
         cfg.robot.calibration_file = fix(cfg.robot.calibration_file)
+    if cfg.robot.time_offset_file is not None:
+        cfg.robot.time_offset_file = fix(cfg.robot.time_offset_file)
+        if not cfg.robot.time_offset_file.exists():
+            problems.append(f"robot.time_offset_file: file not found: {cfg.robot.time_offset_file}")
     if cfg.telemetry.path is not None:
         cfg.telemetry.path = fix(cfg.telemetry.path)
     if cfg.policy.cache_dir is not None:
@@ -317,8 +324,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> list[str]:
 
 
 def _preset_names() -> list[str]:
-    folder = Path(__file__).resolve().parent.parent / "models" / "presets"
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    from models.presets import list_presets
+
+    return list(list_presets())
 
 
 def parse_config(data: Any, base: Path | None = None, source: Path | None = None) -> RunConfig:
