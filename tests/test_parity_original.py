@@ -49,16 +49,17 @@ class Loaded:
         self.exp = dict(np.load(d / "expected.npz"))
         self.policies = {}
         for run, (kind, k) in RUNS.items():
+            if f"{run}_noise" not in self.exp:
+                continue
             imp = copy.copy(self.imp)
             # The fixture swapped in DDIM (set_alpha_to_one, steps_offset 0) for the ddim runs.
             imp.scheduler = dict(self.imp.scheduler, kind=kind, num_inference_steps=k)
             self.policies[run] = build_policy(imp)
 
     def obs(self) -> dict:
+        """Raw inputs: `obs_<key>` per shape_meta key (image policies) or `obs` (low-dim), batch 1."""
         e = self.exp
-        if "obs_image" in e:
-            return {"image": e["obs_image"][0], "agent_pos": e["obs_agent_pos"][0]}
-        return {"obs": e["obs"][0]}
+        return {k: (e[f"obs_{k}"] if f"obs_{k}" in e else e[k])[0] for k in self.imp.feature_order}
 
     @property
     def action_range(self) -> float:
@@ -66,7 +67,17 @@ class Loaded:
         return float((2.0 / nf.stats["scale"]).max())  # limits normalizer: scale = 2 / (max - min)
 
 
-@pytest.fixture(scope="module", params=["hybrid_pusht", "lowdim_pusht"])
+def _names() -> list[str]:
+    """Every fixture directory present (new ones are picked up), else the two shipped names (skipped)."""
+    if FIXTURES.is_dir():
+        found = sorted(p.name for p in FIXTURES.iterdir()
+                       if (p / "checkpoint.ckpt").is_file() and (p / "expected.npz").is_file())
+        if found:
+            return found
+    return ["hybrid_pusht", "lowdim_pusht"]
+
+
+@pytest.fixture(scope="module", params=_names())
 def ck(request) -> Loaded:
     return Loaded(request.param)
 
@@ -81,29 +92,33 @@ def test_weights_are_ema_and_config_from_pickled_cfg(ck):
 
 
 def test_global_cond_and_obs_features(ck):
-    pol = ck.policies["ddim10"]
+    pol = next(iter(ck.policies.values()))
     gc = pol.encode(ck.obs()).numpy()
     np.testing.assert_allclose(gc, ck.exp["global_cond"], rtol=0, atol=NORM_TOL)
     if "obs_features" in ck.exp:
         np.testing.assert_allclose(gc.reshape(ck.exp["obs_features"].shape), ck.exp["obs_features"], rtol=0, atol=NORM_TOL)
-        np.testing.assert_array_equal(gc.reshape(2, -1)[:, -2:], ck.exp["nobs_agent_pos"][0])
+    if "nobs_agent_pos" in ck.exp and ck.imp.feature_order[-1] == "agent_pos":
+        np.testing.assert_array_equal(gc.reshape(pol.n_obs_steps, -1)[:, -2:], ck.exp["nobs_agent_pos"][0])
     # EMA, not the raw model: the non-EMA encoder gives visibly different features.
     if "nonema_global_cond" in ck.exp and not np.array_equal(ck.exp["nonema_global_cond"], ck.exp["global_cond"]):
         assert np.abs(gc - ck.exp["nonema_global_cond"]).max() > 1e-3
 
 
 def test_denoiser_probes(ck):
-    pol = ck.policies["ddim10"]
+    pol = next(iter(ck.policies.values()))
     gc = torch.from_numpy(ck.exp["global_cond"])
     with torch.inference_mode():
         for i, k in enumerate(ck.exp["probe_k"]):
             out = pol.denoise(torch.from_numpy(ck.exp["probe_x"][i]), torch.tensor([int(k)]), gc).numpy()
             np.testing.assert_allclose(out, ck.exp["probe_eps"][i], rtol=0, atol=NORM_TOL, err_msg=f"probe k={k}")
-            assert np.abs(out - ck.exp["nonema_probe_eps"][i]).max() > 1e-4
+            if "nonema_probe_eps" in ck.exp:
+                assert np.abs(out - ck.exp["nonema_probe_eps"][i]).max() > 1e-4
 
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_per_step_denoiser_and_scheduler(ck, run):
+    if run not in ck.policies:
+        pytest.skip(f"{ck.name} has no {run} recording")
     pol = ck.policies[run]
     e = ck.exp
     np.testing.assert_array_equal(pol.sampler.timesteps.numpy(), e[f"{run}_timesteps"])
@@ -123,6 +138,8 @@ def test_per_step_denoiser_and_scheduler(ck, run):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_full_trajectory_from_recorded_noise(ck, run):
+    if run not in ck.policies:
+        pytest.skip(f"{ck.name} has no {run} recording")
     pol = ck.policies[run]
     e = ck.exp
     noise = e[f"{run}_noise"]
@@ -138,5 +155,5 @@ def test_full_trajectory_from_recorded_noise(ck, run):
         chunk = pol.predict_chunk(ck.obs(), noise=noise[0])
         np.testing.assert_allclose(chunk, e[f"{run}_action_pred"][0], rtol=0, atol=raw_tol)
         np.testing.assert_allclose(chunk[pol.action_slice], e[f"{run}_action"][0], rtol=0, atol=raw_tol)
-    if run == "ddim10":
+    if run == "ddim10" and "nonema_ddim10_action_pred" in e:
         assert np.abs(action - e["nonema_ddim10_action_pred"]).max() > 1.0
