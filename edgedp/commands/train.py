@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from edgedp.errors import UserError
 
 
@@ -23,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-episodes", type=int, default=None, help="train on the first N episodes only")
     p.add_argument("--regression", action="store_true",
                    help="train the MSE-regression baseline (same network; run it with K=1) instead of diffusion")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field (dotted PolicySpec key, YAML value), e.g. "
+                        "--set encoder.resize_shape=[48,48] --set encoder.crop_shape=[42,42]")
     p.add_argument("--log", help="also write the loss of every step as JSON lines to this file")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     p.set_defaults(func=run)
@@ -58,9 +63,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{out}: exists and is not a native checkpoint; refusing to replace it")
         if not args.force:
             raise UserError(f"{out}: a checkpoint already exists (--force replaces it)")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. encoder.resize_shape=[48,48]")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
                       save_every=args.save_every, regression=args.regression, threads=args.threads,
-                      max_episodes=args.max_episodes)
+                      max_episodes=args.max_episodes, spec_overrides=overrides)
     console = make_console()
     log = open(args.log, "w") if args.log else None
     smooth = [None]

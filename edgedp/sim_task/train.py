@@ -171,18 +171,16 @@ def make_policy(preset: str, data: InMemoryData, cfg: TrainConfig):
     from models.spec import PolicySpec
 
     spec = load_preset(preset)
-    d = spec.to_dict()
-    for key, value in cfg.spec_overrides.items():  # dotted keys, e.g. "unet.down_dims"
-        node = d
-        *path, last = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
+    d = _with_overrides(spec.to_dict(), cfg.spec_overrides)
     if cfg.regression:
         d["scheduler"] = {**d.get("scheduler", {}), "kind": "ddim", "prediction_type": "sample",
                           "num_inference_steps": 1, "timestep_spacing": "trailing"}
         d["name"] = f"{d.get('name', preset)}-regression"
-    spec = PolicySpec.from_dict(d)
+    try:
+        spec = PolicySpec.from_dict(d)
+        spec.validate()
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"preset {preset!r} with overrides {cfg.spec_overrides}: {exc}") from None
     torch.manual_seed(cfg.seed)
     policy = DiffusionPolicy(spec, seed=cfg.seed)
     for key, stats in data.stats().items():
@@ -207,7 +205,7 @@ def train(dataset_dir: str | Path, preset: str, out: Optional[str | Path], cfg: 
     torch.set_num_threads(cfg.threads)
     dataset = EpisodeDataset(dataset_dir)
     torch.manual_seed(cfg.seed)
-    spec_probe = _probe_spec(preset)
+    spec_probe = _probe_spec(preset, cfg)
     data = InMemoryData(dataset, spec_probe.n_obs_steps, spec_probe.horizon, cfg.max_episodes)
     _check_shapes(dataset_dir, spec_probe, data)
     policy = make_policy(preset, data, cfg)
@@ -258,10 +256,24 @@ def train(dataset_dir: str | Path, preset: str, out: Optional[str | Path], cfg: 
     return TrainResult(ema.model, losses, time.monotonic() - started, cfg.steps)
 
 
-def _probe_spec(preset: str):
+def _probe_spec(preset: str, cfg: TrainConfig):
     from models.presets import load_preset
+    from models.spec import PolicySpec
 
-    return load_preset(preset)
+    return PolicySpec.from_dict(_with_overrides(load_preset(preset).to_dict(), cfg.spec_overrides))
+
+
+def _with_overrides(d: dict, overrides: dict) -> dict:
+    d = copy.deepcopy(d)
+    for key, value in overrides.items():  # dotted keys, e.g. "unet.down_dims"
+        node = d
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r}: {p!r} is not a section")
+        node[last] = value
+    return d
 
 
 def _check_shapes(dataset_dir, spec, data: InMemoryData) -> None:
