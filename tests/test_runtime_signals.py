@@ -28,7 +28,7 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "sigterm"), (signal.SIGINT, "ctrl-c")])
+@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "sigterm")])
 def test_signal_stops_the_run_cleanly(tmp_path, sig, name):
     data = yaml.safe_load((ROOT / "examples" / "sim.yaml").read_text())
     data["rates"]["servo_hz"] = 250
@@ -62,5 +62,51 @@ def test_signal_stops_the_run_cleanly(tmp_path, sig, name):
     assert report["stopped_by"] == name
     assert report["chunks_executed"] >= 1
     assert tel.with_suffix(".png").exists()
-    for k in kids:  # the servo process (and anything else it started) is gone
-        assert not Path(f"/proc/{k}").exists() or "zombie" in Path(f"/proc/{k}/status").read_text()
+    # The servo and emulator processes are gone. multiprocessing's resource tracker notices its parent's exit
+    # on its own a moment later, so give stragglers a short grace period before naming them.
+    deadline = time.monotonic() + 5.0
+    alive = set(kids)
+    while alive and time.monotonic() < deadline:
+        alive = {k for k in alive if _running(k)}
+        time.sleep(0.1)
+    assert not alive, [_cmdline(k) for k in alive]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return "?"
+
+
+def test_ctrl_c_in_process_stops_the_run(tmp_path):
+    """Ctrl-C (SIGINT to this process) while Runtime.run() owns the main thread: a clean stop, exit 0."""
+    import threading
+
+    from edgedp.app import build
+    from edgedp.config import parse_config
+    from edgedp.runtime.lifecycle import Runtime
+
+    data = yaml.safe_load((ROOT / "examples" / "sim.yaml").read_text())
+    data["rates"]["servo_hz"] = 250
+    data["safety"]["start_ramp_time"] = 0.5
+    cfg = parse_config(data, base=ROOT / "examples")
+    rt = Runtime(build(cfg), 60.0, tmp_path / "tel.json", plot=False, live=False, console=None)
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = rt.run()
+    finally:
+        timer.cancel()
+    assert code == 0
+    report = json.loads((tmp_path / "tel.json").read_text())
+    assert report["stopped_by"] == "ctrl-c" and report["duration_s"] < 30
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back

@@ -61,7 +61,7 @@ def _run(cfg, duration, tmp_path, during=None):
 
 
 def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
-    code, rt, parts, tel, left = _run(_cfg(), 4.0, tmp_path)
+    code, rt, parts, tel, left = _run(_cfg(), 3.0, tmp_path)
     assert code == 0, tel["notes"]
     assert tel["stopped_by"] == "duration"
     for key in SCHEMA_KEYS:
@@ -100,7 +100,7 @@ def test_watchdog_stops_on_bus_faults_and_switches_torque_off(tmp_path):
         parts.emulator.faults.set(drop_rate=1.0)  # every status packet lost: each tick's read fails
 
     cfg = _cfg(**{"safety.on_stop": "torque_off", "safety.watchdog_failed_ticks": 5})
-    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(2.0, break_bus))
+    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(1.5, break_bus))
     assert code == EXIT_WATCHDOG
     assert tel["stopped_by"] == "watchdog" and tel["servo_end"] == "watchdog"
     assert tel["bus_errors"] >= 5
@@ -115,7 +115,7 @@ def test_watchdog_stops_on_bus_faults_and_switches_torque_off(tmp_path):
 @pytest.mark.parametrize("join", ["ensemble"])
 def test_sim_loop_process_mode(tmp_path, join):
     cfg = _cfg(**{"rates.servo_in_process": True, "safety.join": join, "safety.interpolation": "linear"})
-    code, rt, parts, tel, left = _run(cfg, 3.5, tmp_path)
+    code, rt, parts, tel, left = _run(cfg, 3.0, tmp_path)
     assert code == 0, (tel["notes"], tel.get("servo_error"))
     assert tel["mode"] == "process"
     assert tel["chunks_executed"] >= 2 and tel["servo_ticks"] > 50
@@ -149,7 +149,7 @@ def test_cli_run_rejects_bad_config_before_opening_anything(tmp_path, capsys):
 def test_late_chunks_make_the_arm_hold_and_decelerate(tmp_path):
     """Chunks of 2 actions (0.1 s) arriving 0.4 s late: the servo loop runs out of plan, decelerates, holds."""
     cfg = _cfg(**{"policy.n_action_steps": 2, "policy.extra_latency_ms": 400.0})
-    code, rt, parts, tel, left = _run(cfg, 4.0, tmp_path)
+    code, rt, parts, tel, left = _run(cfg, 3.0, tmp_path)
     assert code == 0
     assert tel["uncovered_ticks"] > 0
     assert tel["chunks_executed"] >= 2
