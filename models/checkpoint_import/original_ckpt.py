@@ -26,7 +26,7 @@ from .description import ImportedPolicy, NormField
 from .errors import CheckpointError, UnsupportedCheckpointError
 from .renaming import drop_aliases, remap, seq_trunk_to_native, strip_compiled, target_shapes
 from .safe_unpickle import restricted_loads
-from .torch_zip import load_torch_zip
+from .torch_zip import LazyTensor, TorchZip
 
 HYBRID = "DiffusionUnetHybridImagePolicy"
 IMAGE = "DiffusionUnetImagePolicy"
@@ -47,10 +47,14 @@ def _cls_name(target: Any) -> str:
 def read_workspace_checkpoint(path: str | os.PathLike) -> ImportedPolicy:
     """Load and interpret a workspace checkpoint; one-line CheckpointError on any problem."""
     src = os.fspath(path)
-    name = os.path.basename(src)
-    payload = load_torch_zip(src)
+    with TorchZip(src, lazy=True) as ck:
+        return _read_open(ck)
+
+
+def _read_open(ck: TorchZip) -> ImportedPolicy:
+    src, name, payload = ck.src, ck.name, ck.obj
     if not isinstance(payload, dict) or "cfg" not in payload or "state_dicts" not in payload:
-        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        if isinstance(payload, dict) and payload and all(isinstance(v, LazyTensor) for v in payload.values()):
             raise UnsupportedCheckpointError(f"{name}: a bare state_dict without a config; the architecture cannot "
                                              "be known (use the workspace .ckpt the training run saved)")
         keys = sorted(map(str, payload))[:5] if isinstance(payload, dict) else type(payload).__name__
@@ -72,9 +76,10 @@ def read_workspace_checkpoint(path: str | os.PathLike) -> ImportedPolicy:
         raise CheckpointError(f"{name}: cfg.training.use_ema={use_ema} but state_dicts['{which}'] is missing")
     prov["weights"] = f"state_dicts['{which}'] (cfg.training.use_ema={use_ema})"
     for k, v in sd.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+        if not isinstance(k, str) or not isinstance(v, (LazyTensor, torch.Tensor)):
             raise CheckpointError(f"{name}: state_dicts['{which}'] holds a non-tensor entry {str(k)[:60]}")
-    sd = {strip_compiled(k): v for k, v in sd.items()}
+    # Only the chosen weights are read from the archive (not the other copy, not the optimizer state).
+    sd = {strip_compiled(k): v for k, v in ck.materialize(dict(sd)).items()}
     return _interpret(name, src, cfg, pol, policy_cls, sd, prov)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -41,48 +41,97 @@ class _StorageType:
 
 
 class _Storage:
-    """One storage record, loaded once and shared by every tensor that views it."""
+    """One storage record: checked against its zip entry at unpickling time, its bytes read once,
+    on first use, and shared by every tensor that views it."""
 
-    def __init__(self, key: str, flat: torch.Tensor) -> None:
-        self.key = key
-        self.flat = flat
+    __slots__ = ("key", "dtype", "numel", "_flat", "_read")
+
+    def __init__(self, key: str, dtype: torch.dtype, numel: int, read: Callable[[], bytes]) -> None:
+        self.key, self.dtype, self.numel = key, dtype, numel
+        self._flat: torch.Tensor | None = None
+        self._read = read
+
+    @property
+    def flat(self) -> torch.Tensor:
+        if self._flat is None:
+            raw = self._read()
+            self._flat = (torch.frombuffer(bytearray(raw), dtype=self.dtype) if raw
+                          else torch.empty(0, dtype=self.dtype))
+        return self._flat
+
+
+class LazyTensor:
+    """A tensor whose geometry is validated but whose bytes are not read until `materialize()`.
+
+    Workspace checkpoints carry the model, the EMA copy and the optimizer state (about 4x the
+    weights); reading only what the import uses keeps memory at one copy.
+    """
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.dtype
+
+    def numel(self) -> int:
+        n = 1
+        for s in self.size:
+            n *= s
+        return n
+
+    def materialize(self) -> torch.Tensor:
+        return torch.as_strided(self.storage.flat, self.size, self.stride, self.offset)
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({tuple(self.size)}, {self.dtype}, storage {self.storage.key})"
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    if not isinstance(storage, _Storage):
-        raise CheckpointError("tensor rebuild without a storage record")
-    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
-            and len(size) <= _MAX_DIMS and all(_is_int(s) and s >= 0 for s in size)
-            and all(_is_int(s) and s >= 0 for s in stride) and _is_int(storage_offset) and storage_offset >= 0):
-        raise CheckpointError(f"bad tensor geometry in storage {storage.key}: size={size!r} stride={stride!r}")
-    n = storage.flat.numel()
-    numel = 1
-    for s in size:
-        numel *= s
-    if numel:
-        last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if last >= n:
-            raise CheckpointError(f"tensor runs past the end of storage {storage.key} ({last + 1} > {n} elements)")
-    elif storage_offset > n:
-        raise CheckpointError(f"tensor offset past the end of storage {storage.key}")
-    return torch.as_strided(storage.flat, tuple(size), tuple(stride), storage_offset)
+def _make_rebuild_tensor(lazy: bool) -> Callable[..., Any]:
+    def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> Any:
+        if not isinstance(storage, _Storage):
+            raise CheckpointError("tensor rebuild without a storage record")
+        if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+                and len(size) <= _MAX_DIMS and all(_is_int(s) and s >= 0 for s in size)
+                and all(_is_int(s) and s >= 0 for s in stride) and _is_int(storage_offset) and storage_offset >= 0):
+            raise CheckpointError(f"bad tensor geometry in storage {storage.key}: size={size!r} stride={stride!r}")
+        n = storage.numel
+        numel = 1
+        for s in size:
+            numel *= s
+        if numel:
+            last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
+            if last >= n:
+                raise CheckpointError(f"tensor runs past the end of storage {storage.key} ({last + 1} > {n} elements)")
+        elif storage_offset > n:
+            raise CheckpointError(f"tensor offset past the end of storage {storage.key}")
+        t = LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+        return t if lazy else t.materialize()
+
+    return rebuild
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> torch.Tensor:
-    if not isinstance(data, torch.Tensor):
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
+    if not isinstance(data, (torch.Tensor, LazyTensor)):
         raise CheckpointError("parameter rebuild without tensor data")
     return data
 
 
-def tensor_globals() -> dict[tuple[str, str], Any]:
+def tensor_globals(lazy: bool = False) -> dict[tuple[str, str], Any]:
     """The allow-list for torch checkpoints: base data globals plus tensor/storage rebuilders."""
     table = dict(BASE_GLOBALS)
-    table[("torch._utils", "_rebuild_tensor_v2")] = Sealed(_rebuild_tensor_v2)
+    table[("torch._utils", "_rebuild_tensor_v2")] = Sealed(_make_rebuild_tensor(lazy))
     table[("torch._utils", "_rebuild_parameter")] = Sealed(_rebuild_parameter)
     for name, dtype in _STORAGE_DTYPES.items():
         table[("torch", name)] = _StorageType(name, dtype)
@@ -92,33 +141,76 @@ def tensor_globals() -> dict[tuple[str, str], Any]:
 
 def load_torch_zip(path: str | os.PathLike) -> Any:
     """Load a `torch.save` zip with the restricted unpickler; errors are one-line CheckpointErrors."""
-    src = os.fspath(path)
-    name = os.path.basename(src)
-    if not os.path.isfile(src):
-        raise CheckpointError(f"{src}: no such file")
-    file_size = os.path.getsize(src)
-    with open(src, "rb") as fh:
-        head = fh.read(8)
-    if not head.startswith(b"PK\x03\x04"):
-        if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":
-            raise UnsupportedCheckpointError(
-                f"{name}: unsupported legacy (pre-1.6, non-zip) torch format; re-save it with a current "
-                "torch (torch.save(torch.load(f), f2)) in a trusted environment")
-        raise CheckpointError(f"{name}: not a torch checkpoint (no zip header; {file_size} bytes)")
-    try:
-        zf = zipfile.ZipFile(src)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, OverflowError) as err:
-        raise CheckpointError(f"{name}: damaged or truncated zip archive ({err})") from None
-    try:
-        with zf:
-            return _load_from_zip(zf, name, file_size)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - zipfile raises many types on damaged input
-        raise CheckpointError(f"{name}: damaged checkpoint ({type(err).__name__}: {err})") from None
+    with TorchZip(path) as ck:
+        return ck.obj
 
 
-def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int) -> Any:
+class TorchZip:
+    """A torch zip opened for reading: `obj` holds LazyTensors when `lazy`, read by `materialize`.
+
+    Use as a context manager; the archive stays open until exit so that tensors can be read late.
+    """
+
+    def __init__(self, path: str | os.PathLike, lazy: bool = False) -> None:
+        self.src = os.fspath(path)
+        self.name = os.path.basename(self.src)
+        self.lazy = lazy
+        self._zf: zipfile.ZipFile | None = None
+        self.obj: Any = None
+
+    def __enter__(self) -> "TorchZip":
+        src, name = self.src, self.name
+        if not os.path.isfile(src):
+            raise CheckpointError(f"{src}: no such file")
+        file_size = os.path.getsize(src)
+        with open(src, "rb") as fh:
+            head = fh.read(8)
+        if not head.startswith(b"PK\x03\x04"):
+            if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":
+                raise UnsupportedCheckpointError(
+                    f"{name}: unsupported legacy (pre-1.6, non-zip) torch format; re-save it with a current "
+                    "torch (torch.save(torch.load(f), f2)) in a trusted environment")
+            raise CheckpointError(f"{name}: not a torch checkpoint (no zip header; {file_size} bytes)")
+        try:
+            self._zf = zipfile.ZipFile(src)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, OverflowError) as err:
+            raise CheckpointError(f"{name}: damaged or truncated zip archive ({err})") from None
+        try:
+            self.obj = _load_from_zip(self._zf, name, file_size, self.lazy)
+        except BaseException as err:
+            self.close()
+            if isinstance(err, CheckpointError):
+                raise
+            if not isinstance(err, Exception):
+                raise
+            raise CheckpointError(f"{name}: damaged checkpoint ({type(err).__name__}: {err})") from None
+        return self
+
+    def materialize(self, x: Any) -> Any:
+        """Read a LazyTensor (or a dict/list of them); damaged bytes become a CheckpointError."""
+        try:
+            if isinstance(x, LazyTensor):
+                return x.materialize()
+            if isinstance(x, dict):
+                return type(x)((k, self.materialize(v)) for k, v in x.items())
+            if isinstance(x, list):
+                return [self.materialize(v) for v in x]
+            return x
+        except CheckpointError as err:
+            raise CheckpointError(f"{self.name}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - zipfile raises many types on damaged input
+            raise CheckpointError(f"{self.name}: damaged checkpoint ({type(err).__name__}: {err})") from None
+
+    def close(self) -> None:
+        if self._zf is not None:
+            self._zf.close()
+            self._zf = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int, lazy: bool = False) -> Any:
     infos = {i.filename: i for i in zf.infolist()}
     pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
@@ -139,7 +231,7 @@ def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int) -> Any:
             raise CheckpointError(f"malformed storage reference {str(pid)[:60]!r}")
         got = storages.get(key)
         if got is not None:
-            if got.flat.dtype != stype.dtype:
+            if got.dtype != stype.dtype:
                 raise CheckpointError(f"storage {key} used with two dtypes")
             return got
         info = infos.get(f"{prefix}data/{key}")
@@ -149,14 +241,14 @@ def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int) -> Any:
         if numel * itemsize != info.file_size:
             raise CheckpointError(
                 f"storage record data/{key} holds {info.file_size} bytes, expected {numel} x {itemsize}")
-        raw = _read(zf, info, file_size)
-        flat = torch.frombuffer(bytearray(raw), dtype=stype.dtype) if raw else torch.empty(0, dtype=stype.dtype)
-        st = _Storage(key, flat)
+        st = _Storage(key, stype.dtype, numel, lambda info=info: _read(zf, info, file_size))
+        if not lazy:
+            _ = st.flat
         storages[key] = st
         return st
 
     data = _read(zf, infos[pkls[0]], file_size)
-    return restricted_loads(data, name, tensor_globals(), persistent_load)
+    return restricted_loads(data, name, tensor_globals(lazy), persistent_load)
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> bytes:
