@@ -131,6 +131,13 @@ def write_lerobot(pol: DiffusionPolicy, d: Path, *, cfg_extra: dict, stats_in: s
            "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon",
            "clip_sample": True, "clip_sample_range": 1.0, "num_inference_steps": spec.scheduler["num_inference_steps"]}
     cfg.update(cfg_extra)
+    if cfg.pop("_old_config", False):  # pre-0.1 layout (e.g. the first lerobot/diffusion_pusht on the hub)
+        modes = {"VISUAL": "mean_std", "STATE": "min_max", "ENV": "min_max"}
+        cfg["input_shapes"] = {k: v["shape"] for k, v in cfg.pop("input_features").items()}
+        cfg["output_shapes"] = {k: v["shape"] for k, v in cfg.pop("output_features").items()}
+        cfg["input_normalization_modes"] = {k: modes[v["type"]] for k, v in ins.items()}
+        cfg["output_normalization_modes"] = {"action": "min_max"}
+        del cfg["normalization_mapping"], cfg["type"]
     if stats_in == "processor":
         save_file({k: v for k, v in stats.items()}, str(d / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
         save_file({k: v for k, v in stats.items() if k.startswith("action.")},
@@ -193,6 +200,10 @@ LEROBOT_CASES = {
              encoder=EncoderSpec(width=16, num_keypoints=8, feature_dim=16, shared=True, crop_shape=[56, 56],
                                  resize_shape=[64, 64])),
         dict(resize_shape=[64, 64], crop_ratio=0.875, crop_shape=[84, 84]), "processor", False),
+    "old_config_layout_with_buffers": (
+        dict(image_features={"observation.image": [3, 64, 64]}, state_features={"observation.state": [2]},
+             encoder=EncoderSpec(width=16, num_keypoints=8, feature_dim=16, shared=True, crop_shape=[56, 56])),
+        dict(_old_config=True), "buffers", False),
 }
 
 
