@@ -268,6 +268,10 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
     normalization = _normalizer(sd, fields, name, set(image_shapes))
     extra = sorted(set(norm_fields) - set(fields))
     notes = [f"normalizer field {f} unused by the policy" for f in extra]
+    latency = cfg.get("n_latency_steps") or 0
+    if latency:
+        notes.append(f"cfg.n_latency_steps={latency}: the original trained on actions shifted by {latency} steps "
+                     "and its eval skips that many; edgedp times chunks by its own measured latency")
     prov["normalization"] = "state_dict normalizer.params_dict.* (LinearNormalizer scale/offset)"
     return ImportedPolicy(
         source_format="diffusion_policy", source_path=src, architecture=policy_cls,
