@@ -11,12 +11,11 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.checkpoint_import import CheckpointError, UnsupportedCheckpointError
+from models.checkpoint_import import CheckpointError
 from models.checkpoint_import.api import import_checkpoint, load_foreign, read_foreign
 from models.policy import DiffusionPolicy
 from models.spec import EncoderSpec, NormalizationSpec, PolicySpec, UnetSpec

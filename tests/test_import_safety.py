@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import builtins
-import io
 import os
 import pickle
 import subprocess

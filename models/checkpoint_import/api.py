@@ -145,7 +145,7 @@ def summary_rows(imp: ImportedPolicy) -> list[tuple[str, str, str]]:
         what = "scale/offset (LinearNormalizer)" if nf.convention == "original" else nf.mode.upper()
         rows.append((f"normalize {k}", what, nf.source))
     if "weights" in p:
-        rows.append(("weights", p["weights"], ""))
+        rows.append(("weights", p["weights"], p.get("training progress", "")))
     for n in imp.notes:
         rows.append(("note", n, ""))
     return rows

@@ -14,7 +14,6 @@ Everything else is refused by name rather than loaded approximately.
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -80,6 +79,9 @@ def _read_open(ck: TorchZip) -> ImportedPolicy:
             raise CheckpointError(f"{name}: state_dicts['{which}'] holds a non-tensor entry {str(k)[:60]}")
     # Only the chosen weights are read from the archive (not the other copy, not the optimizer state).
     sd = {strip_compiled(k): v for k, v in ck.materialize(dict(sd)).items()}
+    counters = pickled_counters(payload.get("pickles"), name)
+    if counters.get("global_step") is not None or counters.get("epoch") is not None:
+        prov["training progress"] = f"global_step {counters.get('global_step')}, epoch {counters.get('epoch')}"
     return _interpret(name, src, cfg, pol, policy_cls, sd, prov)
 
 
