@@ -205,5 +205,6 @@ def test_mutated_checkpoints_fail_cleanly(seed_ckpt, tmp_path):
         else:
             counts["ok"] += 1
         p.unlink()
+    print(f"fuzz: {len(mutants)} mutants, {counts['error']} rejected with one line, {counts['ok']} loaded")
     # Most mutants must be rejected (CRC/structure checks work), and the seed's kind of file still loads.
     assert counts["error"] > len(mutants) // 2, counts
