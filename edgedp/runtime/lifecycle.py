@@ -206,6 +206,7 @@ class Runtime:
             if live and now - last_print > 0.25:
                 last_print = now
                 line = self.tel.live_line(control.read_live(), phase, now - t_begin)
+                line = line[: max(20, self.console.width - 1)].ljust(max(20, self.console.width - 1))  # one row
                 self.console.print(line, end="\r", highlight=False, soft_wrap=True)
             self._stop.wait(0.05)
         if live:
