@@ -21,11 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._emulator_proc import EmulatorProcess  # noqa: E402
 from edgedp.app import BusFactory, bus_errors  # noqa: E402
 from edgedp.runtime.control import Control  # noqa: E402
 from edgedp.runtime.ring import ChunkRing  # noqa: E402
 from edgedp.runtime.servo_loop import ServoParams, ServoProcess, ServoThread  # noqa: E402
+from edgedp.runtime.sim_emulator import EmulatorProcess  # noqa: E402
 from edgedp.runtime.telemetry import hist_percentiles  # noqa: E402
 
 JOINTS = [
@@ -116,7 +116,7 @@ def main() -> int:
     ap.add_argument("--modes", default="thread,process")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/servo_jitter.json"))
     args = ap.parse_args()
-    emu = EmulatorProcess({j["id"]: j["model"] for j in JOINTS})
+    emu = EmulatorProcess({j["id"]: j["model"] for j in JOINTS}, baud=4_000_000).start()
     rows = []
     try:
         for mode in args.modes.split(","):
@@ -128,7 +128,7 @@ def main() -> int:
                       f"p50={pe['p50']} p99={pe['p99']} max={pe['max']:.0f} us overruns={r['overruns']} "
                       f"bus_errors={r['bus_errors']}", flush=True)
     finally:
-        emu.close()
+        emu.stop()
     import os
     import platform
 
