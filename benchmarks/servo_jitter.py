@@ -26,6 +26,7 @@ from edgedp.runtime.control import Control  # noqa: E402
 from edgedp.runtime.ring import ChunkRing  # noqa: E402
 from edgedp.runtime.servo_loop import ServoParams, ServoProcess, ServoThread  # noqa: E402
 from edgedp.runtime.sim_emulator import EmulatorProcess  # noqa: E402
+from edgedp.runtime.servo_loop import HIST_BIN_US  # noqa: E402
 from edgedp.runtime.telemetry import hist_percentiles  # noqa: E402
 
 JOINTS = [
@@ -101,10 +102,48 @@ def measure(mode: str, with_planner: bool, hz: float, seconds: float, port: str,
                           report.get("period_error_max_us", 0.0))
     we = hist_percentiles(np.asarray(report.get("wake_error_hist", np.zeros(1))), report.get("wake_error_max_us", 0.0))
     tw = hist_percentiles(np.asarray(report.get("tick_work_hist", np.zeros(1))), report.get("tick_work_max_us", 0.0))
-    return {"mode": mode, "planner": with_planner, "hz": hz, "ticks": report.get("ticks"),
+    hists = {}
+    for name in ("period_error", "wake_error", "tick_work"):
+        h = np.asarray(report.get(f"{name}_hist", np.zeros(1)))
+        nz = np.nonzero(h)[0]
+        hists[name] = {str(int(i * HIST_BIN_US)): int(h[i]) for i in nz}
+    return {"mode": mode, "planner": with_planner, "hz": hz, "ticks": report.get("ticks"), "histograms_5us": hists,
             "period_error_us": pe, "wake_error_us": we, "tick_work_us": tw, "overruns": report.get("overruns"), "skipped": report.get("skipped_ticks"),
             "bus_errors": report.get("bus_errors"), "chunks_executed": report.get("chunks_executed"),
             "spin_us": params.spin_us, "scheduling": report.get("scheduling"), **load_stats, "error": report.get("error")}
+
+
+def plot(rows: list[dict], hz: float, path: Path) -> None:
+    """Survival curves (fraction of ticks later than x) of the wake-up and period errors, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, name, title in ((axes[0], "wake_error", "wake-up error (ticks that slept)"),
+                            (axes[1], "period_error", "period error (all ticks)")):
+        for r in rows:
+            bins = r["histograms_5us"][name]
+            if not bins:
+                continue
+            x = np.array(sorted(int(k) for k in bins), dtype=float)
+            c = np.array([bins[str(int(k))] for k in x], dtype=float)
+            surv = 1.0 - np.cumsum(c) / c.sum()
+            ax.step(x + HIST_BIN_US, np.maximum(surv, 1e-6), where="post",
+                    label=f"{r['mode']}, planner {'on' if r['planner'] else 'off'}")
+        ax.axvline(200, color="0.6", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlim(left=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("µs after the deadline")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("fraction of ticks later than x")
+    fig.suptitle(f"servo loop at {hz:g} Hz")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -146,7 +185,9 @@ def main() -> int:
            "load_average": os.getloadavg(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    png = args.out.with_suffix(".png")
+    plot(rows, args.hz, png)
+    print(f"wrote {args.out} and {png}")
     return 0
 
 
