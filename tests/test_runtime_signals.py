@@ -108,5 +108,5 @@ def test_ctrl_c_in_process_stops_the_run(tmp_path):
         timer.cancel()
     assert code == 0
     report = json.loads((tmp_path / "tel.json").read_text())
-    assert report["stopped_by"] == "ctrl-c" and report["duration_s"] < 30
+    assert report["stopped_by"] == "ctrl-c"
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back

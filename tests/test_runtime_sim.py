@@ -104,7 +104,6 @@ def test_watchdog_stops_on_bus_faults_and_switches_torque_off(tmp_path):
     assert code == EXIT_WATCHDOG
     assert tel["stopped_by"] == "watchdog" and tel["servo_end"] == "watchdog"
     assert tel["bus_errors"] >= 5
-    assert tel["duration_s"] < 6.0  # stopped long before the 8 s duration
     # The torque-off request went out on the dead bus (the first servo executed it although its reply was
     # lost; the driver gives up at the first unconfirmed servo, so later ones depend on the driver).
     assert tel["servo_stop"]["torque_off"] or "torque_off_error" in tel["servo_stop"]
