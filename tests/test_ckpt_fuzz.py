@@ -20,10 +20,8 @@ import torch
 
 from models.checkpoint_import import CheckpointError, load_torch_zip
 
-try:  # the full importer, once present, is fuzzed too (cfg parsing after unpickling)
-    from models.checkpoint_import.original_ckpt import read_workspace_checkpoint
-except ImportError:  # pragma: no cover
-    read_workspace_checkpoint = None
+from models.checkpoint_import.original_ckpt import read_workspace_checkpoint
+from models.unet1d import ConditionalUnet1D
 
 N_TRUNC, N_FLIP_FILE, N_FLIP_PKL, N_STORAGE, TIMEOUT_S = 60, 100, 120, 20, 20.0
 
@@ -74,17 +72,34 @@ def seed_ckpt(tmp_path_factory) -> bytes:
     saved = {k: sys.modules.get(k) for k in mods}
     sys.modules.update(mods)
     try:
+        # A complete (tiny) low-dim workspace, so the full importer runs on every mutant too.
+        unet_cfg = {"_target_": "diffusion_policy.model.diffusion.conditional_unet1d.ConditionalUnet1D",
+                    "input_dim": 2, "global_cond_dim": 6, "local_cond_dim": None, "diffusion_step_embed_dim": 8,
+                    "down_dims": [8, 16], "kernel_size": 3, "n_groups": 4, "cond_predict_scale": True}
         cfg = _dictcfg(mods, {
             "_target_": "diffusion_policy.workspace.train_diffusion_unet_lowdim_workspace.TrainDiffusionUnetLowdimWorkspace",
             "horizon": 4, "n_obs_steps": 2, "n_action_steps": 2,
             "training": {"use_ema": True},
             "policy": {"_target_": "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy",
-                       "horizon": 4, "down_dims": [8, 16], "obs_as_global_cond": True},
+                       "model": unet_cfg, "horizon": 4, "n_obs_steps": 2, "n_action_steps": 2, "obs_dim": 3,
+                       "action_dim": 2, "num_inference_steps": 4, "obs_as_global_cond": True,
+                       "oa_step_convention": True,
+                       "noise_scheduler": {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
+                                           "num_train_timesteps": 10, "beta_schedule": "squaredcos_cap_v2",
+                                           "variance_type": "fixed_small", "clip_sample": True,
+                                           "prediction_type": "epsilon"}},
         })
-        w = torch.randn(8, 3)
-        sd = {"model.a.weight": w, "model.a.bias": torch.randn(8), "alias.weight": w,
-              "normalizer.params_dict.action.scale": torch.ones(2)}
-        payload = {"cfg": cfg, "state_dicts": {"model": sd, "ema_model": dict(sd), "optimizer": {"state": {},
+        torch.manual_seed(0)
+        unet = ConditionalUnet1D(2, 6, diffusion_step_embed_dim=8, down_dims=[8, 16], kernel_size=3, n_groups=4)
+        model = {"model." + k: v for k, v in unet.state_dict().items()}
+        model.update({"normalizer.params_dict.obs.scale": torch.full((3,), 0.01),
+                      "normalizer.params_dict.obs.offset": torch.zeros(3),
+                      "normalizer.params_dict.action.scale": torch.full((2,), 0.02),
+                      "normalizer.params_dict.action.offset": torch.full((2,), -1.0),
+                      "_dummy_variable": torch.zeros(0)})
+        # EMA differs in small tensors and shares storage with the model for big ones, as real files do.
+        ema = {k: (v + 0.01 if v.numel() < 64 and v.numel() else v) for k, v in model.items()}
+        payload = {"cfg": cfg, "state_dicts": {"model": model, "ema_model": ema, "optimizer": {"state": {},
                    "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}},
                    "pickles": {"global_step": pickle.dumps(12, protocol=4), "_output_dir": pickle.dumps(None)}}
         buf = io.BytesIO()
@@ -142,7 +157,7 @@ def _mutants(seed: bytes) -> list[tuple[str, bytes]]:
             data = data[:j] + bytes([rng.randrange(256)]) + data[j + 1:]
         m[pkl_idx] = (name, data)
         out.append((f"pklmut{i}", _rezip(m)))
-    st_idx = [i for i, (n, _) in enumerate(members) if "/data/" in n]
+    st_idx = [i for i, (n, d) in enumerate(members) if "/data/" in n and d]
     for i in range(N_STORAGE):
         m = list(members)
         j = rng.choice(st_idx)
@@ -161,11 +176,10 @@ def _load_with_timeout(path: Path):
     def work():
         try:
             obj = load_torch_zip(path)
-            if read_workspace_checkpoint is not None:
-                try:
-                    read_workspace_checkpoint(path)
-                except CheckpointError as err:
-                    result["err2"] = err
+            try:  # the full importer (cfg interpretation, lazy reads, renaming) on the same file
+                read_workspace_checkpoint(path)
+            except CheckpointError as err:
+                result["err2"] = err
             result["ok"] = obj
         except BaseException as err:  # noqa: BLE001 - we classify below
             result["err"] = err
@@ -181,17 +195,22 @@ def test_seed_loads_as_plain_data(seed_ckpt, tmp_path):
     p = tmp_path / "seed.ckpt"
     p.write_bytes(seed_ckpt)
     obj = load_torch_zip(p)
-    assert obj["cfg"]["policy"]["down_dims"] == [8, 16]
+    assert obj["cfg"]["policy"]["model"]["down_dims"] == [8, 16]
+    assert obj["cfg"]["policy"]["model"]["local_cond_dim"] is None
     assert obj["cfg"]["training"]["use_ema"] is True
-    sd = obj["state_dicts"]["ema_model"]
-    assert sd["model.a.weight"].data_ptr() == sd["alias.weight"].data_ptr()
+    big = "model.mid_modules.0.blocks.0.block.0.weight"
+    sds = obj["state_dicts"]
+    assert sds["model"][big].data_ptr() == sds["ema_model"][big].data_ptr()  # shared storage kept
     assert pickle.loads(obj["pickles"]["global_step"]) == 12
+    imp = read_workspace_checkpoint(p)
+    assert imp.architecture == "DiffusionUnetLowdimPolicy" and "ema_model" in imp.provenance["weights"]
+    assert torch.equal(imp.unet_state["final_conv.1.bias"], sds["ema_model"]["model.final_conv.1.bias"])
 
 
 def test_mutated_checkpoints_fail_cleanly(seed_ckpt, tmp_path):
     mutants = _mutants(seed_ckpt)
     assert len(mutants) >= 300
-    counts = {"ok": 0, "error": 0}
+    counts = {"ok": 0, "error": 0, "import_error": 0}
     for name, data in mutants:
         p = tmp_path / f"{name}.ckpt"
         p.write_bytes(data)
@@ -204,7 +223,12 @@ def test_mutated_checkpoints_fail_cleanly(seed_ckpt, tmp_path):
             counts["error"] += 1
         else:
             counts["ok"] += 1
+            if "err2" in res:
+                msg = str(res["err2"])
+                assert msg and "\n" not in msg and p.name in msg, f"{name}: unclear importer message {msg!r}"
+                counts["import_error"] += 1
         p.unlink()
-    print(f"fuzz: {len(mutants)} mutants, {counts['error']} rejected with one line, {counts['ok']} loaded")
+    print(f"fuzz: {len(mutants)} mutants, {counts['error']} rejected with one line, {counts['ok']} unpickled "
+          f"({counts['import_error']} of those then refused by the importer with one line)")
     # Most mutants must be rejected (CRC/structure checks work), and the seed's kind of file still loads.
     assert counts["error"] > len(mutants) // 2, counts

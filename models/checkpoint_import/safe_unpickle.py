@@ -14,6 +14,7 @@ import _compat_pickle
 import collections
 import io
 import pickle
+import pickletools
 from typing import Any, Callable
 
 from .errors import CheckpointError, UnsafeCheckpointError
@@ -189,6 +190,7 @@ def restricted_loads(data: bytes, source: str, allowed: dict[tuple[str, str], An
     """
     table = BASE_GLOBALS if allowed is None else allowed
     try:
+        prescan(data)
         obj = RestrictedUnpickler(data, source, table, persistent_load).load()
         return to_plain(obj)
     except CheckpointError as err:
@@ -201,6 +203,20 @@ def restricted_loads(data: bytes, source: str, allowed: dict[tuple[str, str], An
         raise CheckpointError(f"{source}: pickle asks for more memory than available (damaged file?)") from None
     except Exception as err:  # noqa: BLE001 - any parser failure is a damaged file
         raise CheckpointError(f"{source}: damaged or not a checkpoint pickle ({type(err).__name__}: {err})") from None
+
+
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def prescan(data: bytes) -> None:
+    """Walk the opcodes once (pure Python, linear) and refuse what would make the C unpickler
+    allocate without bound: a memo index far beyond anything a real pickle writes (the C memo
+    table is resized to twice the index, so one flipped byte could ask for tens of gigabytes)."""
+    count = 0
+    for op, arg, _pos in pickletools.genops(data):
+        count += 1
+        if op.name in _PUT_OPS and isinstance(arg, int) and arg > 2 * count + 1024:
+            raise CheckpointError(f"memo index {arg} at opcode {count} is implausible (damaged file?)")
 
 
 def to_plain(obj: Any) -> Any:
