@@ -138,11 +138,12 @@ class CpuInt8Backend(Backend):
             return "this torch build has no quantized engine (fbgemm/x86/qnnpack) for int8 GEMM"
         return None
 
-    def _assemble(self, policy, steps, device, skip: list[str]) -> tuple[nn.Module, CompiledSampler]:
+    def _assemble(self, policy, steps, device, skip: list[str],
+                  absmax: dict | None = None) -> tuple[nn.Module, CompiledSampler]:
         from edgedp.compile.int8 import quantize_module
 
         unet = float_unet_copy(policy, device, "fp32")
-        quantize_module(unet, skip=skip)
+        quantize_module(unet, skip=skip, act_absmax=absmax)
         den = FloatOut(unet)
         cs = CompiledSampler(self.name, "int8", steps, device, policy, make_loop(policy, den, steps, device), den,
                              weight_bytes=_bytes(unet), info={"float_layers": list(skip)})
@@ -152,12 +153,14 @@ class CpuInt8Backend(Backend):
         from safetensors.torch import save_file
 
         skip: list[str] = []
+        absmax: dict = {}
         if calib is not None:
-            from edgedp.compile.quantize import sensitive_layers
+            from edgedp.compile.quantize import calibrate_int8
 
-            progress("calibrating: per-layer int8 error on calibration observations")
-            skip, errors = sensitive_layers(policy, calib, steps)
-        unet, cs = self._assemble(policy, steps, device, skip)
+            progress("calibrating: activation ranges and per-layer int8 error")
+            skip, absmax, _errors = calibrate_int8(policy, calib, steps)
+        unet, cs = self._assemble(policy, steps, device, skip, absmax)
+        cs.info["smoothed_layers"] = len(absmax)
         entry.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in unet.state_dict().items()}
         tmp = entry / "denoiser_int8.safetensors.tmp"

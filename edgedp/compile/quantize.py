@@ -17,6 +17,7 @@ Where observations come from (documented in docs/compile.md):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 DEFAULT_MAX_RMSE = 0.02
 DEFAULT_MAX_ABS = 0.10
 DEFAULT_LAYER_TOL = 0.08
+SMOOTH_DEFAULT = os.environ.get("EDGEDP_INT8_SMOOTH", "1") == "1"
 
 
 # ---------------------------------------------------------------- observations
@@ -127,9 +129,10 @@ def fixed_noise(policy: Any, n: int, steps: int, seed: int) -> tuple[torch.Tenso
 
 
 # ---------------------------------------------------------------- sensitivity
-def _record_layer_inputs(policy: Any, conds: torch.Tensor, steps: int,
-                         keep: int = 12) -> tuple[dict[str, list[torch.Tensor]], nn.Module]:
-    """Run the float32 loop on the calibration conditions, keeping a spread of each layer's inputs."""
+def _record_layer_inputs(policy: Any, conds: torch.Tensor, steps: int, keep: int = 12
+                         ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], nn.Module]:
+    """Run the float32 loop on the calibration conditions, keeping a spread of each layer's inputs
+    and, over every call, each layer's per-input-channel max |activation|."""
     from edgedp.compile.base import FloatOut, float_unet_copy, make_loop
     from edgedp.compile.int8 import QUANT_TYPES
 
@@ -139,10 +142,15 @@ def _record_layer_inputs(policy: Any, conds: torch.Tensor, steps: int,
     stride = max(1, total_calls // keep)
     seen: dict[str, int] = {}
     store: dict[str, list[torch.Tensor]] = {}
+    absmax: dict[str, torch.Tensor] = {}
     handles = []
     for name, mod in unet.named_modules():
         if isinstance(mod, QUANT_TYPES):
             def hook(m, args, _name=name):
+                x = args[0].detach()
+                chan = x.abs().amax(dim=tuple(range(x.dim() - 1))) if isinstance(m, nn.Linear) \
+                    else x.abs().amax(dim=(0, 2))
+                absmax[_name] = chan if _name not in absmax else torch.maximum(absmax[_name], chan)
                 i = seen.get(_name, 0)
                 seen[_name] = i + 1
                 if i % stride == 0 and len(store.setdefault(_name, [])) < keep:
@@ -154,25 +162,35 @@ def _record_layer_inputs(policy: Any, conds: torch.Tensor, steps: int,
             loop(noise[i], conds[i: i + 1], vnoise[i] if loop.needs_variance_noise else None)
     for h in handles:
         h.remove()
-    return store, unet
+    return store, absmax, unet
 
 
 def sensitive_layers(policy: Any, calib: "ObservationSets | torch.Tensor", steps: int,
                      tol: float = DEFAULT_LAYER_TOL) -> tuple[list[str], dict[str, float]]:
     """Layers whose int8 output differs from float32 by more than `tol` (relative L2) stay float."""
+    skip, _, errors = calibrate_int8(policy, calib, steps, tol)
+    return skip, errors
+
+
+def calibrate_int8(policy: Any, calib: "ObservationSets | torch.Tensor", steps: int,
+                   tol: float = DEFAULT_LAYER_TOL, smooth: bool | None = None
+                   ) -> tuple[list[str], dict[str, torch.Tensor], dict[str, float]]:
+    """(float layers, per-layer activation maxima for smoothing, per-layer relative int8 error)."""
     from edgedp.compile.int8 import _lower
 
     conds = calib.calib if isinstance(calib, ObservationSets) else calib
     # About 100 denoiser calls give every layer a spread of noise levels; more only costs time
     # (at K = 100 each observation already covers the whole schedule).
     conds = conds[: max(1, 100 // max(1, steps))]
-    store, unet = _record_layer_inputs(policy, conds, steps)
+    store, absmax, unet = _record_layer_inputs(policy, conds, steps)
+    if not (SMOOTH_DEFAULT if smooth is None else smooth):
+        absmax = {}
     modules = dict(unet.named_modules())
     errors: dict[str, float] = {}
     with torch.inference_mode():
         for name, inputs in store.items():
             ref_mod = modules[name]
-            q = _lower(ref_mod)
+            q = _lower(ref_mod, absmax.get(name))
             num = den = 0.0
             for x in inputs:
                 ref = ref_mod(x)
@@ -180,7 +198,7 @@ def sensitive_layers(policy: Any, calib: "ObservationSets | torch.Tensor", steps
                 den += float(ref.pow(2).sum())
             errors[name] = math.sqrt(num / max(den, 1e-30))
     skip = sorted(n for n, e in errors.items() if e > tol)
-    return skip, errors
+    return skip, absmax, errors
 
 
 def denoiser_calibration_inputs(policy: Any, calib: Any, steps: int, device: torch.device):
