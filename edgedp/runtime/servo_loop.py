@@ -105,6 +105,7 @@ class ServoLoop:
         self.tl_err = np.zeros(tl)
         self.tl_n = 0
         self.report: dict[str, Any] = {}
+        self.adoptions: list[tuple[int, float, int]] = []  # (seq, servo time it took over, steps already past)
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -173,6 +174,9 @@ class ServoLoop:
                     last_seq = h.seq
                     chunks += 1
                     chunk = TimedChunk(buf[: h.length], h.t0, h.dt, p.interpolation, h.seq)
+                    if len(self.adoptions) < 100_000:
+                        late = int((deadline - h.t0) // h.dt) + 1 if deadline > h.t0 else 0
+                        self.adoptions.append((h.seq, deadline, min(late, h.length)))
                     if plan is None:
                         plan = start_ramp(cmd, self.joiner.adopt(None, chunk, deadline), deadline,
                                           p.start_ramp_time)
@@ -260,6 +264,7 @@ class ServoLoop:
             "uncovered_ticks": uncovered,
             "chunks_executed": chunks,
             "joins": [asdict(j) for j in self.joiner.joins],
+            "adoptions": [{"seq": a, "t": b, "dropped_steps": c} for a, b, c in self.adoptions],
             "period_error_hist": self.hist,
             "period_error_max_us": self.max_err_us,
             "wake_error_hist": self.wake_hist,

@@ -84,7 +84,7 @@ class Telemetry:
     # ---- results ----------------------------------------------------------------------------------
     def e2e_latency_ms(self) -> list[float]:
         """Observation capture to the first executed action of the resulting chunk (the servo's join time)."""
-        joins = {j["seq"]: j["t"] for j in self.servo.get("joins", [])}
+        joins = {j["seq"]: j["t"] for j in self.servo.get("adoptions", self.servo.get("joins", []))}
         out = []
         for c in self.chunk_log:
             t = joins.get(c["seq"])
@@ -124,7 +124,7 @@ class Telemetry:
             "stale_observations": self.stale_observations,
             "chunks": len(self.chunk_log),
             "chunks_executed": s.get("chunks_executed", 0),
-            "dropped_steps": int(sum(j["dropped_steps"] for j in joins)),
+            "dropped_steps": int(sum(j["dropped_steps"] for j in s.get("adoptions", joins))),
             "join_jump_max": {
                 "position_rad": max((j["position_jump"] for j in joins), default=0.0),
                 "velocity_rad_s": max((j["velocity_jump"] for j in joins), default=0.0),
