@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.checkpoint_import import CheckpointError
-from models.checkpoint_import.api import import_checkpoint, load_foreign, read_foreign
+from models.checkpoint_import.api import describe_foreign, import_checkpoint, load_foreign, read_foreign
 from models.policy import DiffusionPolicy
 from models.spec import EncoderSpec, NormalizationSpec, PolicySpec, UnetSpec
 
@@ -214,6 +214,7 @@ def test_lerobot_configurations_round_trip(tmp_path, case):
     _set_stats(src, _lerobot_stats(spec))
     d = write_lerobot(src, tmp_path / "pretrained_model", cfg_extra=cfg_extra, stats_in=stats_in, compiled=compiled)
     got = load_foreign(tmp_path)  # the parent folder is accepted too
+    assert describe_foreign(tmp_path).to_dict() == got.spec.to_dict()  # header-only read agrees
     assert got.spec.image_keys == spec.image_keys
     assert got.spec.resolved_feature_order == spec.resolved_feature_order
     assert got.spec.encoder.crop_shape == spec.encoder.crop_shape
@@ -323,6 +324,7 @@ def test_original_hybrid_configurations_round_trip(tmp_path, norm, use_ema, sche
     ck = write_original(src, tmp_path / "x.ckpt", policy_cls="DiffusionUnetHybridImagePolicy", use_ema=use_ema,
                         sched=sched)
     got = load_foreign(ck)
+    assert describe_foreign(ck).to_dict() == got.spec.to_dict()
     assert got.spec.resolved_feature_order == ["eef", "wrist", "top"]
     _same_outputs(src, got)
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
             rows = native_rows(path)
             title = f"native checkpoint {path}"
         elif api.detect(path) is not None:
-            rows = api.summary_rows(api.read_foreign(path))
+            rows = api.summary_rows(api.read_foreign(path, weights=False))
             title = f"{api.detect(path)} checkpoint {path}"
         else:
             raise UserError(f"{path}: not a native, LeRobot or original Diffusion Policy checkpoint")

@@ -48,13 +48,15 @@ def detect(path: str | os.PathLike) -> str | None:
 
 
 def read_foreign(path: str | os.PathLike, scheduler: str | None = None,
-                 num_inference_steps: int | None = None) -> ImportedPolicy:
-    """Read a LeRobot dir or original .ckpt; optionally switch the sampler (e.g. DDPM-trained -> DDIM, K)."""
+                 num_inference_steps: int | None = None, weights: bool = True) -> ImportedPolicy:
+    """Read a LeRobot dir or original .ckpt; optionally switch the sampler (e.g. DDPM-trained -> DDIM, K).
+
+    `weights=False` reads only what a description needs (headers, config, statistics)."""
     kind = detect(path)
     if kind == LEROBOT:
-        imp = read_lerobot(path)
+        imp = read_lerobot(path, weights=weights)
     elif kind == ORIGINAL:
-        imp = read_workspace_checkpoint(path)
+        imp = read_workspace_checkpoint(path, weights=weights)
     else:
         raise CheckpointError(f"{path}: neither a LeRobot pretrained_model directory nor a Diffusion Policy .ckpt")
     return override_sampler(imp, scheduler, num_inference_steps)
@@ -85,8 +87,8 @@ def load_foreign(path: str | os.PathLike, device: str | torch.device = "cpu", nu
 
 
 def describe_foreign(path: str | os.PathLike):
-    """The PolicySpec an import would produce (reads the weights' shapes to decide widths)."""
-    return to_spec(read_foreign(path))
+    """The PolicySpec an import would produce (reads only the weights' shapes to decide widths)."""
+    return to_spec(read_foreign(path, weights=False))
 
 
 def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, scheduler: str | None = None,

@@ -104,6 +104,8 @@ def build_policy(imp: ImportedPolicy, num_inference_steps: int | None = None, de
         raise UnsupportedCheckpointError(f"{name}: {err}") from None
     want = policy.state_dict()
     sd = native_state(imp)
+    if any(t.is_meta for t in sd.values()):
+        raise CheckpointError(f"{name}: read for description only (weights=False); cannot build a policy from it")
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     if missing or extra:

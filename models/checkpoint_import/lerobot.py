@@ -173,7 +173,35 @@ def _norm_field(key: str, mode: str, stats: dict[str, torch.Tensor], where: str,
     return NormField(mode, "lerobot", got, where)
 
 
-def read_lerobot(path: str | os.PathLike) -> ImportedPolicy:
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """Header only: meta tensors with each entry's shape and dtype, statistics buffers read for real."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            for k in f.keys():
+                if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")):
+                    out[k] = f.get_tensor(k)
+                    continue
+                sl = f.get_slice(k)
+                dt = _ST_DTYPES.get(sl.get_dtype())
+                if dt is None:
+                    raise CheckpointError(f"{path}: {k} has unsupported dtype {sl.get_dtype()}")
+                out[k] = torch.empty(tuple(sl.get_shape()), dtype=dt, device="meta")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: damaged safetensors file ({err})") from None
+    return out
+
+
+def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolicy:
+    """Interpret a LeRobot directory; with `weights=False` only the safetensors header is read
+    (shapes decide widths), which is what `edgedp info` / `check` need."""
     d = resolve_dir(path)
     cfg_path = d / "config.json"
     cfg = _read_json(cfg_path)
@@ -269,7 +297,7 @@ def read_lerobot(path: str | os.PathLike) -> ImportedPolicy:
         prov["num_inference_steps"] = "config.json:num_inference_steps is null -> num_train_timesteps"
 
     # ---- weights
-    raw = _load_safetensors(d / "model.safetensors")
+    raw = _load_safetensors(d / "model.safetensors") if weights else _safetensors_shapes(d / "model.safetensors")
     sd = {strip_compiled(k): v for k, v in raw.items()}
     if len(sd) != len(raw):
         raise CheckpointError(f"{d / 'model.safetensors'}: keys collide after removing _orig_mod.")

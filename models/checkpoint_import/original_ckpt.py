@@ -43,14 +43,29 @@ def _cls_name(target: Any) -> str:
     return str(target).rsplit(".", 1)[-1] if target else "?"
 
 
-def read_workspace_checkpoint(path: str | os.PathLike) -> ImportedPolicy:
-    """Load and interpret a workspace checkpoint; one-line CheckpointError on any problem."""
+def read_workspace_checkpoint(path: str | os.PathLike, weights: bool = True) -> ImportedPolicy:
+    """Load and interpret a workspace checkpoint; one-line CheckpointError on any problem.
+
+    With `weights=False` only the pickle and the normalizer statistics are read; the weights are
+    meta tensors carrying their shapes (for `edgedp info` / `check`).
+    """
     src = os.fspath(path)
     with TorchZip(src, lazy=True) as ck:
-        return _read_open(ck)
+        return _read_open(ck, weights)
 
 
-def _read_open(ck: TorchZip) -> ImportedPolicy:
+def _shape_only(ck: TorchZip, sd: dict) -> dict:
+    """Meta tensors for the weights; real values for the few entries the description reads."""
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, LazyTensor) and not (k.startswith("normalizer.") or k.endswith("pool.temperature")):
+            out[k] = torch.empty(v.size, dtype=v.dtype, device="meta")
+        else:
+            out[k] = ck.materialize(v)
+    return out
+
+
+def _read_open(ck: TorchZip, weights: bool = True) -> ImportedPolicy:
     src, name, payload = ck.src, ck.name, ck.obj
     if not isinstance(payload, dict) or "cfg" not in payload or "state_dicts" not in payload:
         if isinstance(payload, dict) and payload and all(isinstance(v, LazyTensor) for v in payload.values()):
@@ -78,7 +93,7 @@ def _read_open(ck: TorchZip) -> ImportedPolicy:
         if not isinstance(k, str) or not isinstance(v, (LazyTensor, torch.Tensor)):
             raise CheckpointError(f"{name}: state_dicts['{which}'] holds a non-tensor entry {str(k)[:60]}")
     # Only the chosen weights are read from the archive (not the other copy, not the optimizer state).
-    sd = {strip_compiled(k): v for k, v in ck.materialize(dict(sd)).items()}
+    sd = {strip_compiled(k): v for k, v in (ck.materialize(dict(sd)) if weights else _shape_only(ck, sd)).items()}
     counters = pickled_counters(payload.get("pickles"), name)
     if counters.get("global_step") is not None or counters.get("epoch") is not None:
         prov["training progress"] = f"global_step {counters.get('global_step')}, epoch {counters.get('epoch')}"
