@@ -146,6 +146,8 @@ class Runtime:
                     self.tel.notes.append("servo loop did not stop in time; terminated")
                     servo.kill()
             planner.join(max(0.05, 0.9 - (time.monotonic() - t_stop)))
+            if not planner.alive():
+                planner.detach_step_timer()  # also when it never started
             for k, h in frames.items():
                 h.stop(0.2)
                 info: dict = {"frames_seen": h.frames_seen, "poll_errors": h.errors}

@@ -46,9 +46,43 @@ class Planner:
         self._thread: Optional[threading.Thread] = None
         self.next_start = 0.0
         self.fatal: Optional[BaseException] = None
+        self._step_times: list[float] = []
+        self._step_t0 = 0.0
+        self._hooks: list = []
+        self.step_timing = self._attach_step_timer(policy, sampler)
         self._exit_lock = threading.Lock()
         self._exited = False
         self._on_exit: list[Callable[[], None]] = []
+
+    def _attach_step_timer(self, policy: Any, sampler: Any) -> bool:
+        """Time every denoiser call with forward hooks when the denoiser is a plain module (eager).
+
+        Compiled denoisers (inductor graphs, TensorRT engines) cannot be hooked without changing what they
+        run; for those the telemetry reports sampler time / K per step instead.
+        """
+        try:
+            import torch
+        except ImportError:
+            return False
+        den = getattr(sampler, "denoiser", None)
+        if den is None and getattr(sampler, "__self__", None) is policy:
+            den = getattr(policy, "unet", None)
+        if not isinstance(den, torch.nn.Module) or type(den).__name__ == "OptimizedModule":
+            return False
+        self._hooks.append(den.register_forward_pre_hook(self._pre_step))
+        self._hooks.append(den.register_forward_hook(self._post_step))
+        return True
+
+    def _pre_step(self, module, args) -> None:
+        self._step_t0 = time.perf_counter()
+
+    def _post_step(self, module, args, output) -> None:
+        self._step_times.append((time.perf_counter() - self._step_t0) * 1e3)
+
+    def detach_step_timer(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     def defer_until_exit(self, fn: Callable[[], None]) -> bool:
         """Run `fn` when the planner thread ends (False: it already ended, the caller runs fn itself).
@@ -83,6 +117,7 @@ class Planner:
             gc = self.encode(obs.data)
             t_enc = self.clock()
             noise = self.policy.random_noise(1)
+            self._step_times = []
             naction = self.sampler(gc, noise)
             naction = naction.to(self.policy.device, self.policy.dtype)
             action = self.policy.unnormalize_action(naction)[0].to("cpu", torch.float64).numpy()
@@ -96,7 +131,8 @@ class Planner:
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, (t_enc - t_obs_done) * 1e3,
-                                  (t_sample - t_enc) * 1e3, self.steps, t_pub, obs.age * 1e3)
+                                  (t_sample - t_enc) * 1e3, self.steps, t_pub, obs.age * 1e3,
+                                  step_ms=list(self._step_times) if self.step_timing else None)
         chunk_end = obs.t + (chunk.shape[0] - 1) * self.dt
         self.next_start = chunk_end - self.expected_latency()
         return seq
@@ -105,6 +141,7 @@ class Planner:
         try:
             self._loop()
         finally:
+            self.detach_step_timer()
             with self._exit_lock:
                 self._exited = True
                 todo, self._on_exit = self._on_exit, []

@@ -67,16 +67,23 @@ class Telemetry:
         self.stopped_by = "unknown"
         self.exit_code = 0
         self.notes: list[str] = []
+        self.denoise_step_source = "none"
         self.cameras: dict[str, Any] = {}  # per camera: frames seen by the runtime, driver counters
 
     # ---- planner side ---------------------------------------------------------------------------
     def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, encode_ms: float,
-                         sample_ms: float, steps: int, t_publish: float, age_ms: float) -> None:
+                         sample_ms: float, steps: int, t_publish: float, age_ms: float,
+                         step_ms: Optional[list[float]] = None) -> None:
         with self._lock:
             self.stage_ms["observation"].append(obs_ms)
             self.stage_ms["encode"].append(encode_ms)
             self.stage_ms["sample"].append(sample_ms)
-            self.stage_ms["denoise_step"].append(sample_ms / max(1, steps))
+            if step_ms:  # measured per denoiser call (eager)
+                self.stage_ms["denoise_step"].extend(step_ms)
+                self.denoise_step_source = "measured per call"
+            else:  # a compiled loop runs all K steps in one call
+                self.stage_ms["denoise_step"].append(sample_ms / max(1, steps))
+                self.denoise_step_source = "sampler time / K"
             self.stage_ms["inference"].append((t_publish - t_start) * 1e3)
             self.observation_age_ms.append(age_ms)
             self.chunk_log.append({"seq": seq, "t_obs": t_obs, "t_start": t_start, "t_publish": t_publish})
@@ -113,6 +120,7 @@ class Telemetry:
             "servo_scheduling": s.get("scheduling"),
             "inference_ms": {"p50": inf["p50"], "p99": inf["p99"], "max": inf["max"], "mean": inf["mean"]},
             "stages_ms": {k: _pcts(v) for k, v in self.stage_ms.items()},
+            "denoise_step_source": self.denoise_step_source,
             "observation_age_ms": _pcts(self.observation_age_ms),
             "e2e_latency_ms": _pcts(self.e2e_latency_ms()),
             "overruns": s.get("overruns", 0),
