@@ -92,8 +92,7 @@ def test_sigkill_mid_recording_leaves_earlier_episodes_intact(tmp_path):
     orphan = root / "data" / "chunk-000" / f"episode_{n:06d}.npz"
     orphan.write_bytes(b"partial")
     (root / "data" / "chunk-000" / f".episode_{n:06d}.npz.tmp-x.npz").write_bytes(b"partial")
-    r = subprocess.run([sys.executable, "-m", "edgedp.cli", "record", "--out", str(root), "--episodes", "2",
-                        "--steps", "10", "--append"], capture_output=True, text=True, timeout=120)
+    r = _cli("record", "--out", str(root), "--episodes", "2", "--steps", "10", "--append")
     assert r.returncode == 0, r.stderr
     ds2 = EpisodeDataset(root)
     assert len(ds2) == n + 2
@@ -107,7 +106,16 @@ def test_sigkill_mid_recording_leaves_earlier_episodes_intact(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgedp.cli", *args], capture_output=True, text=True, timeout=120)
+    """The CLI in-process (its own argument parsing and one-line errors), captured like a subprocess."""
+    import contextlib
+    import io
+
+    from edgedp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def test_record_cli_refusals(tmp_path):

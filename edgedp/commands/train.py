@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default min(500, steps/10))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500, help="write a checkpoint every N steps (0: only at the end)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared machine 2 threads measured 10x slower; raise it on an idle one)")
     p.add_argument("--max-episodes", type=int, default=None, help="train on the first N episodes only")
     p.add_argument("--regression", action="store_true",
                    help="train the MSE-regression baseline (same network; run it with K=1) instead of diffusion")

@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from edgedp.policy_loading import load_policy
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads spin against each other on a shared 2-core machine
     policy = load_policy(args.checkpoint, device="cpu", num_inference_steps=args.k, seed=0)
     task = TaskConfig(task=args.task, steps=args.steps)
     t0 = time.monotonic()

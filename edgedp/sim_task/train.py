@@ -35,7 +35,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500
     regression: bool = False
-    threads: int = 2
+    threads: int = 1
     max_episodes: Optional[int] = None
     spec_overrides: dict = field(default_factory=dict)
 
