@@ -176,7 +176,9 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
     scene = None
     if mapping:
         try:
-            import pyrealsense2  # noqa: F401  (the camera driver and the virtual camera both need it)
+            import importlib
+
+            importlib.import_module("pyrealsense2")  # the camera driver and the virtual camera both need it
         except ImportError as exc:
             raise UserError(f"cameras: pyrealsense2 is not importable ({exc}); install it with "
                             f"pip install 'edgedp[realsense]' (it also needs libusb-1.0)") from None

@@ -23,7 +23,7 @@ import multiprocessing as mp
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -390,7 +390,6 @@ class ServoThread:
 
 def _process_main(make_bus, chunk_spec: RingSpec, state_spec: RingSpec, control_name: str,
                   params: ServoParams, bus_errors: tuple, conn) -> None:
-    import os
     import signal
 
     # The parent handles Ctrl-C and SIGTERM and asks us to stop through the control block.

@@ -37,7 +37,7 @@ def _serve(servos: dict, baud: int, shm_name: str, conn, realtime: bool, initial
             pass
     shm = _attach_shm(shm_name)
     ids = sorted(servos)
-    pos = np.ndarray((len(ids),), dtype=np.float64, buffer=shm.buf)
+    views = [np.ndarray((len(ids),), dtype=np.float64, buffer=shm.buf)]  # dropped before shm.close()
     emu = Emulator(servos=servos, baud=baud)
     for sid, angle in initial.items():
         emu.servo(sid).set_external_position(angle_rad=angle)
@@ -47,8 +47,10 @@ def _serve(servos: dict, baud: int, shm_name: str, conn, realtime: bool, initial
     def publish() -> None:
         while not stop.is_set():
             p = emu.present_positions_rad()
+            pos = views[0]
             for k, sid in enumerate(ids):
                 pos[k] = p[sid]
+            del pos
             time.sleep(0.001)
 
     t = threading.Thread(target=publish, daemon=True)
@@ -80,7 +82,7 @@ def _serve(servos: dict, baud: int, shm_name: str, conn, realtime: bool, initial
         stop.set()
         t.join(0.5)
         emu.stop()
-        del pos
+        views.clear()
         shm.close()
         try:
             conn.send(("stopped", None))
