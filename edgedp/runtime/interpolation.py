@@ -123,3 +123,11 @@ def _catmull_rom_tangents(v: np.ndarray) -> np.ndarray:
     m[0] = v[1] - v[0]
     m[-1] = v[-1] - v[-2]
     return m
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the kernels now, not inside the first servo tick."""
+    out = np.empty(2)
+    for kind in ("linear", "cubic"):
+        TimedChunk(np.zeros((3, 2)), 0.0, 0.1, kind).evaluate(0.05, out)
+    blend_into(out, np.zeros(2), 0.5)

@@ -118,10 +118,11 @@ class Runtime:
             servo = runner(p.make_bus, chunks, states, control, p.servo, p.bus_errors)
             servo.start()
             # The planner starts once the servo loop holds the arm (pose read, torque on).
-            deadline = time.monotonic() + 15.0
+            # Generous: a first run compiles the numba kernels, and a spawned servo process imports numpy.
+            deadline = time.monotonic() + 30.0
             while control.phase == "starting" and servo.alive() and not self._stop.is_set():
                 if time.monotonic() > deadline:
-                    raise RuntimeError("servo loop did not connect within 15 s")
+                    raise RuntimeError("servo loop did not connect within 30 s")
                 time.sleep(0.01)
             if control.phase in ("waiting", "ramping", "running"):
                 planner.start()

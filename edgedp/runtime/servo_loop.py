@@ -30,7 +30,7 @@ import numpy as np
 
 from edgedp.runtime.clock import RateLoop
 from edgedp.runtime.control import Control
-from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory
+from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory, warm_up
 from edgedp.runtime.joins import Crossfade, Joiner, start_ramp
 from edgedp.runtime.ring import ChunkRing, RingSpec
 from edgedp.runtime.safety import SafetyFilter
@@ -84,6 +84,7 @@ class ServoLoop:
         self.period = 1.0 / params.servo_hz
         self.safety = SafetyFilter(params.lower, params.upper, params.max_velocity, params.max_acceleration,
                                    self.period)
+        warm_up()
         self.joiner = Joiner(params.join, params.crossfade_steps, params.ensemble_decay, self.period,
                              params.interpolation)
         # State history, written twice so the newest `cap` samples are always one contiguous slice.
