@@ -86,3 +86,23 @@ def test_process_stress_no_torn_reads():
     assert stats["last_seq"] == 200_000
     assert stats["torn"] == 0 and stats["non_monotonic"] == 0
     assert stats["reads"] > 100
+
+
+def test_atomic_word_fast_and_public_paths_agree():
+    """The direct call into the atomics primitive and the package's public API read/write the same word."""
+    import atomics
+
+    from edgedp.runtime.ring import AtomicU64
+
+    with ChunkRing.create(2, 1) as ring:
+        buf = ring._shm.buf
+        fast, public = AtomicU64(buf[16:24]), AtomicU64(buf[16:24])
+        public._fast = False
+        try:
+            fast.store(2**63 + 5, atomics.MemoryOrder.RELEASE)
+            assert public.load(atomics.MemoryOrder.ACQUIRE) == 2**63 + 5
+            public.store(7, atomics.MemoryOrder.SEQ_CST)
+            assert fast.load(atomics.MemoryOrder.SEQ_CST) == 7
+        finally:
+            fast.close()
+            public.close()

@@ -11,7 +11,7 @@ from multiprocessing import shared_memory
 import atomics
 import numpy as np
 
-from edgedp.runtime.ring import _attach_shm
+from edgedp.runtime.ring import AtomicU64, _attach_shm
 
 PHASES = ("starting", "waiting", "ramping", "running", "stopping", "stopped", "failed")
 LIVE = ("ticks", "overruns", "bus_errors", "safety_clamps", "joins", "uncovered_ticks", "period_error_us",
@@ -23,10 +23,8 @@ class Control:
     def __init__(self, shm: shared_memory.SharedMemory, owner: bool):
         self._shm = shm
         self._owner = owner
-        self._stop_ctx = atomics.atomicview(buffer=shm.buf[0:8], atype=atomics.UINT)
-        self._phase_ctx = atomics.atomicview(buffer=shm.buf[8:16], atype=atomics.UINT)
-        self._stop = self._stop_ctx.__enter__()
-        self._phase = self._phase_ctx.__enter__()
+        self._stop = AtomicU64(shm.buf[0:8])
+        self._phase = AtomicU64(shm.buf[8:16])
         self.live = np.ndarray((32,), dtype=np.float64, buffer=shm.buf, offset=64)
 
     @property
@@ -44,17 +42,17 @@ class Control:
         return cls(_attach_shm(name), False)
 
     def request_stop(self) -> None:
-        self._stop.store(1, order=atomics.MemoryOrder.RELEASE)
+        self._stop.store(1, atomics.MemoryOrder.RELEASE)
 
     def stop_requested(self) -> bool:
-        return self._stop.load(order=atomics.MemoryOrder.ACQUIRE) != 0
+        return self._stop.load(atomics.MemoryOrder.ACQUIRE) != 0
 
     def set_phase(self, phase: str) -> None:
-        self._phase.store(PHASES.index(phase), order=atomics.MemoryOrder.RELEASE)
+        self._phase.store(PHASES.index(phase), atomics.MemoryOrder.RELEASE)
 
     @property
     def phase(self) -> str:
-        return PHASES[int(self._phase.load(order=atomics.MemoryOrder.ACQUIRE))]
+        return PHASES[int(self._phase.load(atomics.MemoryOrder.ACQUIRE))]
 
     def set_live(self, name: str, value: float) -> None:
         self.live[LIVE.index(name)] = value
@@ -66,9 +64,9 @@ class Control:
         if self._shm is None:
             return
         self.live = None
+        self._stop.close()
+        self._phase.close()
         self._stop = self._phase = None
-        self._stop_ctx.__exit__(None, None, None)
-        self._phase_ctx.__exit__(None, None, None)
         shm, self._shm = self._shm, None
         shm.close()
         if self._owner:
