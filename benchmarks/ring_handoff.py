@@ -1,8 +1,8 @@
 """ChunkRing handoff against multiprocessing.Queue: latency, throughput, and a torn-read stress count.
 
-* latency: the producer process hands over one 8x7 float64 chunk every millisecond, stamped with the
-  monotonic clock (system-wide, so comparable across processes); the consumer polls (ring) or blocks in
-  get() (queue) and records receive time - stamp.
+* latency: the producer process hands over one 8x7 float64 chunk every millisecond (sleeping in between),
+  stamped with the monotonic clock (system-wide, so comparable across processes); the consumer polls,
+  yielding the core between polls (ring), or blocks in get() (queue) and records receive time - stamp.
 * throughput: the producer hands over chunks as fast as it can for a fixed time; for the ring that is
   publishes per second (it never waits: newest wins), for the queue puts per second with a consumer
   draining it.
@@ -39,8 +39,7 @@ def _ring_producer(spec: RingSpec, n: int, period: float, go) -> None:
     for _ in range(n):
         if period:
             t_next += period
-            while time.monotonic() < t_next:
-                pass
+            time.sleep(max(0.0, t_next - time.monotonic()))
         ring.publish(data, t0=time.monotonic(), dt=0.1)
     ring.close()
 
@@ -52,8 +51,7 @@ def _queue_producer(q, n: int, period: float, go) -> None:
     for _ in range(n):
         if period:
             t_next += period
-            while time.monotonic() < t_next:
-                pass
+            time.sleep(max(0.0, t_next - time.monotonic()))
         q.put((time.monotonic(), data))
     q.put(None)
 
@@ -72,6 +70,7 @@ def ring_latency(n: int, period: float) -> dict:
         while last < n and time.monotonic() < deadline:
             h = ring.read_newest(out, after_seq=last)
             if h is None:
+                os.sched_yield()  # poll, but let the producer have the core when both share one
                 continue
             lat.append(time.monotonic() - h.t0)
             last = h.seq
@@ -117,6 +116,8 @@ def ring_throughput(n: int) -> dict:
             if h is not None:
                 reads += 1
                 last = h.seq
+            else:
+                os.sched_yield()
         dt = time.perf_counter() - t0
         p.join(5)
     return {"handoffs": n, "seconds": dt, "per_second": n / dt, "consumer_reads": reads}
