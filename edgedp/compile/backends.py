@@ -37,6 +37,9 @@ class Backend:
     name = ""
     precisions: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # Bumped whenever what a backend writes or how it quantizes changes: part of the cache key,
+    # so entries built by older code become stale instead of silently loading.
+    revision = 1
 
     def unavailable(self, device: torch.device) -> str | None:
         if device.type not in self.devices:
@@ -44,7 +47,9 @@ class Backend:
         return cuda_reason(device)
 
     def library_versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__}
+        from edgedp import __version__
+
+        return {"torch": torch.__version__, "edgedp": __version__, f"{self.name}-revision": str(self.revision)}
 
     def build(self, policy: Any, precision: str, steps: int, device: torch.device, entry: Path,
               calib: Any = None, progress: Progress = _noop) -> CompiledSampler:
@@ -127,6 +132,7 @@ class CpuInt8Backend(Backend):
     name = "cpu-int8"
     precisions = ("int8",)
     devices = ("cpu",)
+    revision = 2  # 2: activation smoothing + clipped weight ranges
 
     def unavailable(self, device):
         reason = super().unavailable(device)
@@ -160,6 +166,16 @@ class CpuInt8Backend(Backend):
             progress("calibrating: activation ranges and per-layer int8 error")
             skip, absmax, _errors = calibrate_int8(policy, calib, steps)
         unet, cs = self._assemble(policy, steps, device, skip, absmax)
+        if absmax:
+            # Smoothing helps some networks and hurts others (measured both ways): keep whichever
+            # variant gives the smaller action error on the *calibration* observations.
+            progress("calibrating: with and without activation smoothing")
+            plain_unet, plain = self._assemble(policy, steps, device, skip, None)
+            e_smooth, e_plain = _calib_action_error(policy, calib, [cs, plain], steps, device)
+            cs.info["calib_rmse"] = {"smoothed": e_smooth, "plain": e_plain}
+            if e_plain <= e_smooth:
+                plain.info["calib_rmse"] = cs.info["calib_rmse"]
+                unet, cs, absmax = plain_unet, plain, {}
         cs.info["smoothed_layers"] = len(absmax)
         entry.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in unet.state_dict().items()}
@@ -181,6 +197,29 @@ class CpuInt8Backend(Backend):
             if isinstance(m, Int8Gemm):
                 m.pack()
         return cs
+
+
+def _calib_action_error(policy, calib, candidates, steps: int, device, n: int = 2) -> list[float]:
+    """Action RMSE of each candidate against float32 on (at most n) calibration observations.
+
+    Judged with at most 10 steps of the same scheduler when K is larger: the choice it informs
+    (smoothing or not) does not depend on K, and at K = 100 a float32 reference costs minutes.
+    """
+    from edgedp.compile.quantize import action_error
+
+    k_eval = min(steps, 10)
+    try:
+        make_loop(policy, FloatOut(policy.unet), k_eval, device)
+    except ValueError:
+        k_eval = steps
+    conds = calib.calib[:n]
+    ref = EagerBackend().build(policy, "fp32", k_eval, device, Path("."))
+    out = []
+    for cs in candidates:
+        probe = CompiledSampler(cs.backend, cs.precision, k_eval, device, policy,
+                                make_loop(policy, cs.denoiser, k_eval, device), cs.denoiser)
+        out.append(action_error(ref, probe, conds, k_eval, seed=31)[0])
+    return out
 
 
 def _registry() -> dict[str, Backend]:

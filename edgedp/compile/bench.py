@@ -152,8 +152,9 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
     if sched is not None:
         runners["#reference"] = lambda: reference_chunk(policy, sched, obs, noise)
     times: dict[str, list[float]] = {k: [] for k in runners}
-    for fn in runners.values():
-        fn()  # warm-up
+    for _ in range(min(warmup, 1)):
+        for fn in runners.values():
+            fn()  # warm-up (the stage timings above already ran every path at least once)
     for _ in range(max(1, loop_repeats)):
         for name, fn in runners.items():
             t0 = time.perf_counter()
