@@ -48,6 +48,7 @@ class RunParts:
     servo_in_process: bool
     max_observation_age: float
     extra_latency: float = 0.0
+    sync: bool = False  # synchronous planning: the arm holds while the policy thinks (evaluation baseline)
     closers: list[Callable[[], None]] = field(default_factory=list)  # simulators etc., closed last
     starters: list[Callable[[], None]] = field(default_factory=list)  # started first
     config_summary: dict = field(default_factory=dict)
@@ -96,7 +97,7 @@ class Runtime:
         window = ObservationWindow(n_obs, p.action_period, p.max_observation_age, StateHistory(states), p.state_key,
                                    frames, p.image_shapes)
         planner = Planner(p.policy, p.sampler, window, chunks, self.tel, p.action_period, p.n_action_steps, p.steps,
-                          extra_latency=p.extra_latency)
+                          extra_latency=p.extra_latency, sync=p.sync)
         old_handlers = self._install_signals()
         old_switch = sys.getswitchinterval()
         if not p.servo_in_process:

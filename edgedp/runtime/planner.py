@@ -8,6 +8,13 @@ When to start the next chunk: it must be published before the current one runs o
 (end of current chunk) - (expected latency), where the expected latency is the largest of the last few
 measured ones plus a margin. If that is already past, planning starts at once: denoising overlaps execution
 whenever the chunk is longer than the latency.
+
+Synchronous mode (`sync=True`, the evaluation baseline of edgedp/evaluation): the robot waits while the
+policy thinks. The next observation is taken only after the current chunk has been fully executed and the
+arm has come to rest (one action period after its last step, while the servo loop decelerates to a hold),
+and the new chunk is timed from its publication, not from its observation: no step is dropped as late, the
+arm simply holds for the whole inference. This is how a policy is run without a runtime that overlaps
+denoising with execution.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from edgedp.runtime.telemetry import Telemetry
 class Planner:
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
-                 extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic):
+                 extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic,
+                 sync: bool = False):
         self.policy = policy
         self.sampler = sampler
         # A compiled sampler may bring its own compiled encoder; the eager path uses the policy's.
@@ -41,6 +49,7 @@ class Planner:
         self.extra = extra_latency
         self.margin = margin
         self.clock = clock
+        self.sync = bool(sync)
         self._lat = deque(maxlen=5)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -127,14 +136,20 @@ class Planner:
             self._stop.wait(self.extra)
         if self._stop.is_set():  # the run is stopping: the ring may already be gone
             return None
-        seq = self.ring.publish(chunk, t0=obs.t, dt=self.dt)
+        # Asynchronous: actions are timed from the observation, so the servo loop drops those already past.
+        # Synchronous: the robot waited for this chunk; its first step is "now".
+        t0 = self.clock() if self.sync else obs.t
+        seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, (t_enc - t_obs_done) * 1e3,
                                   (t_sample - t_enc) * 1e3, self.steps, t_pub, obs.age * 1e3,
                                   step_ms=list(self._step_times) if self.step_timing else None)
-        chunk_end = obs.t + (chunk.shape[0] - 1) * self.dt
-        self.next_start = chunk_end - self.expected_latency()
+        chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
+        if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
+            self.next_start = chunk_end + self.dt
+        else:
+            self.next_start = chunk_end - self.expected_latency()
         return seq
 
     def run(self) -> None:
