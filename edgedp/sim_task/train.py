@@ -218,7 +218,8 @@ def train(dataset_dir: str | Path, preset: str, out: Optional[str | Path], cfg: 
     losses: list[float] = []
     started = time.monotonic()
     prov = {"trained_on": str(dataset_dir), "episodes": data.num_episodes, "samples": n, "preset": preset,
-            "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "seed": cfg.seed, "regression": cfg.regression,
+            "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "warmup": cfg.warmup_steps, "seed": cfg.seed,
+            "regression": cfg.regression, "threads": cfg.threads, "spec_overrides": dict(cfg.spec_overrides),
             **(provenance or {})}
 
     def save(step: int) -> None:
