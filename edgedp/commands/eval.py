@@ -1,0 +1,135 @@
+"""`edgedp eval CONFIG --episodes N`: closed-loop success of a policy on the simulated reach task, through the
+full runtime, with injected latency and a synchronous baseline (edgedp/evaluation)."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from edgedp.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="closed-loop evaluation episodes on the simulated reach task",
+        description="Run N episodes of the config's simulated task (scene.task) through the full runtime: "
+                    "emulated servos, virtual camera, planner and servo loop, exactly as `edgedp run`. Each "
+                    "episode has its own target (scene seed SEED+i) and ends at success (the tip within the "
+                    "success radius, judged from the emulator's true joint angles) or at the timeout. Reports "
+                    "success rate, time to success and chunk-join discontinuity per condition.")
+    p.add_argument("config", help="run config YAML with the simulated scene (see examples/sim.yaml, "
+                                  "examples/sim_multimodal.yaml)")
+    p.add_argument("--episodes", type=int, required=True, help="episodes per condition")
+    p.add_argument("--json", type=Path, default=None, help="write the results document here")
+    p.add_argument("--latency-ms", default=None,
+                   help="extra inference latency to inject, comma-separated (e.g. 0,50,100,200); "
+                        "default: the config's policy.extra_latency_ms")
+    p.add_argument("--sync", action="store_true",
+                   help="synchronous baseline: the arm holds while the policy thinks")
+    p.add_argument("--both", action="store_true", help="run every latency asynchronously and synchronously")
+    p.add_argument("--seed", type=int, default=0, help="scene seed of the first episode (default 0; "
+                                                        "training data uses 1000+)")
+    p.add_argument("--episode-timeout", type=float, default=10.0, help="seconds per episode (default 10)")
+    p.add_argument("--checkpoint", default=None, help="override policy.checkpoint")
+    p.add_argument("--backend", default=None, help="override policy.backend")
+    p.add_argument("--precision", default=None, help="override policy.precision")
+    p.add_argument("--steps", default=None,
+                   help="override policy.steps (denoising steps K); 'checkpoint' uses the checkpoint's own K")
+    p.set_defaults(func=run)
+
+
+def parse_latencies(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            v = float(part)
+        except ValueError:
+            raise UserError(f"--latency-ms: '{part}' is not a number of milliseconds "
+                            f"(give a comma-separated list such as 0,50,100,200)") from None
+        if not math.isfinite(v) or v < 0:
+            raise UserError(f"--latency-ms: {part} must be a finite number of milliseconds >= 0")
+        out.append(v)
+    return out
+
+
+def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None) -> None:
+    """Command-line overrides of the policy section, validated by the config schema itself."""
+    from edgedp.config import BACKENDS, PRECISIONS, PRESET_PREFIX
+
+    p = cfg.policy
+    if checkpoint is not None:
+        if not checkpoint.startswith(PRESET_PREFIX) and not Path(checkpoint).exists():
+            raise UserError(f"--checkpoint: {checkpoint} does not exist (a checkpoint folder/file, or preset:NAME)")
+        p.checkpoint = checkpoint if checkpoint.startswith(PRESET_PREFIX) else str(Path(checkpoint).resolve())
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise UserError(f"--backend: unknown backend '{backend}' (allowed: {', '.join(BACKENDS)})")
+        p.backend = backend
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision: unknown precision '{precision}' (allowed: {', '.join(PRECISIONS)})")
+        p.precision = precision
+    if steps is not None:
+        if str(steps) == "checkpoint":
+            p.steps = None
+        else:
+            try:
+                k = int(steps)
+            except ValueError:
+                raise UserError(f"--steps: '{steps}' is not a whole number (or 'checkpoint')") from None
+            if not 1 <= k <= 1000:
+                raise UserError(f"--steps: {k} is out of range (1 to 1000)")
+            p.steps = k
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgedp.config import load_config
+    from edgedp.console import make_console
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes: must be at least 1, got {args.episodes}")
+    if not (math.isfinite(args.episode_timeout) and args.episode_timeout > 0):
+        raise UserError(f"--episode-timeout: must be a positive number of seconds, got {args.episode_timeout}")
+    if args.json is not None:
+        if args.json.is_dir():
+            raise UserError(f"--json: {args.json} is a directory (give a .json file path)")
+        if not args.json.parent.exists():
+            raise UserError(f"--json: folder {args.json.parent} does not exist")
+    if args.sync and args.both:
+        raise UserError("--sync and --both: pick one (--both already includes the synchronous runs)")
+    cfg = load_config(args.config)
+    apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps)
+    latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
+    modes = [False, True] if args.both else [bool(args.sync)]
+
+    from edgedp.evaluation.episodes import Condition, EvalSession
+    from edgedp.evaluation.report import build_document, table, write_json
+
+    conditions = [Condition(lat, s) for s in modes for lat in latencies]
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    console = make_console()
+
+    def progress(c: Condition, r) -> None:
+        what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success
+                else f"[red]timeout[/] ({r.final_distance_m * 100:.1f} cm from a target)")
+        console.print(f"  {c.label:<14} episode {r.index + 1}/{len(seeds)} seed {r.seed}: {what}; "
+                      f"join jump {r.join_jump_position_rad:.4f} rad, {r.chunks} chunks", highlight=False)
+
+    session = EvalSession(cfg)  # every check that can fail happens here, before anything starts
+    runs = []
+    try:
+        with session:
+            for c in conditions:
+                runs.append((c, session.run(c, seeds, args.episode_timeout, progress)))
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted after {sum(len(r) for _, r in runs)} complete condition(s)' episodes; "
+                        f"nothing written", exit_code=130) from None
+    except RuntimeError as exc:
+        raise UserError(str(exc), exit_code=1) from None
+    doc = build_document(runs, session.summary, cfg.scene.task, str(args.config), seeds, args.episode_timeout)
+    console.print(table(doc))
+    if args.json is not None:
+        write_json(args.json, doc)
+        console.print(f"results: {args.json}")
+    return 0

@@ -1,0 +1,169 @@
+"""Episodes of the simulated reach task run through the full runtime: the same assembly (edgedp/app.py) and
+the same Runtime (servo loop, planner, telemetry) as `edgedp run`, with emulated servos and a virtual camera.
+
+Devices stay up for the whole evaluation; the runtime restarts per episode. Starting the servo emulator
+process costs about a second and the virtual RealSense cannot be re-plugged once closed, so a session
+starts them once (`open`), and every episode then: resets the scene with the episode's seed (new target),
+homes the arm over the bus (homing.py), starts a fresh Runtime (new rings, servo loop, planner thread and
+camera driver: so planner state, latency history and joins never leak between episodes), stops it at the
+first success or at the timeout, and reads its telemetry. The policy and its compiled sampler are built
+once per session; injected latency and synchronous planning are per-run settings, so one session serves
+a whole latency sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+from edgedp.config import RunConfig
+from edgedp.errors import UserError
+from edgedp.evaluation.homing import home_pose, move_home
+from edgedp.evaluation.judge import SuccessJudge, nearest_target
+from edgedp.runtime.lifecycle import Runtime
+
+INTERRUPTED = ("ctrl-c", "sigterm")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What varies between runs of one session."""
+
+    latency_ms: float = 0.0
+    sync: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{'sync' if self.sync else 'async'} +{self.latency_ms:g} ms"
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    seed: int
+    success: bool
+    time_to_success_s: Optional[float]
+    final_distance_m: float
+    min_distance_m: float
+    chosen_target: Optional[int]  # target nearest to the tip at the end (which one a multimodal episode took)
+    targets: list = field(default_factory=list)
+    join_jump_position_rad: float = 0.0
+    join_jump_velocity_rad_s: float = 0.0
+    chunks: int = 0
+    dropped_steps: int = 0
+    inference_ms_p50: Optional[float] = None
+    e2e_latency_ms_p50: Optional[float] = None
+    duration_s: float = 0.0
+    stopped_by: str = ""
+
+
+def check_eval_config(cfg: RunConfig) -> None:
+    """Evaluation needs the simulated world (something must judge success); say what is missing."""
+    if cfg.robot.bus.port != "emulator":
+        raise UserError(f"robot.bus.port: eval runs on the simulated arm and needs 'emulator' "
+                        f"(got '{cfg.robot.bus.port}')")
+    if not any(c.kind == "virtual" for c in cfg.cameras):
+        raise UserError("cameras: eval needs a camera of kind 'virtual' (the policy must see the simulated target)")
+    if cfg.scene is None or cfg.scene.task == "none":
+        task = cfg.scene.task if cfg.scene is not None else None
+        raise UserError(f"scene.task: eval needs a task with targets (allowed: reach, reach_multimodal; got {task!r})")
+
+
+class _EpisodeRuntime(Runtime):
+    """The ordinary Runtime, plus a success judge that starts with the planner and stops the run at success."""
+
+    def __init__(self, parts: Any, duration: float, judge: SuccessJudge):
+        super().__init__(parts, duration, None, plot=False, live=False, console=None)
+        self.judge = judge
+        judge.on_success = lambda: self.request_stop("success")
+
+    def _supervise(self, control, servo, planner, t_begin: float) -> int:
+        self.judge.start(t_begin)
+        try:
+            return super()._supervise(control, servo, planner, t_begin)
+        finally:
+            self.judge.stop()
+
+
+class EvalSession:
+    """One checkpoint/backend/precision: devices up once, any number of episodes under any conditions."""
+
+    def __init__(self, cfg: RunConfig):
+        from edgedp.app import build
+
+        check_eval_config(cfg)
+        self.cfg = cfg
+        self.parts = build(cfg)  # validates everything (checkpoint, shapes, backend) before anything opens
+        self.scene = self.parts.scene  # type: ignore[attr-defined]
+        if self.scene is None:
+            raise UserError("cameras: no virtual camera feeds the policy, so no simulated scene was built "
+                            "(set the virtual camera's policy_key)")
+        self.home = home_pose(cfg.robot.joints)
+        self.max_velocity = [j.max_velocity for j in cfg.robot.joints]
+
+    # ---- devices ---------------------------------------------------------------------------------------
+    def open(self) -> "EvalSession":
+        try:
+            for start in self.parts.starters:
+                start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for close in reversed(self.parts.closers):
+            try:
+                close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "EvalSession":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- episodes --------------------------------------------------------------------------------------
+    def run_episode(self, index: int, seed: int, condition: Condition, timeout: float) -> EpisodeResult:
+        self.scene.reset(seed)
+        move_home(self.parts.make_bus, self.home, self.max_velocity)
+        parts = dataclasses.replace(self.parts, starters=[], closers=[],
+                                    extra_latency=condition.latency_ms / 1000.0, sync=condition.sync)
+        judge = SuccessJudge(self.scene)
+        rt = _EpisodeRuntime(parts, timeout, judge)
+        code = rt.run()
+        tel = rt.tel.to_dict()
+        if tel["stopped_by"] in INTERRUPTED:
+            raise KeyboardInterrupt
+        if code != 0:
+            err = tel.get("servo_error") or "; ".join(tel.get("planner_errors") or []) or "; ".join(
+                n for n in tel.get("notes", []) if n.startswith("runtime error")) or tel["stopped_by"]
+            raise RuntimeError(f"episode {index} (seed {seed}): the runtime stopped with exit code {code}: {err}")
+        judge.check()  # the pose the arm was held in
+        jj = tel["join_jump_max"]
+        return EpisodeResult(
+            index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
+            final_distance_m=self.scene.distance_to_target(), min_distance_m=judge.min_distance,
+            chosen_target=nearest_target(self.scene), targets=self.scene.targets.round(4).tolist(),
+            join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
+            chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
+            e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
+            stopped_by=tel["stopped_by"])
+
+    def run(self, condition: Condition, seeds: Iterable[int], timeout: float,
+            progress: Optional[Callable[[Condition, EpisodeResult], None]] = None) -> list[EpisodeResult]:
+        out = []
+        for i, seed in enumerate(seeds):
+            r = self.run_episode(i, int(seed), condition, timeout)
+            out.append(r)
+            if progress is not None:
+                progress(condition, r)
+        return out
+
+    @property
+    def summary(self) -> dict:
+        """What was evaluated (checkpoint, backend, precision, K ...), from the assembly's own summary."""
+        s = self.parts.config_summary
+        return {k: s.get(k) for k in ("checkpoint", "backend", "precision", "device", "steps", "horizon",
+                                       "n_obs_steps", "n_action_steps", "action_period", "servo_hz", "join")}

@@ -1,0 +1,76 @@
+"""Success detection, kept apart from the runtime so it judges the world, not the runtime's belief.
+
+The scene reads the emulator's true servo angles (shared memory written by the emulator process every
+millisecond), so success means the emulated arm's tip really is within the scene's success radius of a
+target, whatever the planner or the servo loop think they commanded.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+class SuccessJudge:
+    """Polls ``scene.success()`` on its own thread and calls ``on_success`` once, at the first success.
+
+    Success is "the tip entered the success radius", checked every ``period`` seconds (10 ms by default,
+    much shorter than the 100 ms action period, so the reported time is accurate to about one poll).
+    """
+
+    def __init__(self, scene: Any, on_success: Callable[[], None] = lambda: None, period: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic):
+        self.scene = scene
+        self.on_success = on_success
+        self.period = float(period)
+        self.clock = clock
+        self.t_begin: Optional[float] = None
+        self.t_success: Optional[float] = None
+        self.min_distance = float("inf")
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def check(self) -> bool:
+        """One look at the scene; True (and the callback, once) when the tip is within the success radius."""
+        d = self.scene.distance_to_target()
+        if d < self.min_distance:
+            self.min_distance = d
+        if d <= self.scene.success_radius:
+            if self.t_success is None:
+                self.t_success = self.clock()
+                self.on_success()
+            return True
+        return False
+
+    @property
+    def time_to_success(self) -> Optional[float]:
+        if self.t_success is None or self.t_begin is None:
+            return None
+        return self.t_success - self.t_begin
+
+    def start(self, t_begin: Optional[float] = None) -> "SuccessJudge":
+        self.t_begin = self.clock() if t_begin is None else t_begin
+        self._thread = threading.Thread(target=self._run, name="success-judge", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.check():
+                return
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+
+def nearest_target(scene: Any) -> Optional[int]:
+    """Index of the target nearest to the tip (which of the two targets a multimodal episode went for)."""
+    targets = np.asarray(scene.targets)
+    if len(targets) == 0:
+        return None
+    return int(np.argmin(np.linalg.norm(targets - scene.end_effector(), axis=1)))

@@ -1,0 +1,109 @@
+"""Episodes -> the evaluation document (JSON) and the terminal table.
+
+Document layout (schema 1): the top level pools every episode of the evaluation (`success_rate`,
+`episodes`, `time_to_success`, `join_jump_max`, `conditions`), and `runs` holds the same summary per
+condition (injected latency, synchronous or not), each with its `per_episode` rows. With one condition
+the top level and its only run agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from edgedp.evaluation.episodes import Condition, EpisodeResult
+
+SCHEMA_VERSION = 1
+
+
+def _stats(values: Sequence[float]) -> dict:
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return {"mean": None, "median": None, "n": 0}
+    return {"mean": float(a.mean()), "median": float(np.median(a)), "n": int(a.size)}
+
+
+def summarize(results: Sequence[EpisodeResult], conditions: dict, per_episode: bool = True) -> dict:
+    n = len(results)
+    wins = [r for r in results if r.success]
+    d: dict[str, Any] = {
+        "success_rate": (len(wins) / n) if n else 0.0,
+        "episodes": n,
+        "successes": len(wins),
+        "time_to_success": _stats([r.time_to_success_s for r in wins]),
+        "join_jump_max": {
+            "position_rad": max((r.join_jump_position_rad for r in results), default=0.0),
+            "velocity_rad_s": max((r.join_jump_velocity_rad_s for r in results), default=0.0),
+            "position_rad_mean": _stats([r.join_jump_position_rad for r in results])["mean"],
+        },
+        "final_distance_m": _stats([r.final_distance_m for r in results]),
+        "inference_ms_p50": _stats([r.inference_ms_p50 for r in results])["median"],
+        "dropped_steps": int(sum(r.dropped_steps for r in results)),
+        "chosen_target_counts": _counts([r.chosen_target for r in results]),
+        "conditions": conditions,
+    }
+    if per_episode:
+        d["per_episode"] = [asdict(r) for r in results]
+    return d
+
+
+def _counts(values: Sequence[Optional[int]]) -> dict:
+    out: dict[str, int] = {}
+    for v in values:
+        if v is not None:
+            out[str(v)] = out.get(str(v), 0) + 1
+    return out
+
+
+def build_document(runs: Sequence[tuple[Condition, list[EpisodeResult]]], session: dict, task: str,
+                   config_path: str, seeds: Sequence[int], timeout: float) -> dict:
+    common = dict(session, task=task, config=config_path, episode_timeout_s=timeout, seeds=list(seeds))
+    per_run = [summarize(res, dict(common, latency_ms=c.latency_ms, sync=c.sync)) for c, res in runs]
+    pooled = summarize([r for _, res in runs for r in res],
+                       dict(common, latency_ms=sorted({c.latency_ms for c, _ in runs}),
+                            sync=sorted({c.sync for c, _ in runs})), per_episode=False)
+    return {"schema": SCHEMA_VERSION, "tool": "edgedp eval", **pooled, "runs": per_run}
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Temporary file + os.replace: a reader never sees half a document."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _f(x: Optional[float], fmt: str) -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(doc: dict, title: Optional[str] = None):
+    from rich.table import Table
+
+    c = doc["conditions"]
+    t = Table(title=title or f"edgedp eval: {c.get('task')} — {c.get('checkpoint')} ({c.get('backend')} "
+                             f"{c.get('precision')}, K={c.get('steps')})")
+    for col in ("planning", "+latency", "episodes", "success", "time to success mean / median",
+                "join jump max (rad / rad/s)", "inference p50", "dropped steps"):
+        t.add_column(col, justify="left" if col == "planning" else "right")
+    for run in doc["runs"]:
+        rc = run["conditions"]
+        tts = run["time_to_success"]
+        jj = run["join_jump_max"]
+        t.add_row("sync" if rc["sync"] else "async", f"{rc['latency_ms']:g} ms", str(run["episodes"]),
+                  f"{run['success_rate'] * 100:.0f} % ({run['successes']})",
+                  f"{_f(tts['mean'], '{:.2f}')} / {_f(tts['median'], '{:.2f}')} s",
+                  f"{jj['position_rad']:.4f} / {jj['velocity_rad_s']:.3f}",
+                  f"{_f(run['inference_ms_p50'], '{:.0f}')} ms", str(run["dropped_steps"]))
+    return t
