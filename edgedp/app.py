@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -64,6 +65,19 @@ def bus_errors() -> tuple:
     from firmware_bridge.dynamixel import BusError
 
     return (BusError, OSError)
+
+
+# --------------------------------------------------------------------------------------------- cameras
+def _realsense_unavailable() -> Optional[str]:
+    """Why pyrealsense2 cannot be imported (None when it can). Asked by import, not by looking for files:
+    the wheel may be installed while its libusb-1.0 is missing, which only the import reveals."""
+    import importlib
+
+    try:
+        importlib.import_module("pyrealsense2")
+    except (ImportError, OSError) as exc:  # a missing libusb-1.0 shows as ImportError naming the .so
+        return str(exc) or type(exc).__name__
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -174,27 +188,36 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
 
     cameras: dict[str, Any] = {}
     scene = None
-    if mapping:
-        try:
-            import importlib
-
-            importlib.import_module("pyrealsense2")  # the camera driver and the virtual camera both need it
-        except ImportError as exc:
-            raise UserError(f"cameras: pyrealsense2 is not importable ({exc}); install it with "
-                            f"pip install 'edgedp[realsense]' (it also needs libusb-1.0)") from None
+    realsense_missing = _realsense_unavailable() if mapping else None
+    if realsense_missing is not None:
+        needs_driver = [c.name for c in mapping.values() if c.kind != "virtual"]
+        if needs_driver:
+            raise UserError(f"cameras: pyrealsense2 is not importable ({realsense_missing}); camera "
+                            f"'{needs_driver[0]}' needs it: install it with pip install 'edgedp[realsense]' "
+                            f"(it also needs libusb-1.0)")
+        print(f"notice: virtual RealSense unavailable (pyrealsense2: {realsense_missing}); virtual cameras render "
+              f"the scene directly (for the RealSense path: pip install 'edgedp[realsense]', needs libusb-1.0)",
+              file=sys.stderr)
     for key, cam in mapping.items():
         if cam.kind == "virtual":
             if emulator is None:
                 raise UserError(f"cameras: virtual camera '{cam.name}' renders the simulated arm and needs "
                                 f"robot.bus.port: emulator")
-            from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
-            from firmware_bridge.realsense.virtual import VirtualRealSense
             from firmware_bridge.sim import Scene
 
             sc = cfg.scene
             scene = Scene(_joint_angles_from_emulator(emulator, cfg.robot.joints), link_lengths=sc.link_lengths,
                           task=sc.task, workspace=sc.workspace, width=cam.width, height=cam.height, seed=sc.seed,
                           depth=cam.depth)
+            if realsense_missing is not None:
+                from firmware_bridge.sim.scene_camera import SceneCamera
+
+                cameras[key] = SceneCamera(scene.render, scene.intrinsics, fps=cam.fps, depth=cam.depth,
+                                           name=cam.name)
+                continue
+            from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
+            from firmware_bridge.realsense.virtual import VirtualRealSense
+
             dev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps, depth=cam.depth)
             starters.append(dev.start)
             closers.append(dev.close)
