@@ -150,17 +150,17 @@ class Runtime:
             planner.join(max(0.05, 0.9 - (time.monotonic() - t_stop)))
             if not planner.alive():
                 planner.detach_step_timer()  # also when it never started
+            names = p.config_summary.get("cameras", {})  # image feature -> camera name (from the config)
             for k, h in frames.items():
                 h.stop(0.2)
-                info: dict = {"frames_seen": h.frames_seen, "poll_errors": h.errors}
+                driver = None
                 counters = getattr(p.cameras[k], "counters", None)
                 if callable(counters):
                     try:
-                        info["driver"] = {kk: (vv if isinstance(vv, (int, float, str, bool, type(None))) else str(vv))
-                                          for kk, vv in counters().items()}
+                        driver = counters()
                     except Exception:
                         pass
-                self.tel.cameras[k] = info
+                self.tel.record_camera(str(names.get(k, k)), k, h.frames_seen, h.errors, driver)
             for cam in started_cams:
                 _quiet(cam.stop)
             for close in reversed(p.closers):

@@ -68,7 +68,20 @@ class Telemetry:
         self.exit_code = 0
         self.notes: list[str] = []
         self.denoise_step_source = "none"
-        self.cameras: dict[str, Any] = {}  # per camera: frames seen by the runtime, driver counters
+        self.cameras: dict[str, Any] = {}  # camera name -> feature, frames seen by the runtime, driver counters
+
+    # ---- cameras --------------------------------------------------------------------------------
+    def record_camera(self, name: str, feature: str, frames_seen: int, poll_errors: int,
+                      counters: Optional[dict] = None) -> None:
+        """One camera's end-of-run figures: what the runtime saw plus the driver's own counters (frames,
+        drops, reconnects, ...), flattened so a drop or reconnect is visible at a glance in the JSON."""
+        info: dict[str, Any] = {"feature": feature, "frames_seen": int(frames_seen), "poll_errors": int(poll_errors)}
+        for k, v in (counters or {}).items():
+            if k in info:  # never let a driver key shadow the runtime's own
+                k = f"driver_{k}"
+            info[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+        with self._lock:
+            self.cameras[name] = info
 
     # ---- planner side ---------------------------------------------------------------------------
     def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, encode_ms: float,
@@ -244,6 +257,9 @@ class Telemetry:
         t.add_row("stale observations", str(d["stale_observations"]))
         t.add_row("uncovered ticks (held)", str(d["uncovered_ticks"]))
         t.add_row("bus errors", str(d["bus_errors"]))
+        for name, c in d["cameras"].items():
+            t.add_row(f"camera {name}: frames / drops / reconnects",
+                      f"{c.get('frames', c['frames_seen'])} / {c.get('drops', '-')} / {c.get('reconnects', '-')}")
         t.add_row("safety clamps (non-finite)", f"{d['safety_clamps']} ({d['nonfinite_targets']})")
         return t
 
