@@ -100,6 +100,7 @@ class EvalSession:
                             "(set the virtual camera's policy_key)")
         self.home = home_pose(cfg.robot.joints)
         self.max_velocity = [j.max_velocity for j in cfg.robot.joints]
+        self.last_telemetry: Optional[Any] = None  # the last episode's Telemetry (servo timeline included)
 
     # ---- devices ---------------------------------------------------------------------------------------
     def open(self) -> "EvalSession":
@@ -133,6 +134,7 @@ class EvalSession:
         judge = SuccessJudge(self.scene)
         rt = _EpisodeRuntime(parts, timeout, judge)
         code = rt.run()
+        self.last_telemetry = rt.tel
         tel = rt.tel.to_dict()
         if tel["stopped_by"] in INTERRUPTED:
             raise KeyboardInterrupt
