@@ -80,6 +80,42 @@ def _realsense_unavailable() -> Optional[str]:
     return None
 
 
+# ----------------------------------------------------------------------------------------- time offsets
+MAX_DELAY_S = 1.0  # a measured stream delay beyond a second is a wrong file or a failed calibration
+
+
+def load_time_offsets(path) -> tuple[float, float]:
+    """(camera_delay_s, command_delay_s) from the YAML `edgedp calibrate time-offset` writes.
+
+    A missing command delay (the file came from a recording without commands) counts as 0; the camera
+    delay is required, since it is the one thing such a file is for."""
+    import math
+    from pathlib import Path
+
+    import yaml
+
+    where = f"robot.time_offset_file: {path}"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{where}: cannot read it ({first})") from None
+    if not isinstance(data, dict) or "camera_delay_s" not in data:
+        raise UserError(f"{where}: not a time-offset file (no camera_delay_s key; write one with "
+                        f"edgedp calibrate time-offset)")
+    out = []
+    for key in ("camera_delay_s", "command_delay_s"):
+        v = data.get(key)
+        if v is None and key == "command_delay_s":
+            v = 0.0
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{where}: {key} must be a number of seconds, got {v!r}")
+        if abs(v) > MAX_DELAY_S:
+            raise UserError(f"{where}: {key} = {v:g} s is implausible (|delay| must be at most {MAX_DELAY_S:g} s)")
+        out.append(float(v))
+    return out[0], out[1]
+
+
 # ---------------------------------------------------------------------------------------------- policy
 def _sampler(policy, cfg: RunConfig, steps: int):
     p = cfg.policy
@@ -120,6 +156,10 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
         present = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
         raise UserError(f"robot.bus.port: {port} does not exist (serial ports present: {', '.join(present) or 'none'}; "
                         f"or 'emulator')")
+    camera_delay = command_delay = 0.0
+    if cfg.robot.time_offset_file is not None:
+        camera_delay, command_delay = load_time_offsets(cfg.robot.time_offset_file)
+
     p = cfg.policy
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
     check_against_policy(cfg, policy.horizon, policy.n_obs_steps, list(policy.image_keys))
@@ -249,6 +289,7 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
         "interpolation": s.interpolation, "join": s.join, "crossfade_steps": s.crossfade_steps,
         "on_stop": s.on_stop, "bus": cfg.robot.bus.port, "joints": [j.name for j in joints],
         "cameras": {k: c.name for k, c in mapping.items()},
+        "camera_delay_s": camera_delay, "command_delay_s": command_delay,
     }
     parts = RunParts(
         policy=policy, sampler=sampler, steps=steps, action_period=action_period, n_action_steps=ta,
@@ -256,6 +297,7 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
         image_shapes={k: tuple(shapes[k]) for k in image_keys},
         make_bus=factory, bus_errors=bus_errors(), servo=params, servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
+        camera_delay=camera_delay, command_delay=command_delay,
         closers=closers, starters=starters, config_summary=summary,
     )
     parts.scene = scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)

@@ -49,6 +49,8 @@ class RunParts:
     max_observation_age: float
     extra_latency: float = 0.0
     sync: bool = False  # synchronous planning: the arm holds while the policy thinks (evaluation baseline)
+    camera_delay: float = 0.0  # s, calibrated: frame times are shifted back by this (robot.time_offset_file)
+    command_delay: float = 0.0  # s, calibrated: actuation latency, actions are commanded this much early
     closers: list[Callable[[], None]] = field(default_factory=list)  # simulators etc., closed last
     starters: list[Callable[[], None]] = field(default_factory=list)  # started first
     config_summary: dict = field(default_factory=dict)
@@ -93,11 +95,11 @@ class Runtime:
         chunks = ChunkRing.create(capacity=max(p.n_action_steps, 1), dim=n_joints, slots=4)
         states = ChunkRing.create(capacity=state_cap, dim=1 + n_joints, slots=3)
         control = Control.create()
-        frames = {k: FrameHistory(k, cam, keep) for k, cam in p.cameras.items()}
+        frames = {k: FrameHistory(k, cam, keep, camera_delay=p.camera_delay) for k, cam in p.cameras.items()}
         window = ObservationWindow(n_obs, p.action_period, p.max_observation_age, StateHistory(states), p.state_key,
                                    frames, p.image_shapes)
         planner = Planner(p.policy, p.sampler, window, chunks, self.tel, p.action_period, p.n_action_steps, p.steps,
-                          extra_latency=p.extra_latency, sync=p.sync)
+                          extra_latency=p.extra_latency, sync=p.sync, command_delay=p.command_delay)
         old_handlers = self._install_signals()
         old_switch = sys.getswitchinterval()
         if not p.servo_in_process:

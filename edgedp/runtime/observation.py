@@ -67,11 +67,18 @@ class StateHistory:
 
 
 class FrameHistory:
-    """Polls one camera's `latest()` on a thread and keeps its recent frames by capture time."""
+    """Polls one camera's `latest()` on a thread and keeps its recent frames by capture time.
 
-    def __init__(self, name: str, camera, keep_seconds: float, poll_period: float = 0.004):
+    `camera_delay` (s, from `edgedp calibrate time-offset`) is how much later the camera's timestamps show
+    the world than the joint stream does; frames are stored at t_true = t_camera - camera_delay, so images
+    and joint states of one observation step show the same instant.
+    """
+
+    def __init__(self, name: str, camera, keep_seconds: float, poll_period: float = 0.004,
+                 camera_delay: float = 0.0):
         self.name = name
         self.camera = camera
+        self.camera_delay = float(camera_delay)
         self.keep = keep_seconds
         self.poll = poll_period
         self._frames: deque = deque()
@@ -99,6 +106,8 @@ class FrameHistory:
             self._stop.wait(self.poll)
 
     def add(self, t: float, image: np.ndarray) -> None:
+        """Keep a frame the camera stamped `t`; it is stored at t - camera_delay (the instant it shows)."""
+        t = t - self.camera_delay
         with self._lock:
             self._frames.append((t, image))
             self.frames_seen += 1

@@ -34,7 +34,7 @@ class Planner:
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
                  extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic,
-                 sync: bool = False):
+                 sync: bool = False, command_delay: float = 0.0):
         self.policy = policy
         self.sampler = sampler
         # A compiled sampler may bring its own compiled encoder; the eager path uses the policy's.
@@ -50,6 +50,9 @@ class Planner:
         self.margin = margin
         self.clock = clock
         self.sync = bool(sync)
+        # Motion follows a command after this long (calibrated): an action meant for time T is commanded at
+        # T - command_delay, so the chunk is timed that much earlier (see plan_once).
+        self.command_delay = float(command_delay)
         self._lat = deque(maxlen=5)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -138,7 +141,10 @@ class Planner:
             return None
         # Asynchronous: actions are timed from the observation, so the servo loop drops those already past.
         # Synchronous: the robot waited for this chunk; its first step is "now".
-        t0 = self.clock() if self.sync else obs.t
+        # With a command delay d the arm reaches a command d after it is written: timing the chunk at t_obs - d
+        # makes the servo loop command each action d ahead of its time, drop the ones it can no longer reach in
+        # time, and (through chunk_end) start the next chunk d earlier.
+        t0 = self.clock() if self.sync else obs.t - self.command_delay
         seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)

@@ -1,0 +1,178 @@
+"""Integration of calibrated time offsets and camera counters into the runtime.
+
+Camera delay: frames are stored at t_camera - camera_delay, so an observation pairs each joint state with
+the image of the same instant. Command delay: chunks are timed that much earlier, so each action is
+commanded ahead of its time by the actuation latency. Camera counters reach the telemetry JSON by camera
+name. Real parts throughout: the `small` preset policy, the shared-memory rings, the emulated servos and
+the virtual RealSense.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgedp.app import build, load_time_offsets
+from edgedp.config import parse_config
+from edgedp.errors import UserError
+from edgedp.runtime.lifecycle import Runtime
+from edgedp.runtime.observation import FrameHistory, ObservationWindow, StateHistory
+from edgedp.runtime.planner import Planner
+from edgedp.runtime.ring import ChunkRing
+from edgedp.runtime.telemetry import Telemetry
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sim.yaml"
+FPS = 30.0
+
+
+def _world_window(camera_delay: float, image_shape=(3, 8, 8), n_obs=2, dt=0.1):
+    """A window over a world whose joints read their own time (q = 10 t) and whose camera frame k shows the
+    instant 100 + k/30 s but is stamped `true_delay` later, as a camera with transport latency does."""
+    ring = ChunkRing.create(capacity=600, dim=3, slots=3)
+    t = np.arange(0.0, 1.0, 0.002) + 100.0
+    ring.publish(np.stack([t, 10 * t, -t], axis=1), 0.0, 0.0)
+    cam = FrameHistory("top", camera=None, keep_seconds=2.0, camera_delay=camera_delay)
+    _, h, w = image_shape
+    w_ = ObservationWindow(n_obs, dt, 0.5, StateHistory(ring), "observation.state", {"observation.image": cam},
+                           {"observation.image": image_shape})
+    return ring, cam, w_, (h, w)
+
+
+TRUE_DELAY = 0.05
+
+
+def _feed_frames(cam, hw):
+    for k in range(28):  # true times 100.0 .. 100.9
+        img = np.full((hw[0], hw[1], 3), k, dtype=np.uint8)
+        cam.add(100.0 + k / FPS + TRUE_DELAY, img)
+
+
+def _pairing_error(obs) -> np.ndarray:
+    """Seconds between the instant each image shows and the joint sample it is paired with."""
+    shown = 100.0 + obs.data["observation.image"][:, 0, 0, 0].astype(float) / FPS
+    joints = obs.sample_times["joints"]
+    return np.abs(joints - shown)
+
+
+def test_camera_delay_pairs_images_with_joint_states_of_the_same_instant():
+    for delay, expect_aligned in ((TRUE_DELAY, True), (0.0, False)):
+        ring, cam, window, hw = _world_window(delay)
+        try:
+            _feed_frames(cam, hw)
+            obs = window.assemble(now=101.1)
+            # Stored times are the camera's stamps minus the configured delay.
+            stamps = 100.0 + obs.data["observation.image"][:, 0, 0, 0].astype(float) / FPS + TRUE_DELAY
+            np.testing.assert_allclose(obs.sample_times["observation.image"], stamps - delay, atol=1e-9)
+            err = _pairing_error(obs)
+            if expect_aligned:  # within one frame period (sampling), never the transport delay on top
+                assert np.all(err < 1 / FPS + 0.002), err
+            else:  # uncorrected, the image is the transport delay older than the joints it is paired with
+                assert np.all(err >= TRUE_DELAY - 1e-6), err
+        finally:
+            ring.close()
+
+
+@pytest.fixture(scope="module")
+def small_policy():
+    from edgedp.policy_loading import load_policy
+
+    return load_policy("preset:small", "cpu", 2, 0)
+
+
+def _plan_with(policy, command_delay: float):
+    shape = tuple(policy.feature_shapes["observation.image"])
+    state_key = policy.state_keys[0]
+    ring, cam, window, hw = _world_window(0.0, image_shape=shape, n_obs=policy.n_obs_steps)
+    window.state_key = state_key
+    _feed_frames(cam, hw)
+    chunks = ChunkRing.create(capacity=policy.n_action_steps, dim=policy.action_dim, slots=4)
+    planner = Planner(policy, policy.sample, window, chunks, Telemetry(250, "thread"), 0.1, policy.n_action_steps,
+                      2, clock=lambda: 101.0, command_delay=command_delay)
+    try:
+        assert planner.plan_once() == 1
+        out = np.zeros((chunks.spec.capacity, chunks.spec.dim))
+        header = chunks.read_newest(out)
+        t_obs = planner.tel.chunk_log[-1]["t_obs"]
+        return header, t_obs, planner.next_start
+    finally:
+        planner.detach_step_timer()
+        chunks.close()
+        ring.close()
+
+
+def test_command_delay_times_chunks_early_by_the_actuation_latency(small_policy):
+    h0, t_obs0, next0 = _plan_with(small_policy, 0.0)
+    h1, t_obs1, next1 = _plan_with(small_policy, 0.06)
+    assert t_obs0 == t_obs1  # same observation ...
+    assert h0.t0 == pytest.approx(t_obs0)
+    assert h1.t0 == pytest.approx(t_obs1 - 0.06)  # ... commanded 60 ms ahead of its time
+    # The next chunk is started that much earlier too (the current one runs out earlier in command time).
+    assert next0 - next1 == pytest.approx(0.06)
+    # Which steps the servo loop drops as already past at a given tick (its rule: steps with t0 + j*dt < now).
+    now = t_obs0 + 0.25
+    late0 = int((now - h0.t0) // h0.dt) + 1
+    late1 = int((now - h1.t0) // h1.dt) + 1
+    assert late1 == late0 + 1  # 0.25 s is 2.5 steps late without the delay, 3.1 with it
+
+
+def test_time_offset_file_is_read_and_checked(tmp_path):
+    good = tmp_path / "offsets.yaml"
+    good.write_text(yaml.safe_dump({"camera_delay_s": 0.0437, "camera_correlation": 0.93, "command_delay_s": 0.012,
+                                    "command_correlation": 0.9, "warnings": [], "convention": "x"}))
+    assert load_time_offsets(good) == (0.0437, 0.012)
+    no_cmd = tmp_path / "no_cmd.yaml"
+    no_cmd.write_text(yaml.safe_dump({"camera_delay_s": -0.01, "command_delay_s": None}))
+    assert load_time_offsets(no_cmd) == (-0.01, 0.0)
+    cases = {
+        "not_offsets.yaml": ("joints: []\n", "no camera_delay_s"),
+        "text.yaml": ("camera_delay_s: soon\n", "camera_delay_s must be a number"),
+        "nan.yaml": ("camera_delay_s: .nan\n", "camera_delay_s must be a number"),
+        "huge.yaml": ("camera_delay_s: 0.01\ncommand_delay_s: 3.0\n", "command_delay_s = 3 s is implausible"),
+        "broken.yaml": ("camera_delay_s: [\n", "cannot read it"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(UserError, match=message) as e:
+            load_time_offsets(path)
+        assert "\n" not in str(e.value) and "robot.time_offset_file" in str(e.value)
+
+
+def _sim_cfg(tmp_path, **robot):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["rates"]["servo_hz"] = 250
+    data["safety"]["start_ramp_time"] = 0.5
+    data["telemetry"]["live"] = False
+    data["robot"].update(robot)
+    return parse_config(data, base=tmp_path)
+
+
+def test_sim_run_applies_offsets_and_reports_camera_counters(tmp_path):
+    offsets = tmp_path / "offsets.yaml"
+    offsets.write_text(yaml.safe_dump({"camera_delay_s": 0.03, "command_delay_s": 0.02}))
+    parts = build(_sim_cfg(tmp_path, time_offset_file=str(offsets)))
+    assert (parts.camera_delay, parts.command_delay) == (0.03, 0.02)
+    rt = Runtime(parts, 2.5, tmp_path / "tel.json", plot=False, live=False, console=None)
+    assert rt.run() == 0, rt.tel.notes
+    tel = json.loads((tmp_path / "tel.json").read_text())
+    assert tel["config"]["camera_delay_s"] == 0.03 and tel["config"]["command_delay_s"] == 0.02
+    assert tel["chunks"] >= 1 and tel["chunks_executed"] >= 1, tel["notes"]
+    cam = tel["cameras"]["top"]  # by camera name, as in the config
+    assert cam["feature"] == "observation.image"
+    for key in ("frames", "drops", "reconnects", "reconnect_attempts", "timeouts", "frames_seen", "poll_errors"):
+        assert isinstance(cam[key], int), key
+    assert cam["frames"] >= cam["frames_seen"] > 10
+    assert cam["reconnects"] == 0
+
+
+def test_telemetry_record_camera_flattens_counters_without_shadowing():
+    tel = Telemetry(250, "thread")
+    tel.record_camera("wrist", "observation.images.wrist", 12, 1,
+                      {"frames": 14, "drops": 2, "frames_seen": 99, "domain": object()})
+    c = tel.to_dict()["cameras"]["wrist"]
+    assert c["frames"] == 14 and c["drops"] == 2 and c["frames_seen"] == 12 and c["driver_frames_seen"] == 99
+    assert isinstance(c["domain"], str)
+    json.dumps(tel.to_dict())
