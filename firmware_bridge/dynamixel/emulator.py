@@ -201,7 +201,7 @@ class Emulator:
         byte_time = 10.0 / self.baud
         clock = self._bus_clock
         for servo, pkt in packets:
-            drop, corrupt, delay = self.faults.decide()
+            drop, corrupt, delay = self.faults.decide(servo.id)
             clock += servo.mem[9] * 2e-6  # Return Delay Time, 2 us per unit
             if self.wire_time:
                 clock += len(pkt) * byte_time

@@ -39,15 +39,19 @@ class Faults:
         self.pending_hardware: dict[int, int] = {}
         self.hardware_error_rate = 0.0
         self.hardware_error_bits = 0x20
+        self.silent_ids: set[int] = set()  # servos whose every status packet is dropped (a servo gone deaf-mute)
         self.counts = FaultCounts()
 
     def set(self, crc_rate: Optional[float] = None, drop_rate: Optional[float] = None,
             delay_rate: Optional[float] = None, delay_s: Optional[float] = None,
             hardware_error: Optional[dict[int, int]] = None, hardware_error_rate: Optional[float] = None,
-            hardware_error_bits: Optional[int] = None, seed: Optional[int] = None) -> None:
+            hardware_error_bits: Optional[int] = None, seed: Optional[int] = None,
+            silent_ids: Optional[set[int]] = None) -> None:
         """Change rates (0..1) and/or raise hardware error bits {servo id: bits} on the next instruction.
 
-        hardware_error_rate: chance per instruction that one random servo raises `hardware_error_bits`."""
+        hardware_error_rate: chance per instruction that one random servo raises `hardware_error_bits`.
+        silent_ids: servos that still execute instructions but whose status packets are all dropped (one
+        failing servo or cable segment on an otherwise healthy bus)."""
         for name, v in (("crc_rate", crc_rate), ("drop_rate", drop_rate), ("delay_rate", delay_rate),
                         ("hardware_error_rate", hardware_error_rate)):
             if v is not None and not 0.0 <= v <= 1.0:
@@ -69,6 +73,8 @@ class Faults:
                 self.hardware_error_bits = int(hardware_error_bits) & 0xFF
             if hardware_error:
                 self.pending_hardware.update({int(k): int(v) for k, v in hardware_error.items()})
+            if silent_ids is not None:
+                self.silent_ids = {int(i) for i in silent_ids}
 
     def clear(self) -> None:
         """All rates back to zero (counts are kept: call reset_counts for those)."""
@@ -76,6 +82,7 @@ class Faults:
             self.crc_rate = self.drop_rate = self.delay_rate = self.hardware_error_rate = 0.0
             self.delay_s = 0.0
             self.pending_hardware.clear()
+            self.silent_ids = set()
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -92,11 +99,14 @@ class Faults:
                 self.counts.hardware_errors[k] = self.counts.hardware_errors.get(k, 0) + 1
             return out
 
-    def decide(self) -> tuple[bool, bool, float]:
-        """(drop, corrupt, delay seconds) for one status packet, counted."""
+    def decide(self, servo_id: Optional[int] = None) -> tuple[bool, bool, float]:
+        """(drop, corrupt, delay seconds) for one status packet (from `servo_id`), counted."""
         with self._lock:
             c = self.counts
             c.responses += 1
+            if servo_id is not None and servo_id in self.silent_ids:
+                c.dropped += 1
+                return True, False, 0.0
             if self.drop_rate and self._rng.random() < self.drop_rate:
                 c.dropped += 1
                 return True, False, 0.0
