@@ -304,14 +304,75 @@ class DynamixelBus:
             raise BusTimeout(f"sync write of goal positions failed: {self.ph.getTxRxResult(res)}")
 
     def set_torque(self, on: bool) -> None:
-        """Torque on holds the present pose (goal := present first); off lets the joints go limp."""
+        """Torque on holds the present pose (goal := present first); off lets the joints go limp.
+
+        Off is what a stop relies on, so it never gives up at the first servo that fails to answer: see
+        _torque_off_all."""
         self._need_connected()
-        if on:
-            self._sync_read()
-            self._send_goal_ticks(self._rec["pos"].astype(np.int64))
+        if not on:
+            self._torque_off_all()
+            return
+        self._sync_read()
+        self._send_goal_ticks(self._rec["pos"].astype(np.int64))
         for j in self.joints:
-            self._write(j.id, "Torque_Enable", 64, 1, 1 if on else 0)
-        self._torque_on_by_us = bool(on)
+            self._write(j.id, "Torque_Enable", 64, 1, 1)
+        self._torque_on_by_us = True
+
+    def _torque_off_all(self, rounds: int = 2) -> None:
+        """Switch torque off on every servo, then raise one error naming those that did not confirm.
+
+        First one Sync Write of Torque_Enable = 0 to all servos: it needs no status packets, so a servo that
+        cannot answer (or answers garbage) still receives it, and one silent servo does not delay the others.
+        Then each servo is asked to confirm, independently of the others: a unicast write whose status
+        packet comes back clean, or failing that a read of Torque_Enable showing 0 (each with the driver's
+        usual retries), for up to `rounds` rounds. A servo that confirmed nothing may still have switched
+        off (its replies may be what is lost), but the caller must not assume it did."""
+        try:
+            gsw = GroupSyncWrite(self.port, self.ph, 64, 1)
+            for sid in self.ids:
+                gsw.addParam(sid, [0])
+            self._io(gsw.txPacket)  # best effort: the confirmations below are what count
+        except BusDisconnected:
+            raise
+        except Exception as exc:  # pragma: no cover - the SDK reports failures by result code, not exceptions
+            log.warning("sync write of torque off failed: %s", exc)
+        pending = list(self.ids)
+        reasons: dict[int, str] = {}
+        for _ in range(max(1, rounds)):
+            still = []
+            for sid in pending:
+                why = self._confirm_torque_off(sid)
+                if why is not None:
+                    reasons[sid] = why
+                    still.append(sid)
+            pending = still
+            if not pending:
+                break
+        if pending:
+            self._torque_on_by_us = True  # close() tries again
+            detail = "; ".join(f"servo {sid}: {reasons[sid]}" for sid in pending)
+            raise BusTimeout(f"torque off not confirmed by servo{'s' if len(pending) > 1 else ''} "
+                             f"{', '.join(str(i) for i in pending)} (the other servos confirmed; {detail})", pending)
+        self._torque_on_by_us = False
+
+    def _confirm_torque_off(self, sid: int) -> Optional[str]:
+        """None once servo `sid` confirmed torque off, else why not (a port that vanished still raises)."""
+        try:
+            self._write(sid, "Torque_Enable", 64, 1, 0)
+            return None
+        except BusDisconnected:
+            raise
+        except BusError as exc:
+            why = str(exc)
+        try:
+            if self._read(sid, 64, 1) == 0:
+                return None
+            why += "; Torque_Enable still reads 1"
+        except BusDisconnected:
+            raise
+        except BusError as exc:
+            why += f"; read-back failed: {exc}"
+        return why
 
     def health(self) -> dict[int, dict]:
         """Per servo: input voltage (V), temperature (deg C) and hardware errors by name. Two Sync Reads,
