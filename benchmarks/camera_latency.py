@@ -20,6 +20,7 @@ render, driver age (capture -> the frame is published) and CPU mean anything the
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -198,7 +199,7 @@ def main() -> int:
         ap.error("--seconds and --fps must be positive")
     rows = []
     try:
-        import pyrealsense2  # noqa: F401
+        importlib.import_module("pyrealsense2")
         have_rs = True
     except ImportError as exc:
         print(f"pyrealsense2 unavailable ({exc}): measuring the scene fallback only", file=sys.stderr)
