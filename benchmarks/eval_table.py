@@ -138,7 +138,7 @@ def run_grid(cells: list[Cell], episodes: int, timeout: float, seed: int, log=pr
             for c in pcells:
                 t1 = time.monotonic()
                 res = session.run(c.condition, seeds, timeout)
-                summary = summarize(res, dict(session.summary, task=pol.task, latency_ms=c.condition.latency_ms,
+                summary = summarize(res, dict(session.summary, task=pol.task, dwell_s=0.2, latency_ms=c.condition.latency_ms,
                                               sync=c.condition.sync, episode_timeout_s=timeout, seeds=seeds))
                 summary.update(group=c.group, policy=pol.label, trained=pol.trained)
                 rows[c] = summary

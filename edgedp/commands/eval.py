@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="scene seed of the first episode (default 0; "
                                                         "training data uses 1000+)")
     p.add_argument("--episode-timeout", type=float, default=10.0, help="seconds per episode (default 10)")
+    p.add_argument("--dwell", type=float, default=0.2,
+                   help="seconds the tip must stay within the success radius to count (default 0.2)")
     p.add_argument("--checkpoint", default=None, help="override policy.checkpoint")
     p.add_argument("--backend", default=None, help="override policy.backend")
     p.add_argument("--precision", default=None, help="override policy.precision")
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--episodes: must be at least 1, got {args.episodes}")
     if not (math.isfinite(args.episode_timeout) and args.episode_timeout > 0):
         raise UserError(f"--episode-timeout: must be a positive number of seconds, got {args.episode_timeout}")
+    if not (math.isfinite(args.dwell) and 0 <= args.dwell < args.episode_timeout):
+        raise UserError(f"--dwell: must be >= 0 seconds and shorter than the episode timeout, got {args.dwell}")
     if args.json is not None:
         if args.json.is_dir():
             raise UserError(f"--json: {args.json} is a directory (give a .json file path)")
@@ -121,13 +125,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with session:
             for c in conditions:
-                runs.append((c, session.run(c, seeds, args.episode_timeout, progress)))
+                runs.append((c, session.run(c, seeds, args.episode_timeout, progress, args.dwell)))
     except KeyboardInterrupt:
         raise UserError(f"interrupted after {sum(len(r) for _, r in runs)} complete condition(s)' episodes; "
                         f"nothing written", exit_code=130) from None
     except RuntimeError as exc:
         raise UserError(str(exc), exit_code=1) from None
-    doc = build_document(runs, session.summary, cfg.scene.task, str(args.config), seeds, args.episode_timeout)
+    doc = build_document(runs, dict(session.summary, dwell_s=args.dwell), cfg.scene.task, str(args.config), seeds,
+                         args.episode_timeout)
     console.print(table(doc))
     if args.json is not None:
         write_json(args.json, doc)

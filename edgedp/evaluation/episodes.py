@@ -126,12 +126,13 @@ class EvalSession:
         self.close()
 
     # ---- episodes --------------------------------------------------------------------------------------
-    def run_episode(self, index: int, seed: int, condition: Condition, timeout: float) -> EpisodeResult:
+    def run_episode(self, index: int, seed: int, condition: Condition, timeout: float,
+                    dwell: float = 0.2) -> EpisodeResult:
         self.scene.reset(seed)
         move_home(self.parts.make_bus, self.home, self.max_velocity)
         parts = dataclasses.replace(self.parts, starters=[], closers=[],
                                     extra_latency=condition.latency_ms / 1000.0, sync=condition.sync)
-        judge = SuccessJudge(self.scene)
+        judge = SuccessJudge(self.scene, dwell=dwell)
         rt = _EpisodeRuntime(parts, timeout, judge)
         code = rt.run()
         self.last_telemetry = rt.tel
@@ -142,11 +143,11 @@ class EvalSession:
             err = tel.get("servo_error") or "; ".join(tel.get("planner_errors") or []) or "; ".join(
                 n for n in tel.get("notes", []) if n.startswith("runtime error")) or tel["stopped_by"]
             raise RuntimeError(f"episode {index} (seed {seed}): the runtime stopped with exit code {code}: {err}")
-        judge.check()  # the pose the arm was held in
         jj = tel["join_jump_max"]
+        final = self.scene.distance_to_target()  # where the arm is held after the stop
         return EpisodeResult(
             index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
-            final_distance_m=self.scene.distance_to_target(), min_distance_m=judge.min_distance,
+            final_distance_m=final, min_distance_m=min(judge.min_distance, final),
             chosen_target=nearest_target(self.scene), targets=self.scene.targets.round(4).tolist(),
             join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
             chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
@@ -154,10 +155,11 @@ class EvalSession:
             stopped_by=tel["stopped_by"])
 
     def run(self, condition: Condition, seeds: Iterable[int], timeout: float,
-            progress: Optional[Callable[[Condition, EpisodeResult], None]] = None) -> list[EpisodeResult]:
+            progress: Optional[Callable[[Condition, EpisodeResult], None]] = None,
+            dwell: float = 0.2) -> list[EpisodeResult]:
         out = []
         for i, seed in enumerate(seeds):
-            r = self.run_episode(i, int(seed), condition, timeout)
+            r = self.run_episode(i, int(seed), condition, timeout, dwell)
             out.append(r)
             if progress is not None:
                 progress(condition, r)

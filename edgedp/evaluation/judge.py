@@ -3,6 +3,10 @@
 The scene reads the emulator's true servo angles (shared memory written by the emulator process every
 millisecond), so success means the emulated arm's tip really is within the scene's success radius of a
 target, whatever the planner or the servo loop think they commanded.
+
+Success also needs the tip to stay there for `dwell` seconds (0.2 s, two action periods, by default): a
+reach is done when the arm is at the target, not when it sweeps across it on the way elsewhere. The time
+to success is the moment the tip entered the radius for the stay that succeeded.
 """
 from __future__ import annotations
 
@@ -14,18 +18,21 @@ import numpy as np
 
 
 class SuccessJudge:
-    """Polls ``scene.success()`` on its own thread and calls ``on_success`` once, at the first success.
+    """Polls the scene on its own thread and calls ``on_success`` once, when the tip has stayed within the
+    success radius for ``dwell`` seconds.
 
-    Success is "the tip entered the success radius", checked every ``period`` seconds (10 ms by default,
-    much shorter than the 100 ms action period, so the reported time is accurate to about one poll).
+    The scene is checked every ``period`` seconds (10 ms by default, much shorter than the 100 ms action
+    period, so the reported time is accurate to about one poll).
     """
 
     def __init__(self, scene: Any, on_success: Callable[[], None] = lambda: None, period: float = 0.01,
-                 clock: Callable[[], float] = time.monotonic):
+                 dwell: float = 0.2, clock: Callable[[], float] = time.monotonic):
         self.scene = scene
         self.on_success = on_success
         self.period = float(period)
+        self.dwell = float(dwell)
         self.clock = clock
+        self._t_enter: Optional[float] = None
         self.t_begin: Optional[float] = None
         self.t_success: Optional[float] = None
         self.min_distance = float("inf")
@@ -33,16 +40,21 @@ class SuccessJudge:
         self._thread: Optional[threading.Thread] = None
 
     def check(self) -> bool:
-        """One look at the scene; True (and the callback, once) when the tip is within the success radius."""
+        """One look at the scene: True when the tip is within the success radius now. Success (and the
+        callback, once) when it has been inside since at least ``dwell`` seconds ago."""
+        now = self.clock()
         d = self.scene.distance_to_target()
         if d < self.min_distance:
             self.min_distance = d
-        if d <= self.scene.success_radius:
-            if self.t_success is None:
-                self.t_success = self.clock()
-                self.on_success()
-            return True
-        return False
+        if d > self.scene.success_radius:
+            self._t_enter = None
+            return False
+        if self._t_enter is None:
+            self._t_enter = now
+        if self.t_success is None and now - self._t_enter >= self.dwell:
+            self.t_success = self._t_enter
+            self.on_success()
+        return True
 
     @property
     def time_to_success(self) -> Optional[float]:
@@ -58,7 +70,8 @@ class SuccessJudge:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.check():
+            self.check()
+            if self.t_success is not None:
                 return
             self._stop.wait(self.period)
 
