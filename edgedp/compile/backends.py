@@ -132,7 +132,7 @@ class CpuInt8Backend(Backend):
     name = "cpu-int8"
     precisions = ("int8",)
     devices = ("cpu",)
-    revision = 2  # 2: activation smoothing + clipped weight ranges
+    revision = 3  # 2: activation smoothing + clipped weight ranges; 3: measured thread count
 
     def unavailable(self, device):
         reason = super().unavailable(device)
@@ -177,6 +177,9 @@ class CpuInt8Backend(Backend):
                 plain.info["calib_rmse"] = cs.info["calib_rmse"]
                 unet, cs, absmax = plain_unet, plain, {}
         cs.info["smoothed_layers"] = len(absmax)
+        self._tune_threads(policy, cs, progress)
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "threads.json").write_text(json.dumps({"threads": cs.threads, "step_ms": cs.info["threads_ms"]}))
         entry.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in unet.state_dict().items()}
         tmp = entry / "denoiser_int8.safetensors.tmp"
@@ -185,11 +188,26 @@ class CpuInt8Backend(Backend):
         (entry / "int8_layers.json").write_text(json.dumps({"float_layers": skip}))
         return cs
 
+    @staticmethod
+    def _tune_threads(policy, cs: CompiledSampler, progress) -> None:
+        from edgedp.compile.base import fastest_threads
+
+        progress("timing one step with each thread count")
+        x = torch.zeros((1, policy.horizon, policy.action_dim))
+        t = torch.full((1,), 1, dtype=torch.long)
+        g = torch.zeros((1, policy.global_cond_dim))
+        with torch.inference_mode():
+            best, med = fastest_threads(lambda: cs.denoiser(x, t, g))
+        cs.threads = best
+        cs.info["threads_ms"] = {str(k): round(v, 3) for k, v in med.items()}
+
     def load(self, policy, precision, steps, device, entry, progress=_noop):
         from safetensors.torch import load_file
 
         skip = json.loads((entry / "int8_layers.json").read_text())["float_layers"]
         unet, cs = self._assemble(policy, steps, device, skip)
+        if (entry / "threads.json").is_file():
+            cs.threads = json.loads((entry / "threads.json").read_text())["threads"]
         unet.load_state_dict(load_file(str(entry / "denoiser_int8.safetensors")), strict=True)
         from edgedp.compile.int8 import Int8Gemm
 
