@@ -83,6 +83,21 @@ class EagerBackend(Backend):
                                den, weight_bytes=_bytes(unet))
 
 
+class _Contiguous(nn.Module):
+    """Hands the compiled graph the same memory layout every call.
+
+    The sampler passes the timestep as ``timesteps[i].expand(B)`` (stride 0); dynamo guards on
+    strides, so without this the warm-up graph is thrown away and recompiled mid-run.
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.contiguous(), t.contiguous(), cond.contiguous())
+
+
 class InductorBackend(Backend):
     """torch.compile (inductor) of one denoiser call; the K-step loop stays a short Python loop.
 
@@ -104,7 +119,11 @@ class InductorBackend(Backend):
         inductor_config.freezing = True
         unet = float_unet_copy(policy, device, precision)
         den = FloatOut(unet)
-        compiled = torch.compile(den, dynamic=False)
+        import torch._dynamo.config as dynamo_config
+
+        # One compiled graph per sampler; several samplers (K values, backends) live in one process.
+        dynamo_config.recompile_limit = max(int(getattr(dynamo_config, "recompile_limit", 8)), 64)
+        compiled = _Contiguous(torch.compile(den, dynamic=False))
         progress("compiling the denoiser with inductor (first call)")
         x = torch.zeros((1, policy.horizon, policy.action_dim), device=device)
         t = torch.zeros((1,), dtype=torch.long, device=device)
