@@ -153,7 +153,7 @@ def _f(x, fmt: str) -> str:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    head = ("| comparison | task | policy | backend / precision | K | planning | +latency | success | "
+    head = ("| comparison | task | policy | backend / precision | K | planning | +latency | success (n; 95 % CI) | "
             "time to success mean / median (s) | join jump max (rad / rad/s) | inference p50 (ms) | "
             "final distance median (cm) | target chosen (0/1) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -165,7 +165,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['group']} | {c['task']} | {r['policy']} | {c['backend']} / {c['precision']} | {c['steps']} | "
             f"{'sync' if c['sync'] else 'async'} | {c['latency_ms']:g} ms | "
-            f"{r['success_rate'] * 100:.0f} % ({r['successes']}/{r['episodes']}) | "
+            f"{r['success_rate'] * 100:.0f} % ({r['successes']}/{r['episodes']}; "
+            f"{r['success_ci95'][0] * 100:.0f}–{r['success_ci95'][1] * 100:.0f}) | "
             f"{_f(tts['mean'], '{:.2f}')} / {_f(tts['median'], '{:.2f}')} | "
             f"{jj['position_rad']:.4f} / {jj['velocity_rad_s']:.3f} | {_f(r['inference_ms_p50'], '{:.0f}')} | "
             f"{_f(r['final_distance_m']['median'] * 100 if r['final_distance_m']['median'] is not None else None, '{:.1f}')} | "

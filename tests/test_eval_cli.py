@@ -21,6 +21,8 @@ def test_two_short_episodes_write_the_documented_json(tmp_path, capsys):
     for key in ("success_rate", "episodes", "time_to_success", "join_jump_max", "conditions", "runs"):
         assert key in doc
     assert 0.0 <= doc["success_rate"] <= 1.0
+    lo, hi = doc["success_ci95"]
+    assert 0.0 <= lo <= doc["success_rate"] <= hi <= 1.0 and hi - lo > 0.3  # two episodes prove little
     assert doc["episodes"] == 2
     assert set(doc["time_to_success"]) >= {"mean", "median"}
     assert set(doc["join_jump_max"]) >= {"position_rad", "velocity_rad_s"}
