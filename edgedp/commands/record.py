@@ -98,9 +98,8 @@ def run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=console, transient=not console.is_terminal) as bar:
         job = bar.add_task("episodes", total=args.episodes, note="")
         for i in range(first, first + args.episodes):
-            if args.step_delay > 0:
-                time.sleep(args.step_delay * task.steps)
-            ep = record_episode(task, expert, args.seed + i)
+            pace = (lambda _i: time.sleep(args.step_delay)) if args.step_delay > 0 else None
+            ep = record_episode(task, expert, args.seed + i, on_step=pace)
             writer.add(ep)
             successes += int(ep.info["success"])
             bar.update(job, advance=1, note=f"expert success {successes}/{i - first + 1}")

@@ -9,7 +9,7 @@ it how to come back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -134,8 +134,10 @@ def make_scene(task: TaskConfig, joint_angles, seed: int = 0) -> Scene:
                  width=task.image_size, height=task.image_size, seed=seed, depth=False)
 
 
-def record_episode(task: TaskConfig, expert_cfg: ExpertConfig, seed: int) -> Episode:
-    """Run the expert for one episode; the scene's targets and the start pose come from ``seed``."""
+def record_episode(task: TaskConfig, expert_cfg: ExpertConfig, seed: int,
+                   on_step: Optional[Callable[[int], None]] = None) -> Episode:
+    """Run the expert for one episode; the scene's targets and the start pose come from ``seed``.
+    ``on_step(i)`` runs after each step (pacing, progress)."""
     q = np.zeros(len(task.link_lengths))
     scene = make_scene(task, lambda: q, seed=seed)
     targets = scene.reset(seed)
@@ -158,6 +160,8 @@ def record_episode(task: TaskConfig, expert_cfg: ExpertConfig, seed: int) -> Epi
         a = expert.act(q)
         actions[i] = a
         q[:] = a  # the kinematic twin reaches each target within one period
+        if on_step is not None:
+            on_step(i)
     info = {"seed": int(seed), "targets": targets.round(6).tolist(), "chosen_target": chosen,
             "reachable": bool(expert.reachable), "success": bool(scene.success()),
             "final_distance": round(scene.distance_to_target(), 6)}
