@@ -7,6 +7,7 @@ answer is one line and exit 2, quickly.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from edgedp.errors import UserError
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.checkpoint)
     # transient: the bar is erased when done, so a refusal or the summary is all that stays on screen.
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=make_console(stderr=True), transient=True) as bar:
+                  console=make_console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("starting", total=PROGRESS_STAGES)
 
         def progress(msg: str) -> None:
