@@ -120,7 +120,9 @@ class TaskConfig:
     image_size: int = 96
     period: float = 0.1
     steps: int = 30
-    start_noise: float = 0.4  # radians: the episode starts uniformly within this of the home pose
+    # Radians: the episode starts uniformly within this of the home pose. None: the task's default
+    # (see _task_start_noise): 0.4 for reach, 0 for reach_multimodal.
+    start_noise: Optional[float] = None
     home: Sequence[float] = (0.0, 0.0)
 
     def to_dict(self) -> dict:
@@ -129,9 +131,34 @@ class TaskConfig:
                 "steps": int(self.steps), "start_noise": float(self.start_noise), "home": [float(x) for x in self.home]}
 
 
-def make_scene(task: TaskConfig, joint_angles, seed: int = 0) -> Scene:
+# The start-pose noise each task gets unless told otherwise. reach_multimodal starts exactly at home:
+# its two targets are mirrored about the home direction, so a start pose off home would make one of
+# them nearer and the first observation would hint which one to take — the point of the task is
+# that nothing does, so a policy must commit to a mode (diffusion) or average them (regression).
+_TASK_START_NOISE = {"reach": 0.4, "reach_multimodal": 0.0}
+
+
+def _get_start_noise(self: TaskConfig) -> float:
+    value = self.__dict__.get("_start_noise")
+    return float(_TASK_START_NOISE.get(self.task, 0.4) if value is None else value)
+
+
+def _set_start_noise(self: TaskConfig, value: Optional[float]) -> None:
+    # The dataclass __init__ passes its default through here; a property object means "not given".
+    self.__dict__["_start_noise"] = None if value is None or isinstance(value, property) else float(value)
+
+
+# A property over the dataclass field: code that sets ``task.task`` after construction (the recorder
+# does) still gets that task's default, and readers of ``task.start_noise`` always see a number.
+TaskConfig.start_noise = property(_get_start_noise, _set_start_noise)  # type: ignore[assignment]
+
+
+def make_scene(task: TaskConfig, joint_angles, seed: int = 0,
+               joint_limits: Optional[Sequence[Sequence[float]]] = None) -> Scene:
+    """``joint_limits``: the multimodal targets are placed reachable within these (None: examples/sim.yaml's)."""
     return Scene(joint_angles, link_lengths=task.link_lengths, task=task.task, workspace=task.workspace,
-                 width=task.image_size, height=task.image_size, seed=seed, depth=False)
+                 width=task.image_size, height=task.image_size, seed=seed, depth=False,
+                 joint_limits=joint_limits)
 
 
 def record_episode(task: TaskConfig, expert_cfg: ExpertConfig, seed: int,
@@ -139,7 +166,7 @@ def record_episode(task: TaskConfig, expert_cfg: ExpertConfig, seed: int,
     """Run the expert for one episode; the scene's targets and the start pose come from ``seed``.
     ``on_step(i)`` runs after each step (pacing, progress)."""
     q = np.zeros(len(task.link_lengths))
-    scene = make_scene(task, lambda: q, seed=seed)
+    scene = make_scene(task, lambda: q, seed=seed, joint_limits=expert_cfg.joint_limits)
     targets = scene.reset(seed)
     rng = np.random.default_rng([seed, 1])  # independent of the scene's own draw from the same seed
     expert = ReachExpert(scene.arm, expert_cfg, task.period)
