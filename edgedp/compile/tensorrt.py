@@ -178,9 +178,11 @@ class TensorRTBackend(Backend):
             enc = torch.export.load(str(entry / "encoder.ep")).module()
             keys = list(policy.image_keys) + list(policy.state_keys)
 
-            def encoder(obs, _enc=enc, _keys=keys):
+            def run_encoder(obs, _enc=enc, _keys=keys):
                 prepared = policy.prepare_obs(obs)
                 return _enc(*[prepared[k].to(device) for k in _keys])
+
+            encoder = run_encoder
 
         from edgedp.compile.int8 import weight_bytes
 
