@@ -20,7 +20,7 @@ CORE = [
 EXTRAS = {
     # pyrealsense2 wheels exist for x86_64/aarch64 Linux on PyPI; on a Jetson, build librealsense.
     "realsense": ["pyrealsense2>=2.54"],
-    "tensorrt": ["torch-tensorrt>=2.2"],
+    "tensorrt": ["torch-tensorrt>=2.2", "nvidia-modelopt"],
     "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     "test": [
         "pytest>=7",

@@ -8,6 +8,7 @@ the virtual RealSense.
 """
 from __future__ import annotations
 
+from example_configs import load_example
 import json
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def test_time_offset_file_is_read_and_checked(tmp_path):
 
 
 def _sim_cfg(tmp_path, **robot):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = load_example()
     data["rates"]["servo_hz"] = 250
     data["safety"]["start_ramp_time"] = 0.5
     data["telemetry"]["live"] = False

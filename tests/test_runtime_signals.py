@@ -1,6 +1,7 @@
 """`edgedp run` as a user runs it: SIGTERM and Ctrl-C stop it cleanly, with the servo process gone."""
 from __future__ import annotations
 
+from example_configs import load_example
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "sigterm")])
 def test_signal_stops_the_run_cleanly(tmp_path, sig, name):
-    data = yaml.safe_load((ROOT / "examples" / "sim.yaml").read_text())
+    data = load_example()
     data["rates"]["servo_hz"] = 250
     data["rates"]["servo_in_process"] = sig == signal.SIGTERM  # one of each mode
     data["safety"]["start_ramp_time"] = 0.5
@@ -94,7 +95,7 @@ def test_ctrl_c_in_process_stops_the_run(tmp_path):
     from edgedp.config import parse_config
     from edgedp.runtime.lifecycle import Runtime
 
-    data = yaml.safe_load((ROOT / "examples" / "sim.yaml").read_text())
+    data = load_example()
     data["rates"]["servo_hz"] = 250
     data["safety"]["start_ramp_time"] = 0.5
     cfg = parse_config(data, base=ROOT / "examples")

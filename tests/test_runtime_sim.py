@@ -3,6 +3,7 @@ rendering the simulated arm, the `small` preset policy, the planner and the serv
 """
 from __future__ import annotations
 
+from example_configs import load_example
 import json
 import multiprocessing
 import threading
@@ -23,7 +24,7 @@ SCHEMA_KEYS = ("servo_rate_hz", "servo_period_error_us", "inference_ms", "overru
 
 
 def _cfg(**changes):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = load_example()
     data["rates"]["servo_hz"] = 250  # kinder to a shared 2-core machine; the logic is rate-independent
     data["safety"]["start_ramp_time"] = 0.5
     data["telemetry"]["live"] = False
@@ -126,7 +127,7 @@ def test_sim_loop_process_mode(tmp_path, join):
 
 
 def test_cli_run_rejects_bad_config_before_opening_anything(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = load_example()
     data["cameras"][0]["policy_key"] = "observation.images.wrist"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
@@ -137,7 +138,7 @@ def test_cli_run_rejects_bad_config_before_opening_anything(tmp_path, capsys):
     assert main(["run", str(EXAMPLE), "--duration", "-1"]) == 2
     assert "--duration" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = load_example()
     data["robot"]["bus"]["port"] = str(tmp_path / "ttyUSB9")
     data["cameras"] = []
     data["policy"]["checkpoint"] = "preset:small"

@@ -6,6 +6,7 @@ without the wheel). Everything else is real: the scene, the emulated servos, the
 """
 from __future__ import annotations
 
+from example_configs import load_example
 import json
 import sys
 import threading
@@ -100,7 +101,7 @@ def no_realsense(monkeypatch):
 def _cfg(**changes):
     from edgedp.config import parse_config
 
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = load_example()
     data["rates"]["servo_hz"] = 250
     data["safety"]["start_ramp_time"] = 0.5
     data["telemetry"]["live"] = False
