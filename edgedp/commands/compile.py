@@ -26,8 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps K (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", default=None, help="cache directory (default ~/.cache/edgedp/compiled or $EDGEDP_CACHE/compiled)")
-    p.add_argument("--calib", default=None, help=".npz of recorded observations (feature key -> (N, n_obs, ...)); "
-                                                 "default: synthetic scenes")
+    p.add_argument("--calib", default=None,
+                   help="observations to calibrate on and gate with: an episode dataset folder (edgedp record; "
+                        "episodes split into calibration and held-out halves), 'sim' (frames rendered by the "
+                        "simulated scene), 'synthetic', or a .npz (feature key -> (N, n_obs, ...)); default: sim "
+                        "for checkpoints whose features match the sim task, synthetic otherwise")
     p.add_argument("--max-rmse", type=float, default=None, help="gate: largest RMSE vs float32 actions (normalized units)")
     p.add_argument("--max-abs", type=float, default=None, help="gate: largest |error| vs float32 actions (normalized units)")
     p.add_argument("--gate-samples", type=int, default=4, help="held-out observations the gate compares on (default 4)")
@@ -78,8 +81,22 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"build time {report.build_s:.1f} s; weights streamed per step {cs.weight_bytes / 1e6:.1f} MB")
     if cs.info.get("float_layers"):
         console.print(f"kept in float32 after calibration: {', '.join(cs.info['float_layers'])}")
+    if report.calibration:
+        console.print(f"observations: {describe_calibration(report.calibration)}")
     if report.gate is not None:
         console.print(report.gate.line())
         if not report.gate.passed:
             console.print("[yellow]accepted because of --allow-inaccurate[/]")
     return 0
+
+
+def describe_calibration(c: dict) -> str:
+    """One line saying which observations calibrated the build and which were held out for the gate."""
+    src = c.get("source", "?")
+    if c.get("kind") == "dataset":
+        cal, held = c.get("calib_episodes", []), c.get("heldout_episodes", [])
+        return (f"episode dataset {c.get('path')}: {c.get('n_calib')} windows from {len(cal)} calibration episodes, "
+                f"{c.get('n_heldout')} held-out windows from {len(held)} other episodes")
+    if "n_calib" in c:
+        return f"{src}: {c['n_calib']} calibration, {c['n_heldout']} held-out"
+    return str(src)

@@ -57,6 +57,7 @@ class CompileReport:
     build_s: float = 0.0
     gate: GateResult | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # which observations calibrated/gated (see quantize)
 
 
 def _resolve_steps(policy: Any, steps: int | None) -> int:
@@ -91,7 +92,11 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
         say(f"cache hit: {found.path}")
         cs = b.load(policy, precision, k, dev, found.path, say)
         result = None
-        recorded = (found.manifest or {}).get("gate")
+        manifest = found.manifest or {}
+        calibration = dict(manifest.get("calibration_detail") or {})
+        if manifest.get("calibration") and "source" not in calibration:
+            calibration["source"] = manifest["calibration"]
+        recorded = manifest.get("gate")
         if recorded:
             result = GateResult(recorded["rmse"], recorded["max_abs"], recorded["max_rmse"],
                                 recorded["max_abs_limit"], recorded["n"], recorded["source"])
@@ -100,12 +105,13 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
             sets = observation_sets(policy, calib, n_calib=gate_samples, n_heldout=gate_samples)
             ref = get_backend("eager").build(policy, "fp32", k, dev, found.path, None, say)
             result = accuracy_gate(ref, cs, sets, k, max_rmse, max_abs)
+            calibration = {"source": sets.source, **sets.detail, "note": "gate re-checked on a cache hit"}
         accepted = bool((found.manifest or {}).get("allowed_inaccurate")) and recorded is not None \
             and result.max_rmse == recorded["max_rmse"] and result.max_abs_limit == recorded["max_abs_limit"]
         if result is not None and needs_gate and not result.passed and not (allow_inaccurate or accepted):
             raise UserError(f"refusing {backend}/{precision}: {result.line()}; "
                             f"rerun with --allow-inaccurate to accept it")
-        return CompileReport(cs, "hit", "", found.path, 0.0, result, found.manifest or {})
+        return CompileReport(cs, "hit", "", found.path, 0.0, result, found.manifest or {}, calibration)
 
     state = found.state if not (force and found.state == "hit") else "stale"
     reason = found.reason or ("--force" if force else "")
@@ -130,6 +136,7 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
         extra = {"build_s": round(build_s, 3), "weight_bytes": cs.weight_bytes, "info": cs.info,
                  "gate": result.to_dict() if result else None,
                  "calibration": sets.source if sets else None,
+                 "calibration_detail": {"source": sets.source, **sets.detail} if sets else None,
                  "allowed_inaccurate": bool(result and not result.passed)}
         manifest = cache_mod.commit(build_dir, found.path, key, extra)
     except BaseException:
@@ -140,7 +147,8 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
         import os
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((found.path / "inductor").resolve())
-    return CompileReport(cs, state, reason, found.path, build_s, result, manifest)
+    calibration = {"source": sets.source, **sets.detail} if sets else {}
+    return CompileReport(cs, state, reason, found.path, build_s, result, manifest, calibration)
 
 
 def get_compiled_sampler(policy: Any, backend: str, precision: str, steps: int | None, device: str | torch.device,

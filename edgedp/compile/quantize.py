@@ -10,15 +10,23 @@ Where observations come from (documented in docs/compile.md):
 * ``--calib FILE.npz``: recorded observations, one array per policy feature key with a leading
   sample axis, shape (N, n_obs_steps, ...) (images uint8 HxWx3 or float 3xHxW in [0, 1]).
   The first half calibrates, the second half is held out for the gate.
-* otherwise synthetic observations: top-down scenes of coloured blocks and discs on a plain table
-  (what the simulated Push-T-like scene looks like) for images, and states drawn uniformly
-  inside the policy's own normalization range.  Calibration and gate use different seeds.
+* ``--calib DATASET_DIR``: an edgedp episode dataset (``edgedp record``).  Observation windows are
+  built as training builds them (frames t-n_obs+1..t, clamped at the episode start); episodes are
+  split into a calibration half and a held-out half, so the gate never sees an episode the
+  calibration saw (a window from a seen episode shares frames with the calibration windows).
+* ``--calib sim``: frames rendered by the simulated scene (firmware_bridge/sim): random arm poses
+  within the joint limits, a short motion between the n_obs frames, random targets.  The default
+  when the checkpoint's features are the sim's (one 3-channel image, a 2-joint state) or it was
+  trained by ``edgedp train``: those are the observations it will see at run time.
+* ``--calib synthetic`` (the default for any other checkpoint): top-down scenes of coloured blocks
+  and discs on a plain table for images, and states drawn uniformly inside the policy's own
+  normalization range.  Calibration and gate use different seeds.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +107,124 @@ def recorded_observations(path: str | Path, policy: Any) -> list[dict[str, np.nd
     return [{k: data[k][i] for k in keys} for i in range(n)]
 
 
+SIM_JOINTS = 2  # the simulated planar arm (firmware_bridge/sim): what a sim-task checkpoint's state holds
+SIM_MAX_SPEED = 1.5  # rad/s: the recorder's expert moves no faster, so frame-to-frame motion stays in range
+SIM_PERIOD = 0.1  # s between observation frames (examples/sim.yaml's action period)
+
+
+def matches_sim(policy: Any) -> bool:
+    """True for a checkpoint that sees what the simulated scene shows: one RGB image and the arm's joints.
+
+    Provenance counts too: a checkpoint written by ``edgedp train`` was trained on sim episodes.
+    """
+    spec = policy.spec
+    prov = getattr(spec, "provenance", None) or {}
+    if isinstance(prov, dict) and prov.get("command") == "edgedp train":
+        return True
+    images = list(spec.image_features.values())
+    states = list(spec.state_features.values())
+    return (len(images) == 1 and int(images[0][0]) == 3 and len(states) == 1
+            and int(states[0][0]) == SIM_JOINTS)
+
+
+def sim_observations(policy: Any, n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Observation windows rendered by the simulated scene at random arm poses and targets.
+
+    Each sample: a target drawn by the scene (seeded), the newest pose uniform within the joint
+    limits, and earlier frames stepped back along a random direction at up to the expert's speed,
+    so the n_obs frames show the motion a running arm shows.
+    """
+    from edgedp.errors import UserError
+    from firmware_bridge.sim.scene import DEFAULT_JOINT_LIMITS, Scene
+
+    if not matches_sim(policy):
+        raise UserError("--calib sim needs a checkpoint whose features match the simulated scene (one RGB image "
+                        f"and a {SIM_JOINTS}-joint state); this one has images {dict(policy.spec.image_features)} "
+                        f"and states {dict(policy.spec.state_features)}")
+    (img_key, img_shape), = policy.spec.image_features.items()
+    (state_key, _), = policy.spec.state_features.items()
+    _, h, w = (int(x) for x in img_shape)
+    lim = np.asarray(DEFAULT_JOINT_LIMITS, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    q = np.zeros(SIM_JOINTS)
+    scene = Scene(lambda: q, width=w, height=h, seed=seed, depth=False)
+    out = []
+    for _ in range(n):
+        scene.reset(int(rng.integers(0, 2**31 - 1)))
+        q_now = rng.uniform(lim[:, 0], lim[:, 1])
+        direction = rng.normal(size=SIM_JOINTS)
+        step = direction / max(float(np.linalg.norm(direction)), 1e-9) * rng.uniform(0, SIM_MAX_SPEED) * SIM_PERIOD
+        frames, states = [], []
+        for back in range(policy.n_obs_steps - 1, -1, -1):
+            q[:] = np.clip(q_now - back * step, lim[:, 0], lim[:, 1])
+            frames.append(scene.render()[0])
+            states.append(q.astype(np.float32))
+        out.append({img_key: np.stack(frames), state_key: np.stack(states)})
+    return out
+
+
+def _episode_windows(ep: dict[str, np.ndarray], ts: np.ndarray, n_obs: int, img_key: str, state_key: str
+                     ) -> list[dict[str, np.ndarray]]:
+    """Frames t-n_obs+1..t clamped at the episode start: edgedp.sim_task.train.WindowSampler's rule."""
+    from edgedp.sim_task.dataset import IMAGE_KEY, STATE_KEY
+
+    out = []
+    for t in ts:
+        idx = np.clip(np.arange(int(t) - n_obs + 1, int(t) + 1), 0, len(ep[STATE_KEY]) - 1)
+        out.append({img_key: ep[IMAGE_KEY][idx], state_key: ep[STATE_KEY][idx].astype(np.float32)})
+    return out
+
+
+def dataset_observations(path: str | Path, policy: Any, n_calib: int, n_heldout: int, seed: int = 0
+                         ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], dict[str, Any]]:
+    """(calibration windows, held-out windows, split) from an edgedp episode dataset.
+
+    Episodes, not windows, are split (shuffled by `seed`, first half calibrates): consecutive
+    windows of one episode share frames, so a window-level split would leak into the gate.
+    """
+    from edgedp.errors import UserError
+    from edgedp.sim_task.dataset import IMAGE_KEY, STATE_KEY, DatasetError, EpisodeDataset
+
+    try:
+        ds = EpisodeDataset(path)
+    except DatasetError as exc:
+        raise UserError(f"--calib: {exc}") from None
+    imgs, states = policy.spec.image_features, policy.spec.state_features
+    if len(imgs) != 1 or len(states) != 1:
+        raise UserError(f"--calib {path}: an episode dataset holds one image and one state, but the checkpoint "
+                        f"wants images {list(imgs)} and states {list(states)}")
+    (img_key, img_shape), = imgs.items()
+    (state_key, state_shape), = states.items()
+    feats = ds.info.get("features", {})
+    ds_img = list(feats.get(IMAGE_KEY, {}).get("shape", []))
+    ds_state = list(feats.get(STATE_KEY, {}).get("shape", []))
+    want_img = [int(img_shape[1]), int(img_shape[2]), int(img_shape[0])]
+    if ds_img != want_img or ds_state != [int(state_shape[0])]:
+        raise UserError(f"--calib {path}: dataset features image {ds_img}, state {ds_state} do not match the "
+                        f"checkpoint's image {want_img} (HxWxC), state {[int(state_shape[0])]}")
+    if len(ds) < 2:
+        raise UserError(f"--calib {path}: {len(ds)} episode(s); at least 2 are needed (one to calibrate, one held out)")
+    rng = np.random.default_rng(seed)
+    order = [int(i) for i in rng.permutation(len(ds))]
+    half = len(order) // 2
+    split = {"calib_episodes": sorted(order[:half]), "heldout_episodes": sorted(order[half:])}
+
+    def draw(episodes: list[int], n: int) -> list[dict[str, np.ndarray]]:
+        # Spread n windows over the episodes (round robin), each at a random time step.
+        per: dict[int, int] = {}
+        for j in range(n):
+            e = episodes[j % len(episodes)]
+            per[e] = per.get(e, 0) + 1
+        out = []
+        for e, k in per.items():
+            ep = ds.load_episode(e)
+            ts = rng.integers(0, len(ep[STATE_KEY]), size=k)
+            out.extend(_episode_windows(ep, ts, policy.n_obs_steps, img_key, state_key))
+        return out
+
+    return draw(split["calib_episodes"], n_calib), draw(split["heldout_episodes"], n_heldout), split
+
+
 @dataclass
 class ObservationSets:
     """Global conditions for calibration and for the held-out gate, with where they came from."""
@@ -106,21 +232,44 @@ class ObservationSets:
     calib: torch.Tensor
     heldout: torch.Tensor
     source: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def default_calib_source(policy: Any) -> str:
+    """What calibrates when no --calib is given: the sim scene for sim checkpoints, synthetic scenes otherwise."""
+    return "sim" if matches_sim(policy) else "synthetic"
 
 
 def observation_sets(policy: Any, source: str | Path | None = None, n_calib: int = 8, n_heldout: int = 8,
                      seed: int = 0) -> ObservationSets:
-    if source:
-        obs = recorded_observations(source, policy)
-        half = len(obs) // 2
-        cal, held, src = obs[:half], obs[half:], f"recorded:{source}"
-    else:
+    from edgedp.errors import UserError
+
+    src_arg = str(source) if source else default_calib_source(policy)
+    detail: dict[str, Any] = {"kind": src_arg if src_arg in ("sim", "synthetic") else None}
+    if src_arg == "sim":
+        cal = sim_observations(policy, n_calib, seed)
+        held = sim_observations(policy, n_heldout, seed + 10_000)
+        src = "simulated-scene"
+    elif src_arg == "synthetic":
         cal = synthetic_observations(policy, n_calib, seed)
         held = synthetic_observations(policy, n_heldout, seed + 10_000)
         src = "synthetic"
+    elif Path(src_arg).is_dir():
+        cal, held, split = dataset_observations(src_arg, policy, n_calib, n_heldout, seed)
+        src = f"dataset:{src_arg}"
+        detail = {"kind": "dataset", "path": str(Path(src_arg).resolve()), **split}
+    elif Path(src_arg).is_file():
+        obs = recorded_observations(src_arg, policy)
+        half = len(obs) // 2
+        cal, held, src = obs[:half], obs[half:], f"recorded:{src_arg}"
+        detail = {"kind": "npz", "path": str(Path(src_arg).resolve()), "calib_samples": half,
+                  "heldout_samples": len(obs) - half}
+    else:
+        raise UserError(f"--calib {src_arg}: not found (give an episode dataset folder, a .npz, 'sim' or 'synthetic')")
+    detail.update({"n_calib": len(cal), "n_heldout": len(held), "seed": seed})
     enc = lambda xs: torch.cat([policy.encode(o).float().cpu() for o in xs], dim=0)  # noqa: E731
     with torch.inference_mode():
-        return ObservationSets(enc(cal), enc(held), src)
+        return ObservationSets(enc(cal), enc(held), src, detail)
 
 
 def fixed_noise(policy: Any, n: int, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
