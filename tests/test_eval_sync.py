@@ -21,6 +21,7 @@ SIM = Path(__file__).resolve().parents[1] / "examples" / "sim.yaml"
 @pytest.fixture(scope="module")
 def session():
     cfg = load_config(SIM)
+    cfg.policy.checkpoint = "preset:small"  # random weights: with K = 1 every chunk is a new random pose
     cfg.policy.steps = 1
     s = EvalSession(cfg)
     s.open()
