@@ -134,7 +134,7 @@ def test_success_is_reaching_any_target():
 
     multi = Scene(q, task="reach_multimodal", seed=2)
     assert multi.targets.shape == (2, 2)
-    np.testing.assert_allclose(multi.targets[1], multi.targets[0] * [-1, 1])
+    np.testing.assert_allclose(multi.targets[1], multi.targets[0] * [1, -1])  # mirrored about the home direction (+x)
     blobs = _blob_centroids(multi.render()[0], R.TARGET)
     assert len(blobs) == 2
     for t in multi.targets:
