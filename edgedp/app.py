@@ -248,7 +248,7 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
             sc = cfg.scene
             scene = Scene(_joint_angles_from_emulator(emulator, cfg.robot.joints), link_lengths=sc.link_lengths,
                           task=sc.task, workspace=sc.workspace, width=cam.width, height=cam.height, seed=sc.seed,
-                          depth=cam.depth)
+                          depth=cam.depth, joint_limits=[(j.min, j.max) for j in cfg.robot.joints])
             if realsense_missing is not None:
                 from firmware_bridge.sim.scene_camera import SceneCamera
 

@@ -316,7 +316,7 @@ def _open_scene_camera(cfg, name: Optional[str], bus) -> tuple:
 
     sc = cfg.scene
     scene = Scene(angles, link_lengths=sc.link_lengths, task=sc.task, workspace=sc.workspace, width=cam.width,
-                  height=cam.height, seed=sc.seed, depth=False)
+                  height=cam.height, seed=sc.seed, depth=False, joint_limits=[(j.min, j.max) for j in cfg.robot.joints])
     dev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps).start()
     return RealSenseCamera(RealSenseSettings(serial=dev.serial, width=cam.width, height=cam.height, fps=cam.fps,
                                              name=cam.name)), [dev.close]
