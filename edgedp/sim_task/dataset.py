@@ -25,7 +25,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -57,13 +57,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a reader sees the old file or the new one, never a part."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], suffix: str = "") -> None:
+    """Replace ``path`` with what ``write`` puts in a binary file, so a reader sees the old file or the new
+    one, never a part: temp file in the same folder, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -74,6 +75,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text flavour of atomic_write (metadata and the episode index)."""
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def episode_file(index: int) -> str:
@@ -143,20 +149,7 @@ class DatasetWriter:
         arrays = {IMAGE_KEY: episode.image, STATE_KEY: episode.state.astype(np.float32),
                   ACTION_KEY: episode.action.astype(np.float32), "timestamp": episode.timestamp.astype(np.float32),
                   "frame_index": np.arange(n, dtype=np.int64)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), suffix=".npz")
         entry = {"episode_index": index, "length": n, "file": rel, **episode.info}
         lines = "".join(json.dumps(e) + "\n" for e in [*self.episodes, entry])
         atomic_write_text(self.root / "meta" / "episodes.jsonl", lines)  # the commit point
