@@ -297,7 +297,7 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
         image_shapes={k: tuple(shapes[k]) for k in image_keys},
         make_bus=factory, bus_errors=bus_errors(), servo=params, servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
-        camera_delay=camera_delay, command_delay=command_delay,
+        camera_delay=camera_delay, command_delay=command_delay, sync=p.sync,
         closers=closers, starters=starters, config_summary=summary,
     )
     parts.scene = scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)

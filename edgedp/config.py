@@ -168,6 +168,7 @@ class PolicyConfig(_Strict):
     state_key: Optional[str] = Field(None, description="checkpoint feature fed with joint positions")
     cache_dir: Optional[Path] = None
     extra_latency_ms: float = Field(0.0, ge=0, description="inject latency into every inference (evaluation)")
+    sync: bool = Field(False, description="synchronous planning: the arm holds while the policy thinks (a baseline)")
 
     @field_validator("device")
     @classmethod

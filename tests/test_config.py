@@ -151,3 +151,9 @@ def test_cli_check_exit_codes(tmp_path):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[0].startswith("edgedp check: robot.joints[1].id: duplicate joint id 1")
+
+
+def test_sync_planning_switch_defaults_off_and_parses():
+    assert parse_config(copy.deepcopy(GOOD), base=Path.cwd()).policy.sync is False
+    assert parse_config(_with("policy.sync", True), base=Path.cwd()).policy.sync is True
+    assert any(p.startswith("policy.sync") for p in _errors(_with("policy.sync", "sometimes")))
