@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls per stage (default 2)")
     p.add_argument("--rmse-samples", type=int, default=2, help="held-out observations for the action error (default 2)")
     p.add_argument("--cache", default=None, help="compiled-sampler cache directory")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for every backend and the reference (default: torch's choice; 1 is steadier on a shared machine)")
 
 
 def parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
@@ -61,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     from edgedp.console import make_console
     from edgedp.policy_loading import load_policy
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if (args.checkpoint is None) == (args.preset is None):
         raise UserError("give exactly one of CKPT or --preset NAME")
     ref = args.checkpoint or f"preset:{args.preset}"
