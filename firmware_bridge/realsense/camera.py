@@ -35,6 +35,7 @@ import pyrealsense2 as rs
 from firmware_bridge.realsense.clock import AnchoredClock, DeviceClock
 from firmware_bridge.realsense.discovery import find_device
 from firmware_bridge.realsense.errors import CameraDisconnected, CameraError, CameraNotFound, CameraSettingError
+from firmware_bridge.newest_frame import NewestFrameWaiter
 from firmware_bridge.types import Frame, Intrinsics
 
 RECORDING_SUFFIXES = (".bag", ".db3")
@@ -102,7 +103,7 @@ class _Open:
     keep: list = field(default_factory=list)  # objects that must outlive the sensors (context)
 
 
-class RealSenseCamera:
+class RealSenseCamera(NewestFrameWaiter):
     """Implements firmware_bridge.types.Camera for RealSense sources (see module docstring)."""
 
     def __init__(self, settings: RealSenseSettings, find: Callable[[Optional[str]], rs.device] = find_device):
@@ -165,22 +166,8 @@ class RealSenseCamera:
             self._cond.notify_all()
 
     # -- extras -----------------------------------------------------------------------------------
-    def wait_for_frame(self, timeout: float = 1.0, after_seq: Optional[int] = None) -> Optional[RealSenseFrame]:
-        """Block until a frame newer than ``after_seq`` (default: the current one) arrives; None on timeout
-        or when a file has ended. Raises CameraDisconnected when the driver gave up."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            if after_seq is None:
-                after_seq = self._latest.seq if self._latest is not None else 0
-            while True:
-                if self.error is not None:
-                    raise self.error
-                if self._latest is not None and self._latest.seq > after_seq:
-                    return self._latest
-                left = deadline - time.monotonic()
-                if left <= 0 or self.ended or self._stop.is_set():
-                    return None
-                self._cond.wait(left)
+    def _no_more_frames(self) -> bool:
+        return self.ended or self._stop.is_set()
 
     def subscribe(self, fn: Callable[[RealSenseFrame], None]) -> None:
         """Call ``fn(frame)`` in the driver thread for every frame (recording tools, tests); keep it short."""

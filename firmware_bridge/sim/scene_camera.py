@@ -20,6 +20,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from firmware_bridge.newest_frame import NewestFrameWaiter
 from firmware_bridge.types import Frame, Intrinsics
 
 RenderFn = Callable[[float], Tuple[np.ndarray, Optional[np.ndarray]]]
@@ -29,7 +30,7 @@ class SceneCameraError(RuntimeError):
     """The render callable failed; the camera stopped producing frames."""
 
 
-class SceneCamera:
+class SceneCamera(NewestFrameWaiter):
     """Camera protocol over a render callable (normally ``Scene.render``), no pyrealsense2 needed."""
 
     def __init__(self, render: RenderFn, intrinsics: Intrinsics, fps: int = 30, depth: bool = False,
@@ -79,21 +80,8 @@ class SceneCamera:
             self._cond.notify_all()
 
     # -- extras (same names as the RealSense driver) ------------------------------------------------
-    def wait_for_frame(self, timeout: float = 1.0, after_seq: Optional[int] = None) -> Optional[Frame]:
-        """Block until a frame newer than ``after_seq`` (default: the current one); None on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            if after_seq is None:
-                after_seq = self._latest.seq if self._latest is not None else 0
-            while True:
-                if self.error is not None:
-                    raise self.error
-                if self._latest is not None and self._latest.seq > after_seq:
-                    return self._latest
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return None
-                self._cond.wait(left)
+    def _no_more_frames(self) -> bool:
+        return self._stop.is_set()
 
     def counters(self) -> dict:
         """For telemetry: the RealSense driver's keys (nothing here can reconnect or time out) plus render time."""
