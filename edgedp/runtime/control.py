@@ -11,7 +11,7 @@ from multiprocessing import shared_memory
 import atomics
 import numpy as np
 
-from edgedp.runtime.ring import AtomicU64, _attach_shm
+from edgedp.runtime.ring import AtomicU64, _attach_shm, _release_shm
 
 PHASES = ("starting", "waiting", "ramping", "running", "stopping", "stopped", "failed")
 LIVE = ("ticks", "overruns", "bus_errors", "safety_clamps", "joins", "uncovered_ticks", "period_error_us",
@@ -68,9 +68,4 @@ class Control:
         self._phase.close()
         self._stop = self._phase = None
         shm, self._shm = self._shm, None
-        shm.close()
-        if self._owner:
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
+        _release_shm(shm, self._owner)

@@ -222,12 +222,7 @@ class ChunkRing:
         self._reading.close()
         self._pub = self._reading = None
         shm, self._shm = self._shm, None
-        shm.close()
-        if self._owner:
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
+        _release_shm(shm, self._owner)
 
     def __enter__(self) -> "ChunkRing":
         return self
@@ -239,6 +234,16 @@ class ChunkRing:
 def _crc(act: np.ndarray, n: int, seq: int, t0: float, dt: float) -> int:
     head = np.array([seq, 0], dtype=np.uint64).tobytes() + np.array([t0, dt]).tobytes()
     return zlib.crc32(act[:n].tobytes(), zlib.crc32(head))
+
+
+def _release_shm(shm: shared_memory.SharedMemory, owner: bool) -> None:
+    """Close this end's mapping; the creating end also removes the block (already gone is fine)."""
+    shm.close()
+    if owner:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _attach_shm(name: str) -> shared_memory.SharedMemory:
