@@ -192,14 +192,10 @@ def load_native(directory: str | os.PathLike, device: str | torch.device = "cpu"
                 f"{wf}: tensor {k!r} has shape {tuple(tensors[k].shape)}, the spec needs {tuple(ref.shape)}")
         if tensors[k].dtype.is_floating_point != ref.dtype.is_floating_point:
             raise NativeCheckpointError(f"{wf}: tensor {k!r} has dtype {tensors[k].dtype}, expected {ref.dtype}")
-    policy.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
-    policy.to(device)
-    if num_inference_steps is not None:
-        try:
-            policy.set_num_inference_steps(num_inference_steps)
-        except ValueError as exc:
-            raise NativeCheckpointError(f"{p}: {exc}") from None
-    return policy.eval()
+    try:
+        return policy.adopt_weights(tensors, device, num_inference_steps)
+    except ValueError as exc:
+        raise NativeCheckpointError(f"{p}: {exc}") from None
 
 
 def checkpoint_hash(directory: str | os.PathLike) -> str:

@@ -145,6 +145,21 @@ class DiffusionPolicy(nn.Module):
     def num_inference_steps(self) -> int:
         return int(self.sampler.num_steps)
 
+    def adopt_weights(self, state: dict, device: str | torch.device = "cpu",
+                      num_inference_steps: int | None = None) -> "DiffusionPolicy":
+        """Take checked weights, move to ``device``, set K and switch to eval: the common end of every loader.
+
+        The values are copied into the policy's own tensors: tensors straight from a safetensors or zip
+        buffer may be misaligned, which makes oneDNN pick other kernels (different rounding, slower).
+        A bad K raises ValueError; loaders turn it into their own one-line error.
+        """
+        want = self.state_dict()
+        self.load_state_dict({k: v.to(dtype=want[k].dtype) for k, v in state.items()}, strict=True)
+        self.to(device)
+        if num_inference_steps is not None:
+            self.set_num_inference_steps(num_inference_steps)
+        return self.eval()
+
     def set_num_inference_steps(self, k: int | None) -> None:
         """Change K (DDIM: any K without retraining); the next call rebuilds the sampler."""
         self._num_inference_steps = k

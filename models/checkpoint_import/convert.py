@@ -117,13 +117,7 @@ def build_policy(imp: ImportedPolicy, num_inference_steps: int | None = None, de
                 sd[k] = sd[k].reshape(ref.shape)
             else:
                 raise CheckpointError(f"{name}: {k} has shape {tuple(sd[k].shape)}, native needs {tuple(ref.shape)}")
-    # Copied into the policy's own (aligned) tensors: tensors straight from a safetensors/zip buffer may
-    # be misaligned, which makes oneDNN pick other kernels (different rounding, slower).
-    policy.load_state_dict({k: v.to(dtype=want[k].dtype) for k, v in sd.items()}, strict=True)
-    policy.to(device)
-    if num_inference_steps is not None:
-        try:
-            policy.set_num_inference_steps(num_inference_steps)
-        except ValueError as err:
-            raise CheckpointError(f"{name}: K={num_inference_steps}: {err}") from None
-    return policy.eval()
+    try:
+        return policy.adopt_weights(sd, device, num_inference_steps)
+    except ValueError as err:
+        raise CheckpointError(f"{name}: K={num_inference_steps}: {err}") from None
