@@ -21,12 +21,7 @@ LOWDIM = FIXTURES / "diffusion_policy" / "lowdim_pusht" / "checkpoint.ckpt"
 LEROBOT = FIXTURES / "lerobot" / "pusht_1cam" / "pretrained_model"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _need(p: Path) -> Path:

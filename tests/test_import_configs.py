@@ -22,13 +22,7 @@ from models.spec import EncoderSpec, NormalizationSpec, PolicySpec, UnetSpec
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded like the references; on a shared 2-core box this is also ~10x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _random_policy(spec: PolicySpec, seed: int = 0) -> DiffusionPolicy:
     torch.manual_seed(seed)

@@ -20,13 +20,7 @@ NORM_TOL = 1e-5
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded like the references; on a shared 2-core box this is also ~10x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _dirs() -> list[str]:
     if not FIXTURES.is_dir():

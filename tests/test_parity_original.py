@@ -24,13 +24,7 @@ RUNS = {"ddim10": ("ddim", 10), "ddim16": ("ddim", 16), "ddpm100": ("ddpm", 100)
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded like the references; on a shared 2-core box this is also ~10x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _fixture_dir(name: str) -> Path:
     d = FIXTURES / name
