@@ -10,7 +10,7 @@ plain prefix rename, loads with no reshaping:
     mid_modules.{0,1}.*                             ConditionalResidualBlock1D
     up_modules.<i>.{0,1}.*                          ConditionalResidualBlock1D (block 0 takes the skip concat)
     up_modules.<i>.2.conv.{weight,bias}             Upsample1d (ConvTranspose1d)
-    final_conv.0.block.{0,1}.*                      Conv1dBlock (Conv1d + GroupNorm)
+    final_conv.0.block.{0,1}.*                      Conv1dBlock (Conv1d + GroupNorm(8), NOT n_groups)
     final_conv.1.{weight,bias}                      Conv1d(start_dim, input_dim, 1)
 
     ConditionalResidualBlock1D:
@@ -31,6 +31,9 @@ import torch
 from torch import nn
 
 Timestep = Union[torch.Tensor, int]
+
+# GroupNorm groups of final_conv.0 in both references (Conv1dBlock's default; n_groups is not passed).
+FINAL_CONV_GROUPS = 8
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -144,6 +147,9 @@ class ConditionalUnet1D(nn.Module):
         down_dims = [int(d) for d in down_dims]
         if not down_dims:
             raise ValueError("down_dims must list at least one channel count")
+        if down_dims[0] % FINAL_CONV_GROUPS:
+            raise ValueError(f"down_dims[0]={down_dims[0]} must be divisible by {FINAL_CONV_GROUPS} "
+                             "(the final conv block's GroupNorm always has 8 groups, as in both references)")
         self.input_dim = int(input_dim)
         self.global_cond_dim = int(global_cond_dim)
         self.down_dims = tuple(down_dims)
@@ -191,8 +197,11 @@ class ConditionalUnet1D(nn.Module):
                 )
             )
 
+        # Both references build the final block with Conv1dBlock's default of 8 groups, whatever
+        # n_groups says; the weights have the same shapes either way, so only this line keeps an
+        # n_groups != 8 checkpoint computing what it was trained to compute.
         self.final_conv = nn.Sequential(
-            Conv1dBlock(start_dim, start_dim, kernel_size=kernel_size, n_groups=n_groups),
+            Conv1dBlock(start_dim, start_dim, kernel_size=kernel_size, n_groups=FINAL_CONV_GROUPS),
             nn.Conv1d(start_dim, self.input_dim, 1),
         )
 
