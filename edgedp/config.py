@@ -203,10 +203,11 @@ class TelemetryConfig(_Strict):
 class SceneConfig(_Strict):
     """The simulated scene that couples the emulated arm and the virtual camera (sim runs only)."""
 
-    task: Literal["reach", "reach_multimodal", "none"] = "reach"
+    task: Literal["reach", "reach_multimodal", "pusht", "none"] = "reach"
     link_lengths: list[float] = Field(default_factory=lambda: [0.12, 0.10])
     workspace: float = Field(0.3, gt=0, description="metres shown across the image")
     seed: int = 0
+    pulley_radius: float = Field(0.1, gt=0, description="pusht: gantry pulley radius, metres of belt per radian")
 
 
 class RunConfig(_Strict):
