@@ -184,7 +184,9 @@ class ObservationWindow:
             fi = pick_at_or_before(ft, wanted)
             if fi[0] < 0:
                 raise NotReady(f"camera history for {k} shorter than the observation window")
-            data[k] = np.stack([_fit(fr[i][1], self.image_shapes[k]) for i in fi])
+            # Sources without an image shape (Push-T's keypoint sensor) pass their vectors through as they are.
+            data[k] = np.stack([_fit(fr[i][1], self.image_shapes[k]) if k in self.image_shapes else fr[i][1]
+                                for i in fi])
             used[k] = ft[fi]
         return Observation(data, t_last, age, used)
 
