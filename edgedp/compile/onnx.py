@@ -78,6 +78,11 @@ class OnnxRuntimeBackend(Backend):
             progress("onnxruntime dynamic int8 quantization")
             qtmp = entry / "denoiser_int8.onnx.tmp"
             quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QInt8, per_channel=True)
+            if not _session_opens(qtmp):
+                # Older onnxruntime CPU builds (the one pip gives Python 3.10) have ConvInteger only for uint8
+                # weights; signed weights then fail at session creation, so quantize the weights unsigned.
+                progress("this onnxruntime has no int8-weight ConvInteger: quantizing weights as uint8")
+                quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QUInt8, per_channel=True)
             os.replace(qtmp, entry / "denoiser_int8.onnx")
             fp32_path.unlink()
         return self.load(policy, precision, steps, device, entry, progress)
@@ -89,3 +94,16 @@ class OnnxRuntimeBackend(Backend):
         nbytes = n_params * (1 if precision == "int8" else 4)
         return CompiledSampler(self.name, precision, steps, device, policy, make_loop(policy, den, steps, device),
                                den, weight_bytes=nbytes)
+
+
+def _session_opens(path: Path) -> bool:
+    """Whether this onnxruntime build has a CPU kernel for every node of the model at `path`."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # NOT_IMPLEMENTED surfaces as a pybind-specific exception class
+        if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
+            return False
+        raise
+    return True
