@@ -25,8 +25,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-KINDS = ("ddpm", "ddim")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+KINDS = ("ddpm", "ddim", "dpmsolver++", "unipc")
+# Multistep ODE solvers on the same trained weights (models/multistep.py); they have no step_table.
+SOLVER_KINDS = ("dpmsolver++", "unipc")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -104,8 +106,8 @@ class SchedulerSpec:
             raise ValueError(f"scheduler clip_sample_range must be > 0, got {self.clip_sample_range!r}")
         if self.eta < 0:
             raise ValueError(f"scheduler eta must be >= 0, got {self.eta!r}")
-        if self.kind == "ddpm" and self.eta != 0.0:
-            raise ValueError("scheduler eta applies to kind 'ddim' only; DDPM's noise is set by variance_type")
+        if self.kind != "ddim" and self.eta != 0.0:
+            raise ValueError(f"scheduler eta applies to kind 'ddim' only, not {self.kind!r}")
         if self.kind == "ddpm" and self.ddpm_prev_rule == "t_minus_one":
             if self.steps_offset != 0:
                 raise ValueError("scheduler steps_offset must be 0 with ddpm_prev_rule 't_minus_one' (diffusers <= 0.12 had none)")
@@ -200,6 +202,11 @@ def check_num_inference_steps(spec: SchedulerSpec, k: Any) -> None:
         raise ValueError(
             f"num_inference_steps {k} exceeds num_train_timesteps {spec.num_train_timesteps}"
         )
+    if spec.kind in SOLVER_KINDS:
+        from models.multistep import solver_timesteps
+
+        solver_timesteps(spec.timestep_spacing, spec.num_train_timesteps, int(k), spec.steps_offset)
+        return
     if spec.timestep_spacing == "leading":
         first = (k - 1) * (spec.num_train_timesteps // k) + spec.steps_offset
         if first >= spec.num_train_timesteps:
@@ -225,7 +232,12 @@ def _kind_from_class(key: str, value: Any) -> str:
         return "ddpm"
     if name == "DDIMScheduler":
         return "ddim"
-    raise ValueError(f"scheduler {key} {value!r} is not supported (DDPMScheduler or DDIMScheduler)")
+    if name == "DPMSolverMultistepScheduler":
+        return "dpmsolver++"
+    if name == "UniPCMultistepScheduler":
+        return "unipc"
+    raise ValueError(f"scheduler {key} {value!r} is not supported (DDPMScheduler, DDIMScheduler, "
+                     f"DPMSolverMultistepScheduler or UniPCMultistepScheduler)")
 
 
 def _kind_from_type_name(value: Any) -> str:
@@ -256,6 +268,8 @@ def betas(spec: SchedulerSpec) -> torch.Tensor:
         return torch.linspace(spec.beta_start, spec.beta_end, n, dtype=torch.float32)
     if spec.beta_schedule == "scaled_linear":
         return torch.linspace(spec.beta_start**0.5, spec.beta_end**0.5, n, dtype=torch.float32) ** 2
+    if spec.beta_schedule == "sigmoid":  # DDPMScheduler's GeoDiff schedule (0.11.1 and current alike)
+        return torch.sigmoid(torch.linspace(-6, 6, n)) * (spec.beta_end - spec.beta_start) + spec.beta_start
 
     def alpha_bar(time: float) -> float:
         return math.cos((time + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -280,6 +294,10 @@ def timesteps(spec: SchedulerSpec, num_inference_steps: int | None = None) -> to
     """The descending int64 timesteps diffusers' set_timesteps would produce for this spec."""
     k = spec.resolved_steps(num_inference_steps)
     n = spec.num_train_timesteps
+    if spec.kind in SOLVER_KINDS:
+        from models.multistep import solver_timesteps
+
+        return torch.from_numpy(solver_timesteps(spec.timestep_spacing, n, k, spec.steps_offset))
     if spec.kind == "ddpm" and spec.ddpm_prev_rule == "t_minus_one":
         ts = np.arange(0, n, n // k)[::-1].copy().astype(np.int64)  # diffusers 0.11.1 DDPM
     elif spec.timestep_spacing == "linspace":
@@ -323,6 +341,8 @@ class StepTable:
 
 def step_table(spec: SchedulerSpec, num_inference_steps: int | None = None) -> StepTable:
     """Evaluate diffusers' per-step scalar math once per step, with diffusers' float32 op order."""
+    if spec.kind in SOLVER_KINDS:
+        raise ValueError(f"scheduler kind {spec.kind!r} is a multistep solver: use models.multistep.multistep_table")
     k = spec.resolved_steps(num_inference_steps)
     ts = timesteps(spec, k)
     acp = alphas_cumprod(spec)
@@ -412,11 +432,17 @@ def apply_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     variance_noise: torch.Tensor | None,
+    target: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reverse step from per-step scalars: no Python branch depends on tensor values.
 
     The string/None arguments are fixed per spec, so a traced or exported graph sees one path.
     Op order follows diffusers so that eager float32 results are bit-identical.
+
+    ``target``/``weight`` (guided inpainting, models/inpainting.py): before clipping, the clean-sample
+    estimate is pulled towards ``target`` by ``weight`` in [0, 1] and eps is changed consistently
+    (x = sqrt_a x0 + sqrt_b eps still holds), see docs/samplers.md.
     """
     if prediction_type == "epsilon":
         x0 = (sample - sqrt_b * model_output) / sqrt_a
@@ -427,6 +453,11 @@ def apply_step(
     else:  # v_prediction
         x0 = sqrt_a * sample - sqrt_b * model_output
         eps = sqrt_a * model_output + sqrt_b * sample if kind == "ddim" else None
+    if target is not None:
+        pull = weight * (target - x0)
+        x0 = x0 + pull
+        if eps is not None:
+            eps = eps - (sqrt_a / sqrt_b) * pull
     if clip_range is not None:
         x0 = x0.clamp(-clip_range, clip_range)
     if kind == "ddim":
