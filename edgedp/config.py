@@ -9,10 +9,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgedp.errors import ConfigError
+from models.safe_yaml import YamlInputError, read_yaml_file
 
 # Servo models the bus driver knows (their control tables live in firmware_bridge).
 SERVO_MODELS = (
@@ -46,7 +46,9 @@ PRESET_PREFIX = "preset:"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+    # allow_inf_nan=False: inf/nan (also given as the strings 'inf', 'NaN') fail every float field by name,
+    # so `.inf` cannot pass a `gt=0` check and crash later.
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False, allow_inf_nan=False)
 
 
 class BusConfig(_Strict):
@@ -254,6 +256,15 @@ def _format_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() cut to one short line; huge ints (whose repr raises) and long strings stay readable."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
     msg = err["msg"]
@@ -263,13 +274,15 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
-        return f"got {err.get('input')!r} (allowed: {ctx.get('expected', '')})"
+        return f"got {_short(err.get('input'))} (allowed: {ctx.get('expected', '')})"
     if kind == "value_error":
         cause = ctx.get("error")
         return str(cause) if cause is not None else msg.removeprefix("Value error, ")
+    if kind == "finite_number":
+        return f"{_short(err.get('input'))} is not a finite number (a finite number)"
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{msg.lower()} (got {err.get('input')!r})"
-    return f"{msg} (got {err.get('input')!r})"
+        return f"{msg.lower()} (got {_short(err.get('input'))})"
+    return f"{msg} (got {_short(err.get('input'))})"
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -350,17 +363,17 @@ def parse_config(data: Any, base: Path | None = None, source: Path | None = None
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config."""
+    """Read and validate a YAML run config.
+
+    The reader (models.safe_yaml) takes on/off/yes/no as the words they are (pydantic still makes
+    them booleans where a field is a bool) and refuses duplicate keys, aliases, non-finite numbers,
+    oversized integers, deep nesting, non-UTF-8, empty or oversized files, each as one line.
+    """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError([f"config: file not found: {path}"])
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"config: {path} is not valid YAML{where}: {problem}"]) from None
+        data = read_yaml_file(path)
+    except YamlInputError as exc:
+        raise ConfigError([f"{where}: {what}" if where else f"config: {what}" for where, what in exc.problems]) from None
     return parse_config(data, base=path.resolve().parent, source=path.resolve())
 
 
