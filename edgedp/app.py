@@ -1,87 +1,95 @@
 """The one place that turns a validated RunConfig into concrete objects: bus, emulator, scene, cameras,
 policy and sampler backend. Everything downstream receives these collaborators and never looks at the config.
 
-Order matters for safety: `build()` validates everything that can be wrong (config, checkpoint, shapes,
-camera mapping, backend) and constructs objects that open nothing; ports open, emulators and cameras start
-only when the runtime calls the `starters`, after all checks passed.
+Two stages, so that `edgedp check` and `edgedp run` cannot drift apart:
+
+- `validate(cfg)` runs every check a run needs (ports, calibration and time-offset files, telemetry folder,
+  checkpoint metadata against joints and cameras, state key, backend and device on this machine) and
+  returns a `RunPlan`. It reads files but opens no port, starts no emulator or camera and loads no weights.
+  `edgedp check` is exactly this call; `edgedp run` calls it first through `assemble`.
+- `assemble(cfg)` = `validate` + load the policy, compile the sampler and construct the devices with explicit,
+  typed constructors. Constructed objects open nothing: ports open, emulators and cameras start only when
+  the runtime calls the `starters`, after everything above passed.
+
+Where the config offers a choice, the concrete class is picked from a registry by name (`CAMERA_BUILDERS`
+for camera kinds; the sampler backends live in edgedp.compile's registry); there is no guessing by class
+name and no retrying constructors.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
+import secrets
 import sys
-from typing import Any, Optional
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgedp.config import RunConfig, check_against_policy
+from edgedp.config import CameraConfig, JointConfig, RunConfig, check_against_policy
 from edgedp.errors import UserError
 from edgedp.runtime.lifecycle import RunParts
 from edgedp.runtime.servo_loop import ServoParams
+from firmware_bridge.dynamixel.bus import BusSpec, DynamixelBus, JointSpec
+
+SOURCE_CONFIG = "config"
+SOURCE_FILE = "calibration file"
+SOURCE_DEFAULT = "default"
 
 
-# ------------------------------------------------------------------------------------------------ bus
-def _dxl():
-    try:
-        from firmware_bridge.dynamixel import bus as dxl_bus
-    except ImportError as exc:  # the driver module is part of this package; missing means a broken install
-        raise UserError(f"Dynamixel bus driver unavailable ({exc})") from None
-    return dxl_bus
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass
+class RunSettings:
+    """Run-level settings the runtime (not a device) uses: how long, where telemetry goes, what is shown."""
+
+    duration: Optional[float]
+    telemetry_path: Optional[Path]
+    plot: bool
+    live: bool
 
 
-def _bus_class(mod):
-    for name in ("DynamixelBus", "Bus", "ServoBusDriver", "DxlBus"):
-        cls = getattr(mod, name, None)
-        if cls is not None:
-            return cls
-    raise UserError("firmware_bridge.dynamixel.bus has no bus class")
+@dataclass
+class RunPlan:
+    """What `validate` decided: every value the devices and the runtime will use, nothing opened yet."""
 
-
-def _fill(cls, values: dict) -> Any:
-    """Build one of the driver's config dataclasses from the keys it actually has."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
-class BusFactory:
-    """Picklable recipe for the bus, so the servo process can build its own (ports don't cross processes)."""
-
-    def __init__(self, bus_values: dict, joint_values: list[dict]):
-        self.bus_values = dict(bus_values)
-        self.joint_values = [dict(j) for j in joint_values]
-
-    def __call__(self):
-        mod = _dxl()
-        joints = [_fill(mod.JointSpec, j) for j in self.joint_values]
-        spec = _fill(mod.BusSpec, self.bus_values)
-        cls = _bus_class(mod)
-        try:
-            return cls(spec, joints)
-        except TypeError:
-            return cls(spec=spec, joints=joints)
-
-
-def bus_errors() -> tuple:
-    from firmware_bridge.dynamixel import BusError
-
-    return (BusError, OSError)
-
-
-# --------------------------------------------------------------------------------------------- cameras
-def _realsense_unavailable() -> Optional[str]:
-    """Why pyrealsense2 cannot be imported (None when it can). Asked by import, not by looking for files:
-    the wheel may be installed while its libusb-1.0 is missing, which only the import reveals."""
-    import importlib
-
-    try:
-        importlib.import_module("pyrealsense2")
-    except (ImportError, OSError) as exc:  # a missing libusb-1.0 shows as ImportError naming the .so
-        return str(exc) or type(exc).__name__
-    return None
+    cfg: RunConfig
+    joints: list[JointConfig]  # robot.joints with robot.calibration_file applied
+    joint_sources: list[dict[str, str]]  # per joint: {"zero_offset": source, "direction": source}
+    calibration_notes: list[str]
+    horizon: int
+    n_obs_steps: int
+    n_action_steps: int
+    action_period: float
+    state_key: str
+    image_keys: list[str]
+    feature_shapes: dict[str, tuple]
+    cameras: dict[str, CameraConfig]  # policy image key -> the camera that feeds it
+    camera_delay: float
+    command_delay: float
+    settings: RunSettings
+    notices: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------- time offsets
 MAX_DELAY_S = 1.0  # a measured stream delay beyond a second is a wrong file or a failed calibration
+
+
+def _read_small_yaml(path: Path, where: str, what: str) -> Any:
+    """A YAML file written by one of our calibrate commands, read safely: one line when it cannot be read."""
+    import yaml
+
+    try:
+        if path.stat().st_size > 1_000_000:
+            raise UserError(f"{where}: larger than 1 MB, not a {what} file")
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text)
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{where}: cannot read it ({first})") from None
 
 
 def load_time_offsets(path) -> tuple[float, float]:
@@ -89,17 +97,10 @@ def load_time_offsets(path) -> tuple[float, float]:
 
     A missing command delay (the file came from a recording without commands) counts as 0; the camera
     delay is required, since it is the one thing such a file is for."""
-    import math
-    from pathlib import Path
-
-    import yaml
-
     where = f"robot.time_offset_file: {path}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{where}: cannot read it ({first})") from None
+    if not Path(path).is_file():
+        raise UserError(f"{where}: file not found (write one with edgedp calibrate time-offset)")
+    data = _read_small_yaml(Path(path), where, "time-offset")
     if not isinstance(data, dict) or "camera_delay_s" not in data:
         raise UserError(f"{where}: not a time-offset file (no camera_delay_s key; write one with "
                         f"edgedp calibrate time-offset)")
@@ -116,21 +117,299 @@ def load_time_offsets(path) -> tuple[float, float]:
     return out[0], out[1]
 
 
-# ---------------------------------------------------------------------------------------------- policy
-def _sampler(policy, cfg: RunConfig, steps: int):
+# ------------------------------------------------------------------------------------ joint calibration
+def load_joint_calibration(path) -> dict[str, dict]:
+    """{joint name: {"id", "zero_offset", "direction"}} from the YAML `edgedp calibrate joints` writes.
+
+    The file's format is calibration.joints' (q = direction * (servo - zero_offset)); this reads it with the
+    same limits as every other file a run reads and checks each value, so a bad file is one line, not a
+    wrong zero on a real arm."""
+    where = f"robot.calibration_file: {path}"
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{where}: file not found (write one with edgedp calibrate joints)")
+    data = _read_small_yaml(path, where, "joint calibration")
+    rows = data.get("joints") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{where}: not a joint calibration file (no joints list; write one with edgedp calibrate joints)")
+    out: dict[str, dict] = {}
+    for k, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"name", "id", "zero_offset", "direction"} <= set(row):
+            raise UserError(f"{where}: joints[{k}] needs name, id, zero_offset and direction")
+        name, sid, zero, d = row["name"], row["id"], row["zero_offset"], row["direction"]
+        if not isinstance(name, str) or isinstance(sid, bool) or not isinstance(sid, int):
+            raise UserError(f"{where}: joints[{k}]: name must be text and id a number")
+        if isinstance(zero, bool) or not isinstance(zero, (int, float)) or not math.isfinite(zero) \
+                or abs(zero) > 4 * math.pi:
+            raise UserError(f"{where}: joints[{k}].zero_offset must be a finite angle in radians, got {zero!r}")
+        if isinstance(d, bool) or d not in (1, -1):
+            raise UserError(f"{where}: joints[{k}].direction must be 1 or -1, got {d!r}")
+        if name in out:
+            raise UserError(f"{where}: joint '{name}' appears twice")
+        out[name] = {"id": sid, "zero_offset": float(zero), "direction": int(d)}
+    return out
+
+
+def apply_joint_calibration(cfg: RunConfig) -> tuple[list[JointConfig], list[dict[str, str]], list[str]]:
+    """The joints a run uses, with where each zero and direction came from.
+
+    Precedence, per joint and per value: robot.calibration_file (measured) > the value written in
+    robot.joints > the default (zero 0, direction +1). A joint the file does not list keeps its config
+    value; a file naming a joint the config lacks, or the same joint with another servo id, is refused
+    (it belongs to another robot). A config value the file overrides is reported in the notes."""
+    joints = list(cfg.robot.joints)
+    path = cfg.robot.calibration_file
+    cal = load_joint_calibration(path) if path is not None else {}
+    by_name = {j.name: j for j in joints}
+    for name, row in cal.items():
+        if name not in by_name:
+            raise UserError(f"robot.calibration_file: {path}: joint '{name}' is not in robot.joints "
+                            f"(allowed: {', '.join(by_name)}; is it another robot's file?)")
+        if row["id"] != by_name[name].id:
+            raise UserError(f"robot.calibration_file: {path}: joint '{name}' has servo id {row['id']} in the file "
+                            f"but {by_name[name].id} in robot.joints")
+    out: list[JointConfig] = []
+    sources: list[dict[str, str]] = []
+    notes: list[str] = []
+    for i, j in enumerate(joints):
+        row = cal.get(j.name)
+        src: dict[str, str] = {}
+        update: dict[str, Any] = {}
+        for key in ("zero_offset", "direction"):
+            written = key in j.model_fields_set
+            if row is not None:
+                src[key] = SOURCE_FILE
+                update[key] = row[key]
+                if written and getattr(j, key) != row[key]:
+                    notes.append(f"robot.joints[{i}].{key} = {getattr(j, key):g} is overridden by the calibration "
+                                 f"file ({row[key]:g})")
+            else:
+                src[key] = SOURCE_CONFIG if written else SOURCE_DEFAULT
+        out.append(j.model_copy(update=update) if update else j)
+        sources.append(src)
+    return out, sources, notes
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check_port(port: str) -> None:
+    if port != "emulator" and not os.path.exists(port):
+        import glob
+
+        present = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
+        raise UserError(f"robot.bus.port: {port} does not exist (serial ports present: {', '.join(present) or 'none'}; "
+                        f"or 'emulator')")
+
+
+def _check_telemetry(path: Optional[Path], name: str) -> None:
+    if path is None:
+        return
+    if path.exists() and path.is_dir():
+        raise UserError(f"{name}: {path} is a directory (give a .json file path)")
+    if not path.parent.is_dir():
+        raise UserError(f"{name}: folder {path.parent} does not exist")
+
+
+def _realsense_unavailable() -> Optional[str]:
+    """Why pyrealsense2 cannot be imported (None when it can). Asked by import, not by looking for files:
+    the wheel may be installed while its libusb-1.0 is missing, which only the import reveals."""
+    import importlib
+
+    try:
+        importlib.import_module("pyrealsense2")
+    except (ImportError, OSError) as exc:  # a missing libusb-1.0 shows as ImportError naming the .so
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _check_backend(cfg: RunConfig) -> None:
+    from edgedp.compile.api import check_request
+
     p = cfg.policy
     try:
-        from edgedp.compile import get_compiled_sampler
-    except ImportError:
-        get_compiled_sampler = None
-    if get_compiled_sampler is not None:
-        return get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
-    if p.backend != "eager":
-        raise UserError(f"policy.backend: '{p.backend}' is not available in this installation (use eager)")
-    return policy.sample
+        check_request(p.backend, p.precision, p.device, p.steps)
+    except UserError as exc:
+        raise UserError(f"policy.backend: {exc}") from None
 
 
-def _joint_angles_from_emulator(emulator, joints) -> callable:
+def _check_steps(spec, steps: Optional[int]) -> None:
+    if steps is None:
+        return
+    from models.schedulers import SchedulerSpec, check_num_inference_steps
+
+    try:
+        check_num_inference_steps(SchedulerSpec.from_dict(spec.scheduler), int(steps))
+    except ValueError as exc:
+        raise UserError(f"policy.steps: {exc}") from None
+
+
+def _map_cameras(cfg: RunConfig, image_keys: list[str]) -> dict[str, CameraConfig]:
+    """Cameras feed image features: by policy_key, or in order."""
+    mapping: dict[str, CameraConfig] = {}
+    unassigned = [k for k in image_keys if k not in {c.policy_key for c in cfg.cameras}]
+    for cam in cfg.cameras:
+        key = cam.policy_key or (unassigned.pop(0) if unassigned else None)
+        if key is not None:
+            mapping[key] = cam
+    missing = [k for k in image_keys if k not in mapping]
+    if missing:
+        raise UserError(f"cameras: the checkpoint needs images for {', '.join(missing)} but no camera feeds them "
+                        f"(add a camera or set cameras[i].policy_key)")
+    return mapping
+
+
+def validate(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> RunPlan:
+    """Every check a run makes, in the order a run makes them; opens, starts and loads nothing.
+
+    `edgedp check` is this call; `edgedp run` makes it (through `assemble`) before anything opens."""
+    from edgedp.policy_loading import load_spec
+
+    _check_port(cfg.robot.bus.port)
+    camera_delay = command_delay = 0.0
+    if cfg.robot.time_offset_file is not None:
+        camera_delay, command_delay = load_time_offsets(cfg.robot.time_offset_file)
+    joints, sources, notes = apply_joint_calibration(cfg)
+    tel_path = telemetry_override if telemetry_override is not None else cfg.telemetry.path
+    _check_telemetry(Path(tel_path) if tel_path is not None else None,
+                     "--telemetry" if telemetry_override is not None else "telemetry.path")
+
+    p = cfg.policy
+    spec = load_spec(p.checkpoint)
+    image_keys = list(spec.image_keys)
+    check_against_policy(cfg, spec.horizon, spec.n_obs_steps, image_keys)
+    n_joints = len(joints)
+    if spec.action_dim != n_joints:
+        raise UserError(f"policy.checkpoint: actions have {spec.action_dim} dimensions but robot.joints has "
+                        f"{n_joints} joints (actions must be joint targets, one per joint)")
+    state_keys = list(spec.state_keys)
+    state_key = p.state_key or (state_keys[0] if state_keys else None)
+    if state_key is None or state_key not in state_keys:
+        raise UserError(f"policy.state_key: '{state_key}' is not a state feature of the checkpoint "
+                        f"(allowed: {', '.join(state_keys) or 'none'})")
+    shapes = {k: tuple(v) for k, v in spec.image_features.items()}
+    shapes.update({k: tuple(v) for k, v in spec.state_features.items()})
+    if shapes[state_key] != (n_joints,):
+        raise UserError(f"policy.state_key: feature '{state_key}' has shape {shapes[state_key]}, "
+                        f"the robot has {n_joints} joints")
+    action_period = p.action_period or spec.action_period or 0.1
+    servo_hz = cfg.rates.servo_hz
+    if action_period < 2.0 / servo_hz:
+        raise UserError(f"policy.action_period: {action_period} s is shorter than two servo periods at "
+                        f"{servo_hz:g} Hz (raise rates.servo_hz or the action period)")
+    mapping = _map_cameras(cfg, image_keys)
+    notices: list[str] = []
+    for cam in mapping.values():
+        if cam.kind == "virtual" and cfg.robot.bus.port != "emulator":
+            raise UserError(f"cameras: virtual camera '{cam.name}' renders the simulated arm and needs "
+                            f"robot.bus.port: emulator")
+    realsense_missing = _realsense_unavailable() if mapping else None
+    if realsense_missing is not None:
+        needs_driver = [c.name for c in mapping.values() if CAMERA_BUILDERS[c.kind].needs_realsense]
+        if needs_driver:
+            raise UserError(f"cameras: pyrealsense2 is not importable ({realsense_missing}); camera "
+                            f"'{needs_driver[0]}' needs it: install it with pip install 'edgedp[realsense]' "
+                            f"(it also needs libusb-1.0)")
+        notices.append(f"virtual RealSense unavailable (pyrealsense2: {realsense_missing}); virtual cameras render "
+                       f"the scene directly (for the RealSense path: pip install 'edgedp[realsense]', needs libusb-1.0)")
+    _check_backend(cfg)
+    _check_steps(spec, p.steps)
+    settings = RunSettings(duration=cfg.duration, telemetry_path=Path(tel_path) if tel_path is not None else None,
+                           plot=cfg.telemetry.plot, live=cfg.telemetry.live)
+    return RunPlan(cfg=cfg, joints=joints, joint_sources=sources, calibration_notes=notes, horizon=spec.horizon,
+                   n_obs_steps=spec.n_obs_steps, n_action_steps=p.n_action_steps or spec.n_action_steps,
+                   action_period=action_period, state_key=state_key, image_keys=image_keys, feature_shapes=shapes,
+                   cameras=mapping, camera_delay=camera_delay, command_delay=command_delay, settings=settings,
+                   notices=notices)
+
+
+# ------------------------------------------------------------------------------------------------- bus
+@dataclass(frozen=True)
+class BusTuning:
+    """Driver settings that are not in the run config: they depend on who uses the bus (a run, a calibration
+    session, a benchmark), so each caller states them instead of patching the bus afterwards."""
+
+    torque_off_on_close: bool
+    tick_budget_s: float = 0.004
+    max_retries: int = 3
+    timeout_margin_ms: Optional[float] = None
+    read_velocity: bool = False
+    read_current: bool = False
+
+
+@dataclass(frozen=True)
+class BusFactory:
+    """Picklable recipe for the bus, so the servo process can build its own (ports don't cross processes)."""
+
+    spec: BusSpec
+    joints: tuple[JointSpec, ...]
+
+    def __call__(self) -> DynamixelBus:
+        return DynamixelBus(self.spec, self.joints)
+
+
+def joint_spec(j: JointConfig) -> JointSpec:
+    return JointSpec(name=j.name, id=j.id, model=j.model, direction=j.direction, zero_offset=j.zero_offset,
+                     operating_mode=j.operating_mode, min=j.min, max=j.max, max_velocity=j.max_velocity,
+                     max_acceleration=j.max_acceleration)
+
+
+def bus_factory(cfg: RunConfig, joints: list[JointConfig], tuning: BusTuning, port: Optional[str] = None) -> BusFactory:
+    """The bus of robot.bus with these joints; `port` replaces robot.bus.port (the emulator's link)."""
+    b = cfg.robot.bus
+    spec = BusSpec(port=port if port is not None else b.port, baud=b.baud, low_latency=b.low_latency,
+                   fast_sync_read=b.fast_sync_read, read_velocity=tuning.read_velocity,
+                   read_current=tuning.read_current, tick_budget_s=tuning.tick_budget_s,
+                   max_retries=tuning.max_retries, timeout_margin_ms=tuning.timeout_margin_ms,
+                   torque_off_on_close=tuning.torque_off_on_close)
+    return BusFactory(spec, tuple(joint_spec(j) for j in joints))
+
+
+def bus_errors() -> tuple:
+    from firmware_bridge.dynamixel import BusError
+
+    return (BusError, OSError)
+
+
+def calibration_bus(cfg: RunConfig) -> DynamixelBus:
+    """The bus for `edgedp calibrate`: the config's robot with robot.calibration_file applied (the bus
+    reports angles through the calibration a run would use), torque off on close (a session ends with a
+    limp arm), and a slower tick budget (calibration is not a control loop). `port: emulator` runs the
+    driver's in-process emulator, which calibration drives directly (bus.emulator)."""
+    joints, _, _ = apply_joint_calibration(cfg)
+    return bus_factory(cfg, joints, BusTuning(torque_off_on_close=True, tick_budget_s=0.02))()
+
+
+def emulator_link_path() -> str:
+    """Where the emulated bus will appear: a fixed name chosen now, linked to the pty once the emulator runs,
+    so the bus recipe is complete at build time and nothing is patched afterwards."""
+    return os.path.join(tempfile.gettempdir(), f"edgedp-dxl-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+class EmulatedBus:
+    """The Protocol 2.0 emulator process (sim runs) and its port link; start/stop for the runtime."""
+
+    def __init__(self, joints: list[JointConfig], baud: int, link: str):
+        from edgedp.runtime.sim_emulator import EmulatorProcess
+
+        # The emulated arm starts at the middle of its joint range, like a robot parked at home. It is served
+        # from its own process: real servos answer on time whatever our process does (see sim_emulator.py).
+        initial = {j.id: j.zero_offset + j.direction * 0.5 * (j.min + j.max) for j in joints}
+        self.process = EmulatorProcess({j.id: j.model for j in joints}, baud=baud, initial=initial)
+        self.link = link
+
+    def start(self) -> None:
+        self.process.start()
+        os.symlink(self.process.port_name, self.link)
+
+    def stop(self) -> None:
+        try:
+            os.unlink(self.link)
+        except FileNotFoundError:
+            pass
+        self.process.stop()
+
+
+def joint_angles(emulator, joints: list[JointConfig]) -> Callable[[], np.ndarray]:
+    """Joint angles of the emulated arm through the run's calibration (what a scene camera renders)."""
     ids = [j.id for j in joints]
     direction = np.array([j.direction for j in joints], dtype=np.float64)
     zero = np.array([j.zero_offset for j in joints], dtype=np.float64)
@@ -143,138 +422,103 @@ def _joint_angles_from_emulator(emulator, joints) -> callable:
     return angles
 
 
-def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
-    """Validate and assemble a run; nothing is opened or powered here."""
-    import torch
+# --------------------------------------------------------------------------------------------- cameras
+@dataclass
+class Devices:
+    """Constructed devices (nothing opened) and how to start and stop what is not a camera or the bus."""
 
-    from edgedp.policy_loading import load_policy
+    make_bus: BusFactory
+    cameras: dict[str, Any] = field(default_factory=dict)
+    scene: Any = None
+    emulator: Any = None  # EmulatorProcess for sim runs
+    starters: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
-    port = cfg.robot.bus.port
-    if port != "emulator" and not os.path.exists(port):
-        import glob
 
-        present = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
-        raise UserError(f"robot.bus.port: {port} does not exist (serial ports present: {', '.join(present) or 'none'}; "
-                        f"or 'emulator')")
-    camera_delay = command_delay = 0.0
-    if cfg.robot.time_offset_file is not None:
-        camera_delay, command_delay = load_time_offsets(cfg.robot.time_offset_file)
+def _scene(plan: RunPlan, cam: CameraConfig, angles: Callable[[], np.ndarray], depth: bool):
+    from firmware_bridge.sim import Scene
 
-    p = cfg.policy
-    policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
-    check_against_policy(cfg, policy.horizon, policy.n_obs_steps, list(policy.image_keys))
-    n_joints = len(cfg.robot.joints)
-    if policy.action_dim != n_joints:
-        raise UserError(f"policy.checkpoint: actions have {policy.action_dim} dimensions but robot.joints has "
-                        f"{n_joints} joints (actions must be joint targets, one per joint)")
-    state_key = p.state_key or (policy.state_keys[0] if policy.state_keys else None)
-    if state_key is None or state_key not in policy.state_keys:
-        raise UserError(f"policy.state_key: '{state_key}' is not a state feature of the checkpoint "
-                        f"(allowed: {', '.join(policy.state_keys) or 'none'})")
-    shapes = policy.feature_shapes
-    if tuple(shapes[state_key]) != (n_joints,):
-        raise UserError(f"policy.state_key: feature '{state_key}' has shape {tuple(shapes[state_key])}, "
-                        f"the robot has {n_joints} joints")
-    steps = p.steps or policy.num_inference_steps
-    spec_period = getattr(policy.spec, "action_period", None)
-    action_period = p.action_period or spec_period or 0.1
-    ta = p.n_action_steps or policy.n_action_steps
-    servo_hz = cfg.rates.servo_hz
-    if action_period < 2.0 / servo_hz:
-        raise UserError(f"policy.action_period: {action_period} s is shorter than two servo periods at "
-                        f"{servo_hz:g} Hz (raise rates.servo_hz or the action period)")
+    sc = plan.cfg.scene
+    return Scene(angles, link_lengths=sc.link_lengths, task=sc.task, workspace=sc.workspace, width=cam.width,
+                 height=cam.height, seed=sc.seed, depth=depth, joint_limits=[(j.min, j.max) for j in plan.joints])
 
-    # Cameras feed image features: by policy_key, or in order.
-    image_keys = list(policy.image_keys)
-    mapping: dict[str, Any] = {}
-    unassigned = [k for k in image_keys if k not in {c.policy_key for c in cfg.cameras}]
-    for cam in cfg.cameras:
-        key = cam.policy_key or (unassigned.pop(0) if unassigned else None)
-        if key is not None:
-            mapping[key] = cam
-    missing = [k for k in image_keys if k not in mapping]
-    if missing:
-        raise UserError(f"cameras: the checkpoint needs images for {', '.join(missing)} but no camera feeds them "
-                        f"(add a camera or set cameras[i].policy_key)")
 
-    sampler = _sampler(policy, cfg, steps)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # leave a core to the servo loop
+def virtual_camera(plan: RunPlan, cam: CameraConfig, angles: Callable[[], np.ndarray], dev: Devices,
+                   depth: Optional[bool] = None):
+    """A camera of kind virtual: the simulated scene (driven by `angles`) through a virtual RealSense, or
+    rendered directly when pyrealsense2 is missing. Sets dev.scene; adds the virtual device's start/close."""
+    depth = cam.depth if depth is None else depth
+    # Push-T's scene is built before the cameras (build_devices); the others are built per camera here.
+    scene = dev.scene if getattr(dev.scene, "task", None) == "pusht" else _scene(plan, cam, angles, depth)
+    dev.scene = scene
+    if _realsense_unavailable() is not None:
+        from firmware_bridge.sim.scene_camera import SceneCamera
 
-    starters: list = []
-    closers: list = []
-    bus_values = {"port": cfg.robot.bus.port, "baud": cfg.robot.bus.baud, "low_latency": cfg.robot.bus.low_latency,
-                  "fast_sync_read": cfg.robot.bus.fast_sync_read,
-                  # The servo loop applies safety.on_stop itself; closing the port must not override "hold".
-                  "torque_off_on_close": cfg.safety.on_stop == "torque_off"}
-    joint_values = [j.model_dump() for j in cfg.robot.joints]
-    factory = BusFactory(bus_values, joint_values)
+        return SceneCamera(scene.render, scene.intrinsics, fps=cam.fps, depth=depth, name=cam.name)
+    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
+    from firmware_bridge.realsense.virtual import VirtualRealSense
 
-    emulator = None
+    vdev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps, depth=depth)
+    dev.starters.append(vdev.start)
+    dev.closers.append(vdev.close)
+    return RealSenseCamera(RealSenseSettings(serial=vdev.serial, width=cam.width, height=cam.height, fps=cam.fps,
+                                             depth=depth, name=cam.name))
+
+
+def realsense_camera(cam: CameraConfig):
+    """A camera of kind realsense (by serial) or file (a recorded .bag/.db3 played back)."""
+    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
+
+    return RealSenseCamera(RealSenseSettings(
+        serial=cam.serial, width=cam.width, height=cam.height, fps=cam.fps, depth=cam.depth,
+        exposure=cam.exposure, white_balance=cam.white_balance,
+        file=str(cam.file) if cam.file else None, name=cam.name))
+
+
+@dataclass(frozen=True)
+class CameraBuilder:
+    needs_realsense: bool  # the kind cannot work without pyrealsense2
+    build: Callable[[RunPlan, CameraConfig, Devices], Any]
+
+
+def _build_virtual(plan: RunPlan, cam: CameraConfig, dev: Devices):
+    return virtual_camera(plan, cam, joint_angles(dev.emulator, plan.joints), dev)
+
+
+CAMERA_BUILDERS: dict[str, CameraBuilder] = {
+    "virtual": CameraBuilder(needs_realsense=False, build=_build_virtual),
+    "realsense": CameraBuilder(needs_realsense=True, build=lambda plan, cam, dev: realsense_camera(cam)),
+    "file": CameraBuilder(needs_realsense=True, build=lambda plan, cam, dev: realsense_camera(cam)),
+}
+
+
+def build_devices(plan: RunPlan, tuning: BusTuning) -> Devices:
+    """Bus (and its emulator for port: emulator), scene and cameras; constructed, none started."""
+    cfg = plan.cfg
+    emulated: Optional[EmulatedBus] = None
+    port = None
     if cfg.robot.bus.port == "emulator":
-        from edgedp.runtime.sim_emulator import EmulatorProcess
+        emulated = EmulatedBus(plan.joints, cfg.robot.bus.baud, emulator_link_path())
+        port = emulated.link
+    dev = Devices(make_bus=bus_factory(cfg, plan.joints, tuning, port=port))
+    if emulated is not None:
+        dev.emulator = emulated.process
+        dev.starters.append(emulated.start)
+        dev.closers.append(emulated.stop)
+    if emulated is not None and cfg.scene is not None and cfg.scene.task == "pusht":  # scene + keypoint sensor
+        from edgedp.sim_task.pusht_runtime import add_pusht_scene
 
-        # The emulated arm starts at the middle of its joint range, like a robot parked at home. It is served
-        # from its own process: real servos answer on time whatever our process does (see sim_emulator.py).
-        initial = {j.id: j.zero_offset + j.direction * 0.5 * (j.min + j.max) for j in cfg.robot.joints}
-        emulator = EmulatorProcess({j.id: j.model for j in cfg.robot.joints}, baud=cfg.robot.bus.baud,
-                                   initial=initial)
+        add_pusht_scene(plan, dev, joint_angles(dev.emulator, plan.joints))
+    for key, cam in plan.cameras.items():
+        dev.cameras[key] = CAMERA_BUILDERS[cam.kind].build(plan, cam, dev)
+    return dev
 
-        def start_emulator() -> None:
-            emulator.start()
-            factory.bus_values["port"] = emulator.port_name
 
-        starters.append(start_emulator)
-        closers.append(emulator.stop)
-
-    cameras: dict[str, Any] = {}
-    scene = None
-    realsense_missing = _realsense_unavailable() if mapping else None
-    if realsense_missing is not None:
-        needs_driver = [c.name for c in mapping.values() if c.kind != "virtual"]
-        if needs_driver:
-            raise UserError(f"cameras: pyrealsense2 is not importable ({realsense_missing}); camera "
-                            f"'{needs_driver[0]}' needs it: install it with pip install 'edgedp[realsense]' "
-                            f"(it also needs libusb-1.0)")
-        print(f"notice: virtual RealSense unavailable (pyrealsense2: {realsense_missing}); virtual cameras render "
-              f"the scene directly (for the RealSense path: pip install 'edgedp[realsense]', needs libusb-1.0)",
-              file=sys.stderr)
-    for key, cam in mapping.items():
-        if cam.kind == "virtual":
-            if emulator is None:
-                raise UserError(f"cameras: virtual camera '{cam.name}' renders the simulated arm and needs "
-                                f"robot.bus.port: emulator")
-            from firmware_bridge.sim import Scene
-
-            sc = cfg.scene
-            scene = Scene(_joint_angles_from_emulator(emulator, cfg.robot.joints), link_lengths=sc.link_lengths,
-                          task=sc.task, workspace=sc.workspace, width=cam.width, height=cam.height, seed=sc.seed,
-                          depth=cam.depth, joint_limits=[(j.min, j.max) for j in cfg.robot.joints])
-            if realsense_missing is not None:
-                from firmware_bridge.sim.scene_camera import SceneCamera
-
-                cameras[key] = SceneCamera(scene.render, scene.intrinsics, fps=cam.fps, depth=cam.depth,
-                                           name=cam.name)
-                continue
-            from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
-            from firmware_bridge.realsense.virtual import VirtualRealSense
-
-            dev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps, depth=cam.depth)
-            starters.append(dev.start)
-            closers.append(dev.close)
-            cameras[key] = RealSenseCamera(RealSenseSettings(serial=dev.serial, width=cam.width, height=cam.height,
-                                                             fps=cam.fps, depth=cam.depth, name=cam.name))
-        else:
-            from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
-
-            cameras[key] = RealSenseCamera(RealSenseSettings(
-                serial=cam.serial, width=cam.width, height=cam.height, fps=cam.fps, depth=cam.depth,
-                exposure=cam.exposure, white_balance=cam.white_balance,
-                file=str(cam.file) if cam.file else None, name=cam.name))
-
-    s = cfg.safety
-    joints = cfg.robot.joints
-    params = ServoParams(
-        servo_hz=servo_hz,
+# ----------------------------------------------------------------------------------------- servo loop
+def servo_params(plan: RunPlan) -> ServoParams:
+    cfg, s, joints = plan.cfg, plan.cfg.safety, plan.joints
+    return ServoParams(
+        servo_hz=cfg.rates.servo_hz,
         lower=[j.min for j in joints], upper=[j.max for j in joints],
         max_velocity=[j.max_velocity for j in joints], max_acceleration=[j.max_acceleration for j in joints],
         interpolation=s.interpolation, join=s.join, crossfade_steps=s.crossfade_steps,
@@ -282,24 +526,74 @@ def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
         watchdog_failed_ticks=s.watchdog_failed_ticks, on_stop=s.on_stop,
         spin_us=150.0 if cfg.rates.servo_in_process else 0.0,
     )
-    summary = {
+
+
+def run_bus_tuning(cfg: RunConfig) -> BusTuning:
+    # The servo loop applies safety.on_stop itself; closing the port must not override "hold".
+    return BusTuning(torque_off_on_close=cfg.safety.on_stop == "torque_off")
+
+
+def summary(plan: RunPlan, steps: int) -> dict:
+    """The configuration a run used, for the summary table and the telemetry file."""
+    cfg, p, s = plan.cfg, plan.cfg.policy, plan.cfg.safety
+    return {
         "checkpoint": p.checkpoint, "backend": p.backend, "precision": p.precision, "device": p.device,
-        "steps": steps, "horizon": policy.horizon, "n_obs_steps": policy.n_obs_steps, "n_action_steps": ta,
-        "action_period": action_period, "servo_hz": servo_hz, "servo_in_process": cfg.rates.servo_in_process,
+        "cache_dir": str(p.cache_dir) if p.cache_dir else None, "seed": p.seed,
+        "steps": steps, "horizon": plan.horizon, "n_obs_steps": plan.n_obs_steps, "n_action_steps": plan.n_action_steps,
+        "action_period": plan.action_period, "servo_hz": cfg.rates.servo_hz, "servo_in_process": cfg.rates.servo_in_process,
         "interpolation": s.interpolation, "join": s.join, "crossfade_steps": s.crossfade_steps,
-        "on_stop": s.on_stop, "bus": cfg.robot.bus.port, "joints": [j.name for j in joints],
-        "cameras": {k: c.name for k, c in mapping.items()},
-        "camera_delay_s": camera_delay, "command_delay_s": command_delay,
+        "on_stop": s.on_stop, "robot": cfg.robot.name, "bus": cfg.robot.bus.port, "joints": [j.name for j in plan.joints],
+        "joint_calibration": {j.name: {"zero_offset": j.zero_offset, "zero_offset_from": src["zero_offset"],
+                                        "direction": j.direction, "direction_from": src["direction"]}
+                              for j, src in zip(plan.joints, plan.joint_sources)},
+        "cameras": {k: c.name for k, c in plan.cameras.items()},
+        "camera_delay_s": plan.camera_delay, "command_delay_s": plan.command_delay,
     }
+
+
+# ------------------------------------------------------------------------------------------- assembly
+@dataclass
+class Assembly:
+    plan: RunPlan
+    parts: RunParts
+    devices: Devices
+
+    @property
+    def settings(self) -> RunSettings:
+        return self.plan.settings
+
+
+def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assembly:
+    """Validate, load the policy and compile its sampler, construct the devices; nothing opened or powered."""
+    import torch
+
+    from edgedp.compile import get_compiled_sampler
+    from edgedp.policy_loading import load_policy
+
+    plan = validate(cfg, telemetry_override)
+    for line in plan.notices:
+        print(f"notice: {line}", file=sys.stderr)
+    p = cfg.policy
+    policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
+    steps = p.steps or policy.num_inference_steps
+    sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # leave a core to the servo loop
+    dev = build_devices(plan, run_bus_tuning(cfg))
     parts = RunParts(
-        policy=policy, sampler=sampler, steps=steps, action_period=action_period, n_action_steps=ta,
-        state_key=state_key, cameras=cameras,
-        image_shapes={k: tuple(shapes[k]) for k in image_keys},
-        make_bus=factory, bus_errors=bus_errors(), servo=params, servo_in_process=cfg.rates.servo_in_process,
+        policy=policy, sampler=sampler, steps=steps, action_period=plan.action_period,
+        n_action_steps=plan.n_action_steps, state_key=plan.state_key, cameras=dev.cameras,
+        image_shapes={k: plan.feature_shapes[k] for k in plan.image_keys},
+        make_bus=dev.make_bus, bus_errors=bus_errors(), servo=servo_params(plan),
+        servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
-        camera_delay=camera_delay, command_delay=command_delay, sync=p.sync,
-        closers=closers, starters=starters, config_summary=summary,
+        camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
+        closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps),
     )
-    parts.scene = scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)
-    parts.emulator = emulator  # type: ignore[attr-defined]
-    return parts
+    parts.scene = dev.scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)
+    parts.emulator = dev.emulator  # type: ignore[attr-defined]
+    return Assembly(plan, parts, dev)
+
+
+def build(cfg: RunConfig, duration: Optional[float] = None) -> RunParts:
+    """The runtime's parts for `cfg` (see `assemble`); kept for callers that need only the parts."""
+    return assemble(cfg).parts

@@ -29,23 +29,20 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.servo_process:
         cfg.rates.servo_in_process = True
-    tel_path = args.telemetry if args.telemetry is not None else cfg.telemetry.path
-    if tel_path is not None:
-        tel_path = Path(tel_path)
-        if tel_path.exists() and tel_path.is_dir():
-            raise UserError(f"--telemetry: {tel_path} is a directory (give a .json file path)")
-        if not tel_path.parent.exists():
-            raise UserError(f"--telemetry: folder {tel_path.parent} does not exist")
-    duration = args.duration if args.duration is not None else cfg.duration
+    if args.duration is not None:
+        cfg.duration = args.duration
 
-    from edgedp.app import build
+    from edgedp.app import assemble
     from edgedp.runtime.lifecycle import Runtime
 
-    parts = build(cfg)  # every check that can fail happens here, before any port opens
+    # every check that can fail happens here (the same edgedp.app.validate that `edgedp check` runs),
+    # before any port opens
+    built = assemble(cfg, telemetry_override=args.telemetry)
+    st = built.settings
     console = make_console()
-    rt = Runtime(parts, duration, tel_path, plot=cfg.telemetry.plot, live=cfg.telemetry.live and not args.no_live,
+    rt = Runtime(built.parts, st.duration, st.telemetry_path, plot=st.plot, live=st.live and not args.no_live,
                  console=console)
     code = rt.run()
-    if tel_path is not None:
-        console.print(f"telemetry: {tel_path}" + (f" and {tel_path.with_suffix('.png')}" if cfg.telemetry.plot else ""))
+    if st.telemetry_path is not None:
+        console.print(f"telemetry: {st.telemetry_path}" + (f" and {st.telemetry_path.with_suffix('.png')}" if st.plot else ""))
     return code
