@@ -78,6 +78,7 @@ class DiffusionPolicy(nn.Module):
 
         self._scheduler_spec = SchedulerSpec.from_dict(spec.scheduler)
         self._num_inference_steps = num_inference_steps
+        self._sampler_options: dict[str, Any] = {}  # warm_start_level / inpaint (configure_sampler)
         self._sampler: nn.Module | None = None  # built lazily on the U-Net's device, never saved
         self._generator_seed = int(seed)
         self._generator: torch.Generator | None = None
@@ -166,13 +167,41 @@ class DiffusionPolicy(nn.Module):
         self._sampler = None
         _ = self.sampler  # validate now, so a bad K fails here and not mid-run
 
+    def configure_sampler(self, kind: str | None = None, warm_start_level: float | None = None,
+                          inpaint: str | None = None) -> None:
+        """Sample the same weights another way: ``kind`` (ddpm, ddim, dpmsolver++, unipc; None keeps the
+        checkpoint's), a warm start that runs the last ``warm_start_level`` fraction of the K steps from the
+        previous chunk, and an inpainting form (replace | guided). Runtime choices, never saved. A choice
+        that does not suit K (e.g. dpmsolver++ with K = 100 and 'leading' spacing) raises ValueError here and
+        leaves the policy as it was."""
+        import dataclasses
+
+        old = (self._scheduler_spec, self._sampler_options)
+        if kind is not None and kind != self._scheduler_spec.kind:
+            eta = self._scheduler_spec.eta if kind == "ddim" else 0.0
+            self._scheduler_spec = dataclasses.replace(self._scheduler_spec, kind=kind, eta=eta)
+        self._sampler_options = {k: v for k, v in (("warm_start_level", warm_start_level), ("inpaint", inpaint))
+                                 if v is not None}
+        try:
+            self._sampler = None
+            _ = self.sampler
+        except ValueError:
+            self._scheduler_spec, self._sampler_options = old
+            self._sampler = None
+            raise
+
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword options every K-step loop over this policy is built with (compile backends use them too)."""
+        return dict(self._sampler_options)
+
     @property
     def sampler(self) -> nn.Module:
         """B's whole-loop Sampler over this policy's U-Net (the module compile backends take)."""
         if self._sampler is None:
             from models.sampler import Sampler
 
-            sampler = Sampler(self.unet, self.scheduler_spec, self._num_inference_steps)
+            sampler = Sampler(self.unet, self.scheduler_spec, self._num_inference_steps, **self._sampler_options)
             # Keep it out of the module tree (its tables are derived, and its denoiser is self.unet).
             object.__setattr__(self, "_sampler", sampler.to(self.device))
         return self._sampler  # type: ignore[return-value]
@@ -298,11 +327,13 @@ class DiffusionPolicy(nn.Module):
         return self.unet(x, k, global_cond)
 
     def sample(self, global_cond: torch.Tensor, noise: torch.Tensor,
-               variance_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """The full K-step loop from noise to a normalized trajectory (B, horizon, action_dim)."""
+               variance_noise: torch.Tensor | None = None, **conditioning: Any) -> torch.Tensor:
+        """The full K-step loop from noise to a normalized trajectory (B, horizon, action_dim).
+
+        ``conditioning``: the sampler's warm-start / inpainting tensors (init, prefix, n_fixed, n_overlap)."""
         if variance_noise is None and self.stochastic:
             variance_noise = self.random_variance_noise(noise.shape[0])
-        return self.sampler(noise, global_cond, variance_noise)
+        return self.sampler(noise, global_cond, variance_noise, **conditioning)
 
     def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
         return self.normalizers[self._spec.action_key].unnormalize(naction)

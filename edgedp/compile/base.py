@@ -63,7 +63,8 @@ def make_loop(policy: Any, denoiser: nn.Module, steps: int, device: torch.device
     """The K-step loop (models.sampler.Sampler) over `denoiser`: the same scheduler tables as the policy."""
     from models.sampler import Sampler
 
-    return Sampler(denoiser, policy.scheduler_spec, steps).to(device).eval()
+    options = dict(getattr(policy, "sampler_options", {}))  # warm start / inpainting form (configure_sampler)
+    return Sampler(denoiser, policy.scheduler_spec, steps, **options).to(device).eval()
 
 
 @contextlib.contextmanager
@@ -125,14 +126,19 @@ class CompiledSampler:
         return use_threads(self.threads)
 
     def __call__(self, global_cond: torch.Tensor, noise: torch.Tensor,
-                 variance_noise: torch.Tensor | None = None) -> torch.Tensor:
+                 variance_noise: torch.Tensor | None = None, **conditioning: Any) -> torch.Tensor:
+        """``conditioning``: warm-start / inpainting tensors (init, prefix, n_fixed, n_overlap) for the loop."""
         with torch.inference_mode(), self._threads():
             g = global_cond.to(self.device, torch.float32)
             x = noise.to(self.device, torch.float32)
             v = None if variance_noise is None else variance_noise.to(self.device, torch.float32)
             if v is None and self.stochastic:
                 v = torch.randn((self.steps, *x.shape), device=self.device)
-            return self.loop(x, g, v)
+            if not conditioning:
+                return self.loop(x, g, v)
+            cond = {k: None if t is None else t.to(self.device, torch.float32 if t.is_floating_point() else t.dtype)
+                    for k, t in conditioning.items()}
+            return self.loop(x, g, v, **cond)
 
     @property
     def stochastic(self) -> bool:
