@@ -61,7 +61,7 @@ def measure(mode: str, with_planner: bool, hz: float, seconds: float, port: str,
                          start_ramp_time=0.5, spin_us=spin_us if mode == "process" else 0.0)
     factory = BusFactory({"port": port, "baud": 4_000_000, "torque_off_on_close": False}, JOINTS)
     chunks = ChunkRing.create(8, 2, slots=4)
-    states = ChunkRing.create(256, 3, slots=3)
+    states = ChunkRing.create(256, 3, slots=3, timed=False)
     control = Control.create()
     runner = (ServoProcess if mode == "process" else ServoThread)(factory, chunks, states, control, params,
                                                                    bus_errors())

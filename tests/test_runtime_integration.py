@@ -32,7 +32,7 @@ FPS = 30.0
 def _world_window(camera_delay: float, image_shape=(3, 8, 8), n_obs=2, dt=0.1):
     """A window over a world whose joints read their own time (q = 10 t) and whose camera frame k shows the
     instant 100 + k/30 s but is stamped `true_delay` later, as a camera with transport latency does."""
-    ring = ChunkRing.create(capacity=600, dim=3, slots=3)
+    ring = ChunkRing.create(capacity=600, dim=3, slots=3, timed=False)
     t = np.arange(0.0, 1.0, 0.002) + 100.0
     ring.publish(np.stack([t, 10 * t, -t], axis=1), 0.0, 0.0)
     cam = FrameHistory("top", camera=None, keep_seconds=2.0, camera_delay=camera_delay)

@@ -9,7 +9,7 @@ from edgedp.runtime.ring import ChunkRing
 
 
 def _window(max_age=0.25, n_obs=2, dt=0.1, with_camera=True):
-    ring = ChunkRing.create(capacity=600, dim=3, slots=3)
+    ring = ChunkRing.create(capacity=600, dim=3, slots=3, timed=False)
     states = StateHistory(ring)
     cams = {}
     if with_camera:

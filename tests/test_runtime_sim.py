@@ -16,7 +16,7 @@ import yaml
 from edgedp.app import build
 from edgedp.cli import main
 from edgedp.config import parse_config
-from edgedp.runtime.lifecycle import EXIT_WATCHDOG, Runtime
+from edgedp.runtime.lifecycle import EXIT_UNSAFE_STOP, EXIT_WATCHDOG, Runtime
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sim.yaml"
 SCHEMA_KEYS = ("servo_rate_hz", "servo_period_error_us", "inference_ms", "overruns", "bus_errors", "safety_clamps",
@@ -95,23 +95,56 @@ def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
     assert np.all(cmd[:, 1] >= -2.2) and np.all(cmd[:, 1] <= 2.2)
     # Hold on stop: torque stays on (safety.on_stop: hold), and nothing is left running.
     assert all(emu[j]["torque"] for j in (1, 2))
+    assert tel["sim_servos_after_stop"] == {str(j): {"torque": True, "position_rad": emu[j]["position"]} for j in (1, 2)}
     assert not left, [t.name for t in left]
-    assert rt.stop_seconds is not None  # the figure itself is reported in telemetry notes, not asserted
+    # The safe stop ran and braked to rest: its record says so, and the commanded speed it ended at is zero.
+    stop = tel["servo_stop"]
+    assert stop["decelerated"] is True and stop["closed"] is True and stop["speed_after_rad_s"] == pytest.approx(0, abs=1e-6)
+    assert set(tel["stop_ms"]) == {"servo_ms", "planner_ms", "cameras_ms", "devices_ms", "total_ms"}
+    assert tel["alerts"] == [] and tel["mode"] == "thread" and "GIL" in tel["mode_reason"]
 
 
-def test_watchdog_stops_on_bus_faults_and_switches_torque_off(tmp_path):
+def test_watchdog_on_a_mute_bus_says_loudly_that_torque_off_was_not_confirmed(tmp_path, capsys):
+    """Every status packet lost: the watchdog names the servos and the fault; the torque-off request still
+    reaches the servos (they hear it) but none can confirm it, so the run says so on stderr and exits 4."""
     def break_bus(parts):
         parts.emulator.faults.set(drop_rate=1.0)  # every status packet lost: each tick's read fails
 
     cfg = _cfg(**{"safety.on_stop": "torque_off", "safety.watchdog_failed_ticks": 5})
     code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(1.5, break_bus))
-    assert code == EXIT_WATCHDOG
+    assert code == EXIT_UNSAFE_STOP  # an unconfirmed torque off outranks the watchdog's own exit code 3
+    assert tel["exit_code"] == EXIT_UNSAFE_STOP
     assert tel["stopped_by"] == "watchdog" and tel["servo_end"] == "watchdog"
     assert tel["bus_errors"] >= 5
-    # The torque-off request went out on the dead bus (the first servo executed it although its reply was
-    # lost; the driver gives up at the first unconfirmed servo, so later ones depend on the driver).
-    assert tel["servo_stop"]["torque_off"] or "torque_off_error" in tel["servo_stop"]
-    assert not parts.emulator.final[1]["torque"]
+    assert tel["servo_error"].startswith("5 consecutive failed bus ticks: servo 1 (shoulder), servo 2 (elbow): "
+                                         "no reply (timeout)")
+    assert "torque off not confirmed by servos 1, 2" in tel["servo_stop"]["torque_off_error"]
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("edgedp run: servo loop stopped by its watchdog: 5 consecutive failed bus ticks: "
+                               "servo 1 (shoulder), servo 2 (elbow): no reply (timeout)") for line in err), err
+    assert any(line.startswith("edgedp run: SAFE STOP INCOMPLETE: torque off failed: servo 1 (shoulder), "
+                               "servo 2 (elbow): torque off not confirmed") for line in err), err
+    assert tel["alerts"] == [line[len("edgedp run: "):] for line in err if line.startswith("edgedp run: ")]
+    # The servos did switch off (they heard the sync write; only their replies were lost).
+    assert not parts.emulator.final[1]["torque"] and not parts.emulator.final[2]["torque"]
+    assert not left
+
+
+def test_watchdog_names_the_overloaded_servo_and_torque_off_succeeds(tmp_path, capsys):
+    """An overload on the elbow: every read raises its hardware alert; the watchdog names servo 2 (elbow) and
+    the bit by name; torque off is confirmed, so the exit code is the watchdog's (3) and no safe-stop alert."""
+    def overload(parts):
+        parts.emulator.faults.set(hardware_error={2: 0x20})
+
+    cfg = _cfg(**{"safety.on_stop": "torque_off", "safety.watchdog_failed_ticks": 5})
+    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(1.5, overload))
+    assert code == EXIT_WATCHDOG, tel["alerts"]
+    assert tel["servo_error"] == ("5 consecutive failed bus ticks: servo 2 (elbow): hardware error overload "
+                                  "(Hardware Error Status 0x20; reboot the servo to clear)")
+    assert tel["servo_stop"]["torque_off"] is True and "torque_off_error" not in tel["servo_stop"]
+    err = capsys.readouterr().err
+    assert "servo 2 (elbow): hardware error overload" in err and "SAFE STOP INCOMPLETE" not in err
+    assert not parts.emulator.final[1]["torque"] and not parts.emulator.final[2]["torque"]
     assert not left
 
 

@@ -1,11 +1,13 @@
 """A small shared-memory control block between the runtime and the servo loop (thread or process).
 
 The stop request and the servo phase are atomic words; the live counters are plain float64 cells read only
-for the status line (a counter read mid-update is harmless there), so the servo tick pays no locking.
+for the status line (a counter read mid-update is harmless there), so the servo tick pays no locking. The
+counters travel by name (LiveStatus), never by position: adding one cannot shift the others.
 """
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass, fields
 from multiprocessing import shared_memory
 
 import atomics
@@ -14,9 +16,27 @@ import numpy as np
 from edgedp.runtime.ring import AtomicU64, _attach_shm, _release_shm
 
 PHASES = ("starting", "waiting", "ramping", "running", "stopping", "stopped", "failed")
-LIVE = ("ticks", "overruns", "bus_errors", "safety_clamps", "joins", "uncovered_ticks", "period_error_us",
-        "chunks", "max_period_error_us")
-_SIZE = 64 + 8 * 32
+
+
+@dataclass
+class LiveStatus:
+    """The servo loop's counters for the live status line (written every few ticks, read by the runtime)."""
+
+    ticks: int = 0
+    overruns: int = 0
+    bus_errors: int = 0
+    safety_clamps: int = 0
+    joins: int = 0
+    uncovered_ticks: int = 0
+    period_error_us: float = 0.0
+    chunks: int = 0
+    max_period_error_us: float = 0.0
+
+
+LIVE = tuple(f.name for f in fields(LiveStatus))
+_CELLS = 32
+_SIZE = 64 + 8 * _CELLS
+assert len(LIVE) <= _CELLS
 
 
 class Control:
@@ -54,11 +74,12 @@ class Control:
     def phase(self) -> str:
         return PHASES[int(self._phase.load(atomics.MemoryOrder.ACQUIRE))]
 
-    def set_live(self, name: str, value: float) -> None:
-        self.live[LIVE.index(name)] = value
+    def write_live(self, status: LiveStatus) -> None:
+        self.live[: len(LIVE)] = [getattr(status, name) for name in LIVE]
 
-    def read_live(self) -> dict:
-        return {k: float(self.live[i]) for i, k in enumerate(LIVE)}
+    def read_live(self) -> LiveStatus:
+        cells = self.live[: len(LIVE)].tolist()
+        return LiveStatus(**{name: (type(getattr(LiveStatus, name))(v)) for name, v in zip(LIVE, cells)})
 
     def close(self) -> None:
         if self._shm is None:

@@ -88,8 +88,12 @@ class FrameHistory:
         self._last_seq = None
         self.frames_seen = 0
         self.errors = 0
+        self.started_at: Optional[float] = None  # host monotonic time the collector started
+        self.last_new_at: Optional[float] = None  # host monotonic time the newest frame was collected
+        self.last_error: Optional[str] = None  # the driver's last complaint, for the "camera lost" message
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"frames-{self.name}", daemon=True)
         self._thread.start()
 
@@ -97,13 +101,20 @@ class FrameHistory:
         while not self._stop.is_set():
             try:
                 f = self.camera.latest()
-            except Exception:  # a camera hiccup must not kill the collector; it shows as staleness
+            except Exception as exc:  # a hiccup must not kill the collector; it shows as staleness, then loss
                 self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 f = None
             if f is not None and f.seq != self._last_seq:
                 self._last_seq = f.seq
+                self.last_new_at = time.monotonic()
                 self.add(f.t, f.image)
             self._stop.wait(self.poll)
+
+    def silent_for(self, now: float) -> Optional[float]:
+        """Seconds since the newest frame arrived (or since start, before the first); None when not started."""
+        last = self.last_new_at if self.last_new_at is not None else self.started_at
+        return None if last is None else now - last
 
     def add(self, t: float, image: np.ndarray) -> None:
         """Keep a frame the camera stamped `t`; it is stored at t - camera_delay (the instant it shows)."""

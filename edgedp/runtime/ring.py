@@ -24,6 +24,7 @@ An optional CRC32 over the chunk's bytes (per slot) lets stress tests prove that
 """
 from __future__ import annotations
 
+import math
 import secrets
 import zlib
 from dataclasses import dataclass
@@ -93,12 +94,17 @@ _SC = atomics.MemoryOrder.SEQ_CST
 
 @dataclass(frozen=True)
 class RingSpec:
-    """Everything another process needs to attach to a ring (picklable)."""
+    """Everything another process needs to attach to a ring (picklable).
+
+    timed: the ring carries timed chunks (actions at t0 + j*dt): `publish` refuses a header with a
+    non-finite t0, a dt that is not a positive finite number, or a non-finite action, so the consumer never
+    sees one. The servo loop's joint-state snapshots carry their own per-row times (timed=False)."""
 
     name: str
     slots: int
     capacity: int
     dim: int
+    timed: bool = True
 
 
 @dataclass
@@ -149,13 +155,14 @@ class ChunkRing:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, capacity: int, dim: int, slots: int = 4, checksum: bool = False) -> "ChunkRing":
+    def create(cls, capacity: int, dim: int, slots: int = 4, checksum: bool = False,
+               timed: bool = True) -> "ChunkRing":
         if capacity < 1 or dim < 1:
             raise ValueError(f"capacity and dim must be >= 1 (got {capacity}, {dim})")
         name = f"edgedp_ring_{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=_nbytes(slots, capacity, dim))
         shm.buf[:_CTRL] = bytes(_CTRL)
-        return cls(shm, RingSpec(name, slots, capacity, dim), owner=True, checksum=checksum)
+        return cls(shm, RingSpec(name, slots, capacity, dim, timed), owner=True, checksum=checksum)
 
     @classmethod
     def attach(cls, spec: RingSpec, checksum: bool = False) -> "ChunkRing":
@@ -164,10 +171,17 @@ class ChunkRing:
 
     # ---- producer -----------------------------------------------------------------------------------
     def publish(self, actions: np.ndarray, t0: float, dt: float) -> int:
-        """Copy a chunk (length x dim) into a free slot and make it the newest; return its sequence number."""
+        """Copy a chunk (length x dim) into a free slot and make it the newest; return its sequence number.
+
+        A malformed chunk raises ValueError naming the field (length, dim, t0, dt, actions) and publishes
+        nothing: the consumer only ever sees chunks it can execute."""
         n = actions.shape[0]
         if n > self.spec.capacity or n < 1:
             raise ValueError(f"chunk length {n} outside 1..{self.spec.capacity}")
+        if actions.ndim != 2 or actions.shape[1] != self.spec.dim:
+            raise ValueError(f"chunk dim: expected {self.spec.dim} values per step, got shape {actions.shape}")
+        if self.spec.timed:
+            _check_timed(actions, t0, dt)
         busy = self._reading.load(_SC)
         busy_slot = int(busy) - 1
         slot = (self._last_slot + 1) % self.spec.slots
@@ -229,6 +243,18 @@ class ChunkRing:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_timed(actions: np.ndarray, t0: float, dt: float) -> None:
+    if not math.isfinite(t0):
+        raise ValueError(f"chunk t0: must be a finite time in seconds, got {t0!r}")
+    if not (math.isfinite(dt) and dt > 0.0):
+        raise ValueError(f"chunk dt: must be a positive finite number of seconds, got {dt!r}")
+    finite = np.isfinite(actions)
+    if not finite.all():
+        step, joint = (int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(f"chunk actions: non-finite value {float(actions[step, joint])} at step {step}, joint {joint} "
+                         f"({int((~finite).sum())} in all)")
 
 
 def _crc(act: np.ndarray, n: int, seq: int, t0: float, dt: float) -> int:

@@ -24,12 +24,14 @@ from edgedp.runtime.ring import _attach_shm
 
 def _serve(servos: dict, baud: int, shm_name: str, conn, realtime: bool, initial: dict) -> None:
     import os
-    import signal
     import time
 
+    from edgedp.runtime.signals import ignore_stop_signals
     from firmware_bridge.dynamixel.emulator import Emulator
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runtime decides when the emulator stops
+    # The runtime decides when the emulator stops (after the servo loop's safe stop has reached the servos);
+    # Ctrl-C or SIGTERM to the process group must not take the emulated servos away before that.
+    ignore_stop_signals()
     if realtime:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(60))
@@ -130,7 +132,10 @@ class EmulatorProcess:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, name="edgedp-emulator", daemon=True,
                                  args=(self.servos, self.baud, self._shm.name, child, self.realtime, self.initial))
-        self._proc.start()
+        from edgedp.runtime.signals import shielded_from_signals
+
+        with shielded_from_signals():  # blocked from the first instruction on (see runtime/signals.py)
+            self._proc.start()
         child.close()
         if not self._conn.poll(timeout):
             self.stop()

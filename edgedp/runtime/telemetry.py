@@ -7,6 +7,7 @@ timeline). `to_dict()` is the documented JSON schema (docs/runtime.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -15,7 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgedp.runtime.servo_loop import HIST_BIN_US, HIST_BINS
+from edgedp.runtime.control import LiveStatus
+from edgedp.runtime.instruments import HIST_BIN_US, HIST_BINS
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +71,10 @@ class Telemetry:
         self.notes: list[str] = []
         self.denoise_step_source = "none"
         self.cameras: dict[str, Any] = {}  # camera name -> feature, frames seen by the runtime, driver counters
+        self.mode_reason = ""  # why the servo loop runs as a thread or a process (in the summary)
+        self.stop_timing: dict[str, float] = {}  # ms per stop stage (servo safe stop, planner, cameras, devices)
+        self.sim_servos_after_stop: Optional[dict] = None  # emulated servos' torque/position after the stop
+        self.alerts: list[str] = []  # what was printed to stderr at the end (faults, incomplete safe stop)
 
     # ---- cameras --------------------------------------------------------------------------------
     def record_camera(self, name: str, feature: str, frames_seen: int, poll_errors: int,
@@ -122,6 +128,7 @@ class Telemetry:
         d = {
             "schema": SCHEMA_VERSION,
             "mode": self.mode,
+            "mode_reason": self.mode_reason,
             "duration_s": round(self.duration_s, 3),
             "stopped_by": self.stopped_by,
             "exit_code": self.exit_code,
@@ -152,6 +159,9 @@ class Telemetry:
             },
             "joins": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in j.items()} for j in joins],
             "servo_stop": s.get("stop", {}),
+            "stop_ms": self.stop_timing,
+            "sim_servos_after_stop": self.sim_servos_after_stop,
+            "alerts": self.alerts,
             "bus_stats": s.get("bus_stats", {}),
             "cameras": self.cameras,
             "servo_end": s.get("reason"),
@@ -168,7 +178,8 @@ class Telemetry:
         return d
 
     def write_json(self, path: Path) -> None:
-        _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2).encode())
+        """Strict JSON: a non-finite number (a NaN chunk's join jump, say) is written as null, never as NaN."""
+        _atomic_write(Path(path), json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False).encode())
 
     def plot(self, path: Path) -> None:
         import matplotlib
@@ -217,19 +228,20 @@ class Telemetry:
                 os.unlink(tmp)
 
     # ---- terminal ---------------------------------------------------------------------------------
-    def live_line(self, live: dict, phase: str, elapsed: float) -> str:
+    def live_line(self, live: LiveStatus, phase: str, elapsed: float) -> str:
         inf = self.stage_ms["inference"]
         last = f"{inf[-1]:.0f}" if inf else "-"
-        return (f"{elapsed:6.1f}s {phase:<8} ticks {int(live['ticks'])} err {live['period_error_us']:.0f}µs "
-                f"(max {live['max_period_error_us']:.0f}) overruns {int(live['overruns'])} "
-                f"chunks {len(self.chunk_log)}/{int(live['chunks'])} inference {last} ms "
-                f"stale {self.stale_observations} bus err {int(live['bus_errors'])} clamps {int(live['safety_clamps'])}")
+        return (f"{elapsed:6.1f}s {phase:<8} ticks {live.ticks} err {live.period_error_us:.0f}µs "
+                f"(max {live.max_period_error_us:.0f}) overruns {live.overruns} "
+                f"chunks {len(self.chunk_log)}/{live.chunks} inference {last} ms "
+                f"stale {self.stale_observations} bus err {live.bus_errors} clamps {live.safety_clamps}")
 
     def summary_table(self):
         from rich.table import Table
 
         d = self.to_dict()
-        t = Table(title=f"edgedp run: {d['duration_s']:.1f} s, stopped by {d['stopped_by']} ({self.mode} servo)")
+        t = Table(title=f"edgedp run: {d['duration_s']:.1f} s, stopped by {d['stopped_by']} ({self.mode} servo)",
+                  caption=f"servo loop: {self.mode_reason}" if self.mode_reason else None)
         t.add_column("metric")
         t.add_column("value", justify="right")
 
@@ -253,7 +265,7 @@ class Telemetry:
         t.add_row("steps dropped (already past)", str(d["dropped_steps"]))
         jj = d["join_jump_max"]
         t.add_row("join jump max (position / velocity)",
-                  f"{jj['position_rad']:.4f} rad / {jj['velocity_rad_s']:.3f} rad/s")
+                  f"{f(jj['position_rad'], '{:.4f}')} rad / {f(jj['velocity_rad_s'], '{:.3f}')} rad/s")
         t.add_row("stale observations", str(d["stale_observations"]))
         t.add_row("uncovered ticks (held)", str(d["uncovered_ticks"]))
         t.add_row("bus errors", str(d["bus_errors"]))
@@ -262,6 +274,21 @@ class Telemetry:
                       f"{c.get('frames', c['frames_seen'])} / {c.get('drops', '-')} / {c.get('reconnects', '-')}")
         t.add_row("safety clamps (non-finite)", f"{d['safety_clamps']} ({d['nonfinite_targets']})")
         return t
+
+
+def json_safe(x: Any) -> Any:
+    """The same structure with every non-finite float as None and numpy values as plain Python."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
