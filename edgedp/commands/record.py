@@ -1,7 +1,9 @@
-"""`edgedp record`: scripted-expert demonstrations of the sim reach task, written crash-safely."""
+"""`edgedp record`: scripted-expert demonstrations of the sim reach task, written crash-safely as a LeRobot v3.0
+dataset (edgedp/datasets)."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -57,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgedp.console import make_console
-    from edgedp.sim_task.dataset import DatasetError, DatasetWriter, EpisodeDataset
+    from edgedp.datasets import DatasetError
+    from edgedp.datasets.convert import episode_frames, sim_features
+    from edgedp.datasets.writer import DatasetWriter
     from edgedp.sim_task.expert import record_episode
 
     if args.episodes < 1:
@@ -71,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         task.task = args.task
     task.steps, task.period = args.steps, args.period
     out = Path(args.out)
+    fps = 1.0 / task.period
+    if abs(fps - round(fps)) > 1e-9:  # LeRobot v3.0 stores an integer fps and times frames by it
+        raise UserError(f"--period {args.period}: 1/period must be a whole number of frames per second (e.g. 0.1, 0.05)")
     settings = {"robot_type": "sim-planar-arm", "task": task.task, "scene": task.to_dict(),
                 "expert": {"kind": "joint-space proportional, speed-limited", "max_speed": expert.max_speed,
                            "gain": expert.gain, "joint_limits": [list(map(float, l)) for l in expert.joint_limits]},
@@ -78,15 +85,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.append:
             writer = DatasetWriter.open_for_append(out)
-            stored = writer.info
+            stored = writer.info.get("edgedp", {})
             if stored.get("scene") != task.to_dict() or stored.get("seed") != args.seed:
                 raise UserError(f"{out}: recorded with other settings (scene {stored.get('scene')}, seed {stored.get('seed')}); "
                                 "append with the same --task/--config/--steps/--period/--seed")
         else:
-            if out.exists() and (out / "meta" / "episodes.jsonl").exists():
-                n = len(EpisodeDataset(out))
+            if (out / "meta" / "info.json").exists():
+                n = json.loads((out / "meta" / "info.json").read_text()).get("total_episodes", "?")
                 raise UserError(f"{out}: already a dataset with {n} episodes (use --append to add more, or a new --out)")
-            writer = DatasetWriter.create(out, 1.0 / task.period, task.image_size, names, settings)
+            writer = DatasetWriter.create(out, round(fps), sim_features(task.image_size, names),
+                                          robot_type=settings["robot_type"], extra=settings)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
 
@@ -100,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         for i in range(first, first + args.episodes):
             pace = (lambda _i: time.sleep(args.step_delay)) if args.step_delay > 0 else None
             ep = record_episode(task, expert, args.seed + i, on_step=pace)
-            writer.add(ep)
+            writer.add_episode(episode_frames(ep), task.task, extra=ep.info)
             successes += int(ep.info["success"])
             bar.update(job, advance=1, note=f"expert success {successes}/{i - first + 1}")
     elapsed = time.monotonic() - started

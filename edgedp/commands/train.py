@@ -12,7 +12,12 @@ from edgedp.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a Diffusion Policy (or the regression baseline) on an episode dataset")
-    p.add_argument("data", help="dataset folder written by `edgedp record`")
+    p.add_argument("data", help="dataset folder: LeRobot v3.0 (what `edgedp record` writes, or your own LeRobot "
+                                "data) or an old edgedp .npz set")
+    p.add_argument("--image-key", default=None, help="LeRobot dataset feature that feeds the policy's image "
+                                                      "(default: the only camera feature)")
+    p.add_argument("--state-key", default=None, help="feature for the policy's state (default observation.state)")
+    p.add_argument("--action-key", default=None, help="feature for the policy's action (default action)")
     p.add_argument("--preset", default="small", help="architecture preset (default small)")
     p.add_argument("--out", required=True, help="native checkpoint folder to write (EMA weights, replaced atomically)")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
@@ -38,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from edgedp.console import make_console
-    from edgedp.sim_task.dataset import DatasetError, EpisodeDataset
+    from edgedp.datasets import DatasetError
+    from edgedp.datasets.episodes import open_episodes
     from edgedp.sim_task.train import TrainConfig, train
     from models.native import is_native_dir
     from models.presets import UnknownPresetError, load_preset
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except UnknownPresetError as exc:
         raise UserError(str(exc)) from None
     try:
-        ds = EpisodeDataset(args.data)
+        ds = open_episodes(args.data, args.image_key, args.state_key, args.action_key)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     if len(ds) == 0:
@@ -75,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--set {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
                       save_every=args.save_every, regression=args.regression, threads=args.threads,
-                      max_episodes=args.max_episodes, spec_overrides=overrides)
+                      max_episodes=args.max_episodes, spec_overrides=overrides, image_key=args.image_key,
+                      state_key=args.state_key, action_key=args.action_key)
     console = make_console()
     log = open(args.log, "w") if args.log else None
     smooth = [None]

@@ -183,10 +183,11 @@ def dataset_observations(path: str | Path, policy: Any, n_calib: int, n_heldout:
     windows of one episode share frames, so a window-level split would leak into the gate.
     """
     from edgedp.errors import UserError
-    from edgedp.sim_task.dataset import IMAGE_KEY, STATE_KEY, DatasetError, EpisodeDataset
+    from edgedp.datasets.episodes import open_episodes
+    from edgedp.sim_task.dataset import IMAGE_KEY, STATE_KEY, DatasetError
 
     try:
-        ds = EpisodeDataset(path)
+        ds = open_episodes(path)  # LeRobot v3.0 (what `edgedp record` writes) or an old .npz set
     except DatasetError as exc:
         raise UserError(f"--calib: {exc}") from None
     imgs, states = policy.spec.image_features, policy.spec.state_features

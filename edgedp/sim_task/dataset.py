@@ -1,4 +1,8 @@
-"""Episode datasets on disk: crash-safe writing, reading, and flattening to the original code's layout.
+"""edgedp's first episode format (.npz per episode): reading, conversion input, and flattening for training.
+
+`edgedp record` now writes LeRobot v3.0 (edgedp/datasets); this format stays readable (training, INT8
+calibration) and `edgedp dataset convert OLD NEW` turns a set into v3.0. The writer stays for tests and
+conversion fixtures.
 
 Layout (LeRobot v2.1's directory and metadata names; one compressed ``.npz`` per episode stands in
 for its parquet + mp4 files so that nothing beyond numpy is needed)::
@@ -40,8 +44,7 @@ ACTION_KEY = "action"
 ARRAY_KEYS = (IMAGE_KEY, STATE_KEY, ACTION_KEY, "timestamp", "frame_index")
 
 
-class DatasetError(ValueError):
-    """A dataset directory that is missing, foreign or inconsistent; the message names the file."""
+from edgedp.datasets import DatasetError  # one error type for both formats (raised with the file named)
 
 
 def _fsync_dir(path: Path) -> None:

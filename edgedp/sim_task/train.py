@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgedp.datasets.episodes import open_episodes
 from edgedp.sim_task.dataset import ACTION_KEY, IMAGE_KEY, STATE_KEY, EpisodeDataset
 
 
@@ -38,6 +39,11 @@ class TrainConfig:
     threads: int = 1
     max_episodes: Optional[int] = None
     spec_overrides: dict = field(default_factory=dict)
+    # LeRobot v3.0 datasets: which features feed the policy's image/state/action (None: the only camera,
+    # observation.state, action). Old .npz sets have fixed keys.
+    image_key: Optional[str] = None
+    state_key: Optional[str] = None
+    action_key: Optional[str] = None
 
     @property
     def warmup_steps(self) -> int:
@@ -203,7 +209,7 @@ def train(dataset_dir: str | Path, preset: str, out: Optional[str | Path], cfg: 
     from models.native import save_native
 
     torch.set_num_threads(cfg.threads)
-    dataset = EpisodeDataset(dataset_dir)
+    dataset = open_episodes(dataset_dir, cfg.image_key, cfg.state_key, cfg.action_key)  # v3.0 or .npz
     torch.manual_seed(cfg.seed)
     spec_probe = _probe_spec(preset, cfg)
     data = InMemoryData(dataset, spec_probe.n_obs_steps, spec_probe.horizon, cfg.max_episodes)
