@@ -22,6 +22,10 @@ EXTRAS = {
     "realsense": ["pyrealsense2>=2.54"],
     "tensorrt": ["torch-tensorrt>=2.2", "nvidia-modelopt"],
     "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+    # LeRobot v3.0 datasets (edgedp record / train / dataset, eval --video): parquet files and AV1 mp4 video.
+    "datasets": ["pyarrow>=14", "av>=12"],
+    # edgedp run --view: the live rerun stream (camera, joints, chunks).
+    "view": ["rerun-sdk>=0.20"],
     # Push-T (scene.task: pusht). gym-pusht declares opencv-python, which overwrites the headless cv2 above;
     # to keep the headless build: pip install --no-deps 'gym-pusht>=0.1.8,<0.2' and then 'edgedp[pusht]'.
     "pusht": ["gym-pusht>=0.1.8,<0.2", "gymnasium>=0.29.1,<2", "pygame>=2.5.2,<2.7", "pymunk>=6.6,<7",
@@ -32,6 +36,9 @@ EXTRAS = {
         "diffusers>=0.25",
         "onnxruntime>=1.17",
         "onnx>=1.15",
+        "pyarrow>=14",
+        "av>=12",
+        "rerun-sdk>=0.20",
     ],
 }
 
