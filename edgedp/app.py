@@ -150,15 +150,19 @@ def load_joint_calibration(path) -> dict[str, dict]:
     return out
 
 
-def apply_joint_calibration(cfg: RunConfig) -> tuple[list[JointConfig], list[dict[str, str]], list[str]]:
+def apply_joint_calibration(cfg: RunConfig, missing_ok: bool = False
+                            ) -> tuple[list[JointConfig], list[dict[str, str]], list[str]]:
     """The joints a run uses, with where each zero and direction came from.
 
     Precedence, per joint and per value: robot.calibration_file (measured) > the value written in
     robot.joints > the default (zero 0, direction +1). A joint the file does not list keeps its config
     value; a file naming a joint the config lacks, or the same joint with another servo id, is refused
-    (it belongs to another robot). A config value the file overrides is reported in the notes."""
+    (it belongs to another robot). A config value the file overrides is reported in the notes.
+    `missing_ok`: a file that does not exist yet counts as empty (`edgedp calibrate joints` writing it)."""
     joints = list(cfg.robot.joints)
     path = cfg.robot.calibration_file
+    if path is not None and missing_ok and not Path(path).exists():
+        path = None
     cal = load_joint_calibration(path) if path is not None else {}
     by_name = {j.name: j for j in joints}
     for name, row in cal.items():
@@ -374,7 +378,7 @@ def calibration_bus(cfg: RunConfig) -> DynamixelBus:
     reports angles through the calibration a run would use), torque off on close (a session ends with a
     limp arm), and a slower tick budget (calibration is not a control loop). `port: emulator` runs the
     driver's in-process emulator, which calibration drives directly (bus.emulator)."""
-    joints, _, _ = apply_joint_calibration(cfg)
+    joints, _, _ = apply_joint_calibration(cfg, missing_ok=True)
     return bus_factory(cfg, joints, BusTuning(torque_off_on_close=True, tick_budget_s=0.02))()
 
 
@@ -427,7 +431,7 @@ def joint_angles(emulator, joints: list[JointConfig]) -> Callable[[], np.ndarray
 class Devices:
     """Constructed devices (nothing opened) and how to start and stop what is not a camera or the bus."""
 
-    make_bus: BusFactory
+    make_bus: Optional[BusFactory] = None
     cameras: dict[str, Any] = field(default_factory=dict)
     scene: Any = None
     emulator: Any = None  # EmulatorProcess for sim runs
@@ -435,21 +439,23 @@ class Devices:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-def _scene(plan: RunPlan, cam: CameraConfig, angles: Callable[[], np.ndarray], depth: bool):
+def _scene(cfg: RunConfig, joints: list[JointConfig], cam: CameraConfig, angles: Callable[[], np.ndarray],
+           depth: bool):
     from firmware_bridge.sim import Scene
 
-    sc = plan.cfg.scene
+    sc = cfg.scene
     return Scene(angles, link_lengths=sc.link_lengths, task=sc.task, workspace=sc.workspace, width=cam.width,
-                 height=cam.height, seed=sc.seed, depth=depth, joint_limits=[(j.min, j.max) for j in plan.joints])
+                 height=cam.height, seed=sc.seed, depth=depth, joint_limits=[(j.min, j.max) for j in joints])
 
 
-def virtual_camera(plan: RunPlan, cam: CameraConfig, angles: Callable[[], np.ndarray], dev: Devices,
-                   depth: Optional[bool] = None):
+def virtual_camera(cfg: RunConfig, joints: list[JointConfig], cam: CameraConfig, angles: Callable[[], np.ndarray],
+                   dev: Devices, depth: Optional[bool] = None):
     """A camera of kind virtual: the simulated scene (driven by `angles`) through a virtual RealSense, or
-    rendered directly when pyrealsense2 is missing. Sets dev.scene; adds the virtual device's start/close."""
+    rendered directly when pyrealsense2 is missing. Sets dev.scene; adds the virtual device's start/close.
+    Used by runs (angles from the emulator process) and by calibration (angles from the in-process one)."""
     depth = cam.depth if depth is None else depth
     # Push-T's scene is built before the cameras (build_devices); the others are built per camera here.
-    scene = dev.scene if getattr(dev.scene, "task", None) == "pusht" else _scene(plan, cam, angles, depth)
+    scene = dev.scene if getattr(dev.scene, "task", None) == "pusht" else _scene(cfg, joints, cam, angles, depth)
     dev.scene = scene
     if _realsense_unavailable() is not None:
         from firmware_bridge.sim.scene_camera import SceneCamera
@@ -482,7 +488,7 @@ class CameraBuilder:
 
 
 def _build_virtual(plan: RunPlan, cam: CameraConfig, dev: Devices):
-    return virtual_camera(plan, cam, joint_angles(dev.emulator, plan.joints), dev)
+    return virtual_camera(plan.cfg, plan.joints, cam, joint_angles(dev.emulator, plan.joints), dev)
 
 
 CAMERA_BUILDERS: dict[str, CameraBuilder] = {

@@ -121,3 +121,53 @@ def test_goal_on_the_wire_follows_the_calibration(tmp_path, with_file):
         for close in reversed(dev.closers):
             close()
     assert not os.path.exists(dev.make_bus.spec.port)
+
+
+def test_calibrate_joints_then_run_config_uses_the_file(tmp_path, monkeypatch, capsys):
+    """`edgedp calibrate joints` on the bus the assembly point builds, then a config pointing
+    robot.calibration_file at the result: the run's bus reads the model angles the user holds."""
+    import edgedp.app
+    from edgedp.app import build_devices, calibration_bus
+
+    true_zero, true_dir = np.array([0.4, -0.8]), np.array([1, -1])
+    data = copy.deepcopy(GOOD)
+    data["robot"]["calibration_file"] = "joints.yaml"  # not written yet: calibration may start without it
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    buses = []
+
+    def recording_bus(cfg):
+        buses.append(calibration_bus(cfg))
+        return buses[-1]
+
+    monkeypatch.setattr(edgedp.app, "calibration_bus", recording_bus)
+
+    def hold(q):  # the user holds the arm at model angles q (servo angle = zero + direction * q)
+        for k, sid in enumerate((1, 2)):
+            buses[0].emulator.servo(sid).set_external_position(angle_rad=float(true_zero[k] + true_dir[k] * q[k]))
+        time.sleep(0.05)
+
+    steps = iter([lambda: hold(np.zeros(2)), lambda: hold(np.full(2, 0.5))])
+    monkeypatch.setattr("builtins.input", lambda text="": (next(steps)(), "")[1])
+    assert main(["calibrate", "joints", str(cfg_path), "--out", str(tmp_path / "joints.yaml"),
+                 "--range-seconds", "0.1"]) == 0
+    capsys.readouterr()
+
+    plan = validate(parse_config(yaml.safe_load(cfg_path.read_text()), base=tmp_path))
+    assert [s["zero_offset"] for s in plan.joint_sources] == [SOURCE_FILE, SOURCE_FILE]
+    np.testing.assert_allclose([j.zero_offset for j in plan.joints], true_zero, atol=0.005)
+    assert [j.direction for j in plan.joints] == list(true_dir)
+    dev = build_devices(plan, BusTuning(torque_off_on_close=True, tick_budget_s=0.05))
+    dev.starters[0]()
+    try:
+        bus = dev.make_bus()
+        bus.connect()
+        try:
+            # the emulator process parked the arm at the range middle through the calibrated zero
+            np.testing.assert_allclose(bus.read().q, [0.0, 0.0], atol=0.01)
+            np.testing.assert_allclose(dev.emulator.position(1), true_zero[0], atol=0.01)
+        finally:
+            bus.close()
+    finally:
+        for close in reversed(dev.closers):
+            close()

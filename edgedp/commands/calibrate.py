@@ -255,20 +255,11 @@ def _read_pose_list(path: Optional[str], n: int, what: str) -> Optional[np.ndarr
 
 
 def _open_robot(cfg):
-    """A ServoBus for the config's robot, built by the runtime's factory (edgedp.app.BusFactory).
+    """A ServoBus for the config's robot, from the assembly point (edgedp.app.calibration_bus): the
+    calibration a run would use applied, torque off on close (a session always ends with a limp arm)."""
+    from edgedp.app import calibration_bus
 
-    torque_off_on_close is forced on: a calibration session always ends with a limp arm.
-    """
-    try:
-        from edgedp.app import BusFactory
-    except ImportError as exc:
-        raise UserError(f"the device factory (edgedp.app) is not available ({exc})") from None
-    b = cfg.robot.bus
-    values = {"port": b.port, "baud": b.baud, "low_latency": b.low_latency, "fast_sync_read": b.fast_sync_read,
-              "torque_off_on_close": True,
-              # Calibration is not a control loop: give a slow reply time to arrive rather than fail.
-              "tick_budget_s": 0.02}
-    return BusFactory(values, [j.model_dump() for j in cfg.robot.joints])()
+    return calibration_bus(cfg)
 
 
 def _camera_config(cfg, name: Optional[str]):
@@ -282,44 +273,32 @@ def _camera_config(cfg, name: Optional[str]):
 
 def _open_camera(cfg, name: Optional[str]):
     """The RealSense (or recorded file) named in the config; the virtual scene camera shows no board."""
+    from edgedp.app import realsense_camera
+
     cam = _camera_config(cfg, name)
     if cam.kind == "virtual":
         raise UserError(f"camera '{cam.name}' is virtual: the simulated scene shows no ChArUco board to calibrate on")
-    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
-
-    return RealSenseCamera(RealSenseSettings(
-        serial=cam.serial, width=cam.width, height=cam.height, fps=cam.fps, exposure=cam.exposure,
-        white_balance=cam.white_balance, file=str(cam.file) if cam.file else None, name=cam.name))
+    return realsense_camera(cam)
 
 
 def _open_scene_camera(cfg, name: Optional[str], bus) -> tuple:
     """A camera that watches the arm: the configured RealSense, or for `kind: virtual` the simulated scene
-    rendered from the emulated servos (bus.port: emulator) through a virtual RealSense. Returns the camera
-    and the extra things to close afterwards."""
+    rendered from the emulated servos (bus.port: emulator), built by the assembly point like a run's.
+    Returns the camera and the extra things to close afterwards."""
+    from edgedp.app import Devices, apply_joint_calibration, joint_angles, virtual_camera
+
     cam = _camera_config(cfg, name)
     if cam.kind != "virtual":
         return _open_camera(cfg, name), []
     emulator = getattr(bus, "emulator", None)
     if emulator is None:
         raise UserError(f"camera '{cam.name}' is virtual and needs robot.bus.port: emulator")
-    from firmware_bridge.realsense import RealSenseCamera, RealSenseSettings
-    from firmware_bridge.realsense.virtual import VirtualRealSense
-    from firmware_bridge.sim import Scene
-
-    ids = [j.id for j in cfg.robot.joints]
-    d = np.array([j.direction for j in cfg.robot.joints], float)
-    z = np.array([j.zero_offset for j in cfg.robot.joints], float)
-
-    def angles() -> np.ndarray:
-        pos = emulator.present_positions_rad()
-        return d * (np.array([pos[i] for i in ids]) - z)
-
-    sc = cfg.scene
-    scene = Scene(angles, link_lengths=sc.link_lengths, task=sc.task, workspace=sc.workspace, width=cam.width,
-                  height=cam.height, seed=sc.seed, depth=False, joint_limits=[(j.min, j.max) for j in cfg.robot.joints])
-    dev = VirtualRealSense(scene.render, scene.intrinsics, fps=cam.fps).start()
-    return RealSenseCamera(RealSenseSettings(serial=dev.serial, width=cam.width, height=cam.height, fps=cam.fps,
-                                             name=cam.name)), [dev.close]
+    joints, _, _ = apply_joint_calibration(cfg, missing_ok=True)
+    dev = Devices()
+    camera = virtual_camera(cfg, joints, cam, joint_angles(emulator, joints), dev, depth=False)
+    for start in dev.starters:
+        start()
+    return camera, list(reversed(dev.closers))
 
 
 def _connect(bus) -> None:
@@ -350,11 +329,13 @@ def _joints(args) -> int:
     n = len(cfg.robot.joints)
     ref = _read_pose_list(args.reference, n, "reference pose")
     second = _read_pose_list(args.second, n, "second pose")
+    from edgedp.app import apply_joint_calibration
+
+    js, _, _ = apply_joint_calibration(cfg, missing_ok=True)  # what the bus applies: robot.calibration_file over robot.joints
     bus = _open_robot(cfg)
     _connect(bus)
     try:
         with _Wrap():
-            js = cfg.robot.joints
             # The bus reports angles through the config's current direction/zero; the calibrator undoes them.
             cal = JointCalibrator(bus, [j.name for j in js], [j.id for j in js],
                                   current_direction=[j.direction for j in js], current_zero=[j.zero_offset for j in js])
@@ -400,8 +381,10 @@ def _record_live(args) -> dict:
     from calibration.time_offset import record_streams
     from edgedp.config import load_config
 
+    from edgedp.app import apply_joint_calibration
+
     cfg = load_config(args.record)
-    js = cfg.robot.joints
+    js, _, _ = apply_joint_calibration(cfg, missing_ok=True)  # the calibration the bus applies
     center = np.array([0.5 * (j.min + j.max) for j in js])
     half = np.array([0.5 * (j.max - j.min) for j in js])
     if np.any(args.amplitude > half):
