@@ -186,6 +186,9 @@ class Runtime:
     def _start(self, rig: _Rig) -> float:
         """Devices, cameras, the servo loop; the planner once the servo loop holds the arm. Returns t_begin."""
         p = self.parts
+        if self.console is not None:
+            self.console.print("starting devices and the servo loop (Ctrl-C stops safely from here on)", highlight=False)
+            _flush(self.console)
         for start in p.starters:
             if self._stop.is_set():
                 return time.monotonic()
