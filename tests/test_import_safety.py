@@ -126,13 +126,22 @@ def test_deep_nesting_and_shared_reference_blowup_fail_fast(tmp_path):
     _raw_pickle_zip(p, b"]" * 5000 + b"a" * 4999)  # APPEND each list into the one below: depth 5000
     with pytest.raises(CheckpointError, match="nests"):
         load_torch_zip(p)
-    # 2**40 paths through shared references: must be walked once per object, not per path
+    # 2**40 paths through shared references: walked once per object, and refused, because any repr,
+    # comparison or error message quoting it later would walk every path
     x: list = [0]
     for _ in range(40):
         x = [x, x]
     p2 = tmp_path / "laughs.ckpt"
     _torch_zip_with_pickle(p2, pickle.dumps(x, protocol=2))
-    got = load_torch_zip(p2)
+    with pytest.raises(CheckpointError, match="expands to more than 1,000,000 items"):
+        load_torch_zip(p2)
+    # sharing itself is fine (model and EMA share tensors): 2**10 paths load, sharing kept
+    y: list = [0]
+    for _ in range(10):
+        y = [y, y]
+    p3 = tmp_path / "shared.ckpt"
+    _torch_zip_with_pickle(p3, pickle.dumps(y, protocol=2))
+    got = load_torch_zip(p3)
     assert got[0] is got[1]
 
 

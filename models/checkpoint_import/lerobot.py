@@ -27,7 +27,9 @@ from models.encoder import ObservationEncoder
 from models.unet1d import ConditionalUnet1D
 
 from .description import ImportedPolicy, NormField
-from .errors import CheckpointError, UnsupportedCheckpointError
+from .errors import CheckpointError, UnsupportedCheckpointError, one_line_errors, short_repr
+from .fields import (MAX_DIM, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TRAIN_TIMESTEPS, get_bool, get_float, get_int,
+                     get_int_list, get_opt_int, get_str, section)
 from .renaming import lerobot_unet_to_native, remap, seq_trunk_to_native, strip_compiled, target_shapes
 
 STATE_KEY = "observation.state"
@@ -51,13 +53,62 @@ def resolve_dir(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: not a LeRobot model directory (needs config.json and model.safetensors)")
 
 
+# A LeRobot config.json or processor file is a few KiB and nests < 6 levels.
+_MAX_JSON_BYTES = 4 * 1024 * 1024
+_MAX_JSON_DEPTH = 32
+_MAX_INT_DIGITS = 19
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text.lstrip('-'))} digits (a 64-bit integer)")
+    return int(text)
+
+
+def _json_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number (JSON numbers must be finite)")
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {short_repr(k)}")
+        out[k] = v
+    return out
+
+
+def _json_depth(data: Any) -> int:
+    """Deepest nesting, iteratively (the data is a tree: JSON cannot share)."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= _MAX_JSON_DEPTH:
+                todo.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def _read_json(path: Path) -> dict:
+    """A JSON object from a small file: no NaN/Infinity, no 5000-digit integers, no duplicate keys,
+    no deep nesting, no oversized or non-UTF-8 file; each is one CheckpointError naming the file."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable JSON ({err})") from None
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: larger than {_MAX_JSON_BYTES // (1024 * 1024)} MiB (not a config file)")
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_int=_json_int, parse_constant=_json_constant,
+                          object_pairs_hook=_json_object)
+    except RecursionError:
+        raise CheckpointError(f"{path}: nests more than {_MAX_JSON_DEPTH} levels deep") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        if isinstance(err, CheckpointError):
+            raise
+        text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable JSON ({text})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    if _json_depth(data) > _MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: nests more than {_MAX_JSON_DEPTH} levels deep")
     return data
 
 
@@ -69,23 +120,25 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _shape(v: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and x > 0 for x in v):
-        raise CheckpointError(f"{where}: bad shape {v!r}")
+    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 4 \
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_DIM for x in v):
+        raise CheckpointError(f"{where}: bad shape {short_repr(v)} (1 to 4 integers from 1 to {MAX_DIM})")
     return tuple(v)
 
 
 def _features(cfg: dict, cfg_path: Path) -> tuple[dict[str, dict], dict[str, dict], str]:
     """(input features, output features) as key -> {type, shape}, in file order, plus provenance."""
+    src = str(cfg_path)
     if "input_features" in cfg:
-        ins = cfg.get("input_features") or {}
-        outs = cfg.get("output_features") or {}
+        ins = section(cfg, "input_features", src, "")
+        outs = section(cfg, "output_features", src, "")
         where = "config.json:input_features"
     elif "input_shapes" in cfg:  # pre-0.1 layout: type from the key name
         ins = {}
-        for k, shp in (cfg.get("input_shapes") or {}).items():
+        for k, shp in section(cfg, "input_shapes", src, "").items():
             t = "VISUAL" if k.startswith("observation.image") else ("ENV" if k == ENV_KEY else "STATE")
             ins[k] = {"type": t, "shape": shp}
-        outs = {k: {"type": "ACTION", "shape": shp} for k, shp in (cfg.get("output_shapes") or {}).items()}
+        outs = {k: {"type": "ACTION", "shape": shp} for k, shp in section(cfg, "output_shapes", src, "").items()}
         where = "config.json:input_shapes"
     else:
         raise CheckpointError(f"{cfg_path}: has neither input_features nor input_shapes")
@@ -96,25 +149,26 @@ def _features(cfg: dict, cfg_path: Path) -> tuple[dict[str, dict], dict[str, dic
             if not isinstance(v, dict) or "shape" not in v:
                 raise CheckpointError(f"{cfg_path}: feature {k} lacks a shape")
             v["shape"] = _shape(v["shape"], f"{cfg_path}: feature {k}")
-            v["type"] = str(v.get("type", "STATE")).upper()
+            v["type"] = get_str(v, "type", src, f"features.{k}", "STATE").upper()
     return ins, outs, where
 
 
 def _norm_modes(cfg: dict, ins: dict, outs: dict) -> tuple[dict[str, str], str]:
     modes: dict[str, str] = {}
     if "normalization_mapping" in cfg:
-        mapping = cfg["normalization_mapping"] or {}
+        mapping = section(cfg, "normalization_mapping", "config.json", "")
         for k, v in list(ins.items()) + list(outs.items()):
             raw = mapping.get(v["type"], "IDENTITY")
-            if raw not in _MODES:
-                raise UnsupportedCheckpointError(f"config.json: normalization mode {raw} for {k} is not supported "
-                                                 "(supported: MEAN_STD, MIN_MAX, IDENTITY)")
+            if not isinstance(raw, str) or raw not in _MODES:
+                raise UnsupportedCheckpointError(f"config.json: normalization mode {short_repr(raw)} for {k} is not "
+                                                 "supported (supported: MEAN_STD, MIN_MAX, IDENTITY)")
             modes[k] = _MODES[raw]
         return modes, "config.json:normalization_mapping"
     for src in ("input_normalization_modes", "output_normalization_modes"):
-        for k, raw in (cfg.get(src) or {}).items():
-            if raw not in _MODES:
-                raise UnsupportedCheckpointError(f"config.json: normalization mode {raw} for {k} is not supported")
+        for k, raw in section(cfg, src, "config.json", "").items():
+            if not isinstance(raw, str) or raw not in _MODES:
+                raise UnsupportedCheckpointError(f"config.json: normalization mode {short_repr(raw)} for {k} is not "
+                                                 "supported")
             modes[k] = _MODES[raw]
     for k in list(ins) + list(outs):
         modes.setdefault(k, "identity")
@@ -130,7 +184,10 @@ def _processor_stats(d: Path, name: str, step_name: str) -> tuple[dict[str, torc
             return None
         jpath = cands[0]
     pipe = _read_json(jpath)
-    for step in pipe.get("steps") or []:
+    steps = pipe.get("steps") or []
+    if not isinstance(steps, list):
+        raise CheckpointError(f"{jpath}: steps: got {short_repr(steps)} (a list)")
+    for step in steps:
         if isinstance(step, dict) and step.get("registry_name") == step_name:
             state_file = step.get("state_file")
             if not isinstance(state_file, str) or "/" in state_file or "\\" in state_file:
@@ -138,7 +195,7 @@ def _processor_stats(d: Path, name: str, step_name: str) -> tuple[dict[str, torc
             spath = d / state_file
             if not spath.is_file():
                 raise CheckpointError(f"{jpath}: {step_name} points at missing {state_file}")
-            return _load_safetensors(spath), step.get("config") or {}, state_file
+            return _load_safetensors(spath), section(step, "config", str(jpath), f"steps.{step_name}"), state_file
     return None
 
 
@@ -199,6 +256,7 @@ def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@one_line_errors()
 def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolicy:
     """Interpret a LeRobot directory; with `weights=False` only the safetensors header is read
     (shapes decide widths), which is what `edgedp info` / `check` need."""
@@ -242,14 +300,33 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
         prov[name] = "LeRobot default"
         return default
 
-    n_obs = int(get("n_obs_steps", required=True))
-    horizon = int(get("horizon", required=True))
-    n_act = int(get("n_action_steps", required=True))
+    src = str(cfg_path)
+
+    def integer(name: str, lo: int, hi: int, *default: int) -> int:
+        get(name, *default, required=not default)
+        return get_int(cfg, name, src, "", lo, hi, *default)
+
+    def number(name: str, default: float, lo: float, hi: float) -> float:
+        get(name, default)
+        return get_float(cfg, name, src, "", default, lo, hi)
+
+    def flag(name: str, default: bool) -> bool:
+        get(name, default)
+        return get_bool(cfg, name, src, "", default)
+
+    def word(name: str, default: str) -> str:
+        get(name, default)
+        return get_str(cfg, name, src, "", default)
+
+    n_obs = integer("n_obs_steps", 1, MAX_STEPS)
+    horizon = integer("horizon", 1, MAX_STEPS)
+    n_act = integer("n_action_steps", 1, MAX_STEPS)
     backbone = get("vision_backbone", "resnet18")
     if image_keys and backbone != "resnet18":
-        raise UnsupportedCheckpointError(f"{cfg_path}: vision_backbone {backbone!r} is not supported (only resnet18)")
+        raise UnsupportedCheckpointError(f"{cfg_path}: vision_backbone {short_repr(backbone)} is not supported "
+                                         "(only resnet18)")
     resize = get("resize_shape", None)
-    crop_ratio = float(get("crop_ratio", 1.0))
+    crop_ratio = number("crop_ratio", 1.0, 1e-3, 1.0)
     crop = get("crop_shape", None)
     if resize is not None:
         resize = _shape(resize, f"{cfg_path}: resize_shape")
@@ -258,34 +335,35 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
         prov["crop_shape"] = "config.json:resize_shape x crop_ratio"
     crop = _shape(crop, f"{cfg_path}: crop_shape") if crop is not None else None
     get("crop_is_random", True)  # training-only: inference always centre-crops
-    use_gn = bool(get("use_group_norm", False))
+    use_gn = flag("use_group_norm", False)
     pretrained = get("pretrained_backbone_weights", None)
-    n_kp = get("spatial_softmax_num_keypoints", 32)
-    separate = bool(get("use_separate_rgb_encoder_per_camera", False))
-    down_dims = [int(x) for x in get("down_dims", [512, 1024, 2048])]
-    kernel = int(get("kernel_size", 5))
-    n_groups = int(get("n_groups", 8))
-    dsed = int(get("diffusion_step_embed_dim", 128))
-    film = bool(get("use_film_scale_modulation", True))
-    if n_kp is None:
+    if "spatial_softmax_num_keypoints" in cfg and cfg["spatial_softmax_num_keypoints"] is None:
         raise UnsupportedCheckpointError(f"{cfg_path}: spatial_softmax_num_keypoints=None is not supported")
-    n_kp = int(n_kp)
+    n_kp = integer("spatial_softmax_num_keypoints", 1, MAX_DIM, 32)
+    separate = flag("use_separate_rgb_encoder_per_camera", False)
+    get("down_dims", None)
+    down_dims = get_int_list(cfg, "down_dims", src, "", 1, MAX_DIM, [512, 1024, 2048])
+    kernel = integer("kernel_size", 1, 63, 5)
+    n_groups = integer("n_groups", 1, MAX_DIM, 8)
+    dsed = integer("diffusion_step_embed_dim", 4, MAX_DIM, 128)
+    film = flag("use_film_scale_modulation", True)
 
-    sched_type = str(get("noise_scheduler_type", "DDPM")).upper()
+    sched_type = word("noise_scheduler_type", "DDPM").upper()
     if sched_type not in ("DDPM", "DDIM"):
         raise UnsupportedCheckpointError(f"{cfg_path}: noise_scheduler_type {sched_type} is not supported (DDPM, DDIM)")
-    n_train = int(get("num_train_timesteps", 100))
-    n_inf = get("num_inference_steps", None)
+    n_train = integer("num_train_timesteps", 1, MAX_TRAIN_TIMESTEPS, 100)
+    get("num_inference_steps", None)
+    n_inf = get_opt_int(cfg, "num_inference_steps", src, "", 1, n_train)
     scheduler = {
         "kind": sched_type.lower(),
         "num_train_timesteps": n_train,
-        "beta_schedule": get("beta_schedule", "squaredcos_cap_v2"),
-        "beta_start": float(get("beta_start", 1e-4)),
-        "beta_end": float(get("beta_end", 0.02)),
-        "prediction_type": get("prediction_type", "epsilon"),
-        "clip_sample": bool(get("clip_sample", True)),
-        "clip_sample_range": float(get("clip_sample_range", 1.0)),
-        "num_inference_steps": int(n_inf) if n_inf is not None else n_train,
+        "beta_schedule": word("beta_schedule", "squaredcos_cap_v2"),
+        "beta_start": number("beta_start", 1e-4, 0.0, 1.0),
+        "beta_end": number("beta_end", 0.02, 0.0, 1.0),
+        "prediction_type": word("prediction_type", "epsilon"),
+        "clip_sample": flag("clip_sample", True),
+        "clip_sample_range": number("clip_sample_range", 1.0, 0.0, 1e6),
+        "num_inference_steps": n_inf if n_inf is not None else n_train,
         # LeRobot builds schedulers with diffusers defaults of its era (current rules).
         "variance_type": "fixed_small",
         "set_alpha_to_one": True,
@@ -377,12 +455,13 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
             if src is None:
                 raise CheckpointError(f"{d}: no normalizer statistics for {key}")
             stats_all, step_cfg, fname = src
-            norm_map = step_cfg.get("norm_map") or {}
+            norm_map = section(step_cfg, "norm_map", fname, "config")
             ftype = (ins.get(key) or outs.get(key))["type"]
+            if norm_map and not (isinstance(norm_map.get(ftype, "IDENTITY"), str)
+                                 and norm_map.get(ftype, "IDENTITY") in _MODES):
+                raise UnsupportedCheckpointError(f"{fname}: normalization mode {short_repr(norm_map.get(ftype))} for "
+                                                 f"{key} is not supported (MEAN_STD, MIN_MAX, IDENTITY)")
             mode = _MODES.get(norm_map.get(ftype, ""), modes[key]) if norm_map else modes[key]
-            if norm_map and norm_map.get(ftype, "IDENTITY") not in _MODES:
-                raise UnsupportedCheckpointError(f"{fname}: normalization mode {norm_map.get(ftype)} for {key} "
-                                                 "is not supported (MEAN_STD, MIN_MAX, IDENTITY)")
             eps = step_cfg.get("eps", 1e-8)
             if eps != 1e-8:
                 raise UnsupportedCheckpointError(f"{fname}: normalizer eps {eps} differs from 1e-8 (not supported)")

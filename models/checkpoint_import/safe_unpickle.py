@@ -17,10 +17,16 @@ import pickle
 import pickletools
 from typing import Any, Callable
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError, short_repr
 
 # How deep a loaded structure may nest before we call it malformed; real configs are < 20 deep.
 MAX_DEPTH = 200
+# How many items a loaded structure may have once shared references are counted along every path
+# (what a repr, a comparison or a hash of it costs). A real workspace checkpoint has a few thousand;
+# 'billion laughs' pickles (a list holding the same list twice, 40 levels deep) have 2**40.
+MAX_EXPANDED = 1_000_000
+# Items one allowed constructor call (set, frozenset, OrderedDict) may receive.
+MAX_CALL_ITEMS = 1_000_000
 
 
 class _Inert:
@@ -81,28 +87,78 @@ _DILL_TYPES: dict[str, type] = {
 }
 
 
-def _dill_load_type(name: Any) -> type:
-    if not isinstance(name, str) or name not in _DILL_TYPES:
-        raise UnsafeCheckpointError(f"refusing dill._dill._load_type({name!r}): not a plain data type")
-    return _DILL_TYPES[name]
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _construct(t: type, args: tuple, kwargs: dict) -> Any:
+    """Build a builtin data type only in the forms the standard pickler writes (protocol 2):
+    set/frozenset from one list, an empty bytes, a complex from two numbers. Anything else
+    (bytes(10**9), str(huge shared list), tuple(...)) is refused before it allocates or walks."""
+    name = t.__name__
+    if kwargs:
+        raise UnsafeCheckpointError(f"refusing builtins.{name} called with keyword arguments")
+    if t in (set, frozenset) and (not args or (len(args) == 1 and isinstance(args[0], (list, tuple, set, frozenset))
+                                               and len(args[0]) <= MAX_CALL_ITEMS)):
+        return t(*args)
+    if t is bytes and not args:
+        return b""
+    if t is complex and len(args) == 2 and all(_is_number(a) for a in args):
+        return complex(*args)
+    shown = ", ".join(type(a).__name__ for a in args[:4])
+    raise UnsafeCheckpointError(f"refusing builtins.{name}({shown}) in pickle: allowed only as a type name, "
+                                "set/frozenset(list), bytes() or complex(number, number)")
+
+
+class DataType:
+    """A builtin data type as the pickle sees it: a name to refer to (OmegaConf's object_type), and
+    callable only through `_construct`. NEWOBJ needs a real type, so it cannot use this at all."""
+
+    __slots__ = ("type",)
+
+    def __init__(self, t: type) -> None:
+        object.__setattr__(self, "type", t)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _construct(self.type, args, kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise CheckpointError("pickle tried to modify an allowed type")
+
+    def __reduce__(self):  # never pickled back out
+        raise TypeError("not picklable")
+
+    def __repr__(self) -> str:
+        return f"<class '{self.type.__name__}'>"
+
+
+_DATA_TYPES = {name: DataType(t) for name, t in _DILL_TYPES.items()}
+
+
+def _dill_load_type(name: Any) -> DataType:
+    if not isinstance(name, str) or name not in _DATA_TYPES:
+        raise UnsafeCheckpointError(f"refusing dill._dill._load_type({short_repr(name)}): not a plain data type")
+    return _DATA_TYPES[name]
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    """Protocol 2 spells `bytes` objects as `_codecs.encode(str, 'latin1')`; allow only that."""
+    """Protocol 2 spells `bytes` objects as `_codecs.encode(str, 'latin1')`; allow only that.
+    The text comes from the pickle itself, so its size is bounded by the file."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
         raise UnsafeCheckpointError("refusing _codecs.encode with arguments other than (str, 'latin1')")
     return text.encode("latin1")
 
 
-def _plain_defaultdict(*args: Any) -> dict:
+def _plain_defaultdict(*args: Any, **kwargs: Any) -> dict:
     """A defaultdict's factory is irrelevant to stored data; rebuild it as a plain dict."""
-    if len(args) > 1:
+    if len(args) > 1 or kwargs:
         raise CheckpointError("malformed collections.defaultdict in pickle")
     return {}
 
 
-def _ordered_dict(*args: Any) -> collections.OrderedDict:
-    if args and not (len(args) == 1 and isinstance(args[0], (list, tuple, dict))):
+def _ordered_dict(*args: Any, **kwargs: Any) -> collections.OrderedDict:
+    if kwargs or (args and not (len(args) == 1 and isinstance(args[0], (list, tuple, dict))
+                                and len(args[0]) <= MAX_CALL_ITEMS)):
         raise CheckpointError("malformed collections.OrderedDict in pickle")
     return collections.OrderedDict(*args)
 
@@ -142,8 +198,9 @@ BASE_GLOBALS: dict[tuple[str, str], Any] = {
     ("omegaconf.base", "ContainerMetadata"): MetadataData,
     ("omegaconf.base", "Metadata"): MetadataData,
 }
-# Builtin data types (plain pickles name them directly, e.g. as OmegaConf's object_type).
-for _tname, _t in _DILL_TYPES.items():
+# Builtin data types (plain pickles name them directly, e.g. as OmegaConf's object_type), as DataType
+# references: usable as values, constructible only in the standard pickler's forms.
+for _tname, _t in _DATA_TYPES.items():
     if _tname != "NoneType":
         BASE_GLOBALS[("builtins", _tname)] = _t
 # Every OmegaConf leaf node is only a typed value holder.
@@ -177,7 +234,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self._pload is None:
-            raise CheckpointError(f"{self._source}: unexpected persistent id in pickle")
+            raise CheckpointError(f"{self._source}: unexpected persistent id {short_repr(pid)} in pickle")
         return self._pload(pid)
 
 
@@ -192,7 +249,9 @@ def restricted_loads(data: bytes, source: str, allowed: dict[tuple[str, str], An
     try:
         prescan(data)
         obj = RestrictedUnpickler(data, source, table, persistent_load).load()
-        return to_plain(obj)
+        plain = to_plain(obj)
+        check_expansion(plain)
+        return plain
     except CheckpointError as err:
         if source in str(err):
             raise
@@ -206,17 +265,122 @@ def restricted_loads(data: bytes, source: str, allowed: dict[tuple[str, str], An
 
 
 _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_TUPLE_OPS = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"})
+_MARK = object()
 
 
 def prescan(data: bytes) -> None:
     """Walk the opcodes once (pure Python, linear) and refuse what would make the C unpickler
-    allocate without bound: a memo index far beyond anything a real pickle writes (the C memo
-    table is resized to twice the index, so one flipped byte could ask for tens of gigabytes)."""
+    allocate or compute without bound, before it runs:
+      * a memo index far beyond anything a real pickle writes (the C memo table is resized to twice
+        the index, so one flipped byte could ask for tens of gigabytes);
+      * a tuple whose items, counted along every path through shared references, exceed
+        MAX_EXPANDED: hashing it as a dict key or set item (which the unpickler does) would visit
+        every path, and tuples built from the same tuple twice, 60 levels deep, have 2**60.
+    The second needs a shadow of the pickle stack holding each item's expanded size."""
     count = 0
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    simulate = True
     for op, arg, _pos in pickletools.genops(data):
         count += 1
-        if op.name in _PUT_OPS and isinstance(arg, int) and arg > 2 * count + 1024:
+        name = op.name
+        if name in _PUT_OPS and isinstance(arg, int) and arg > 2 * count + 1024:
             raise CheckpointError(f"memo index {arg} at opcode {count} is implausible (damaged file?)")
+        if simulate:
+            try:
+                _shadow_step(op, name, arg, stack, memo)
+            except IndexError:  # malformed stack: the real unpickler will say so
+                simulate = False
+
+
+def _shadow_step(op: Any, name: str, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:
+    """One opcode's effect on the shadow stack of expanded sizes (ints; _MARK for marks)."""
+    if name == "MARK":
+        stack.append(_MARK)
+        return
+    if name in _PUT_OPS:
+        memo[arg] = stack[-1]
+        return
+    if name == "MEMOIZE":
+        memo[len(memo)] = stack[-1]
+        return
+    if name in _GET_OPS:
+        stack.append(memo.get(arg, 1))
+        return
+    if name == "DUP":
+        stack.append(stack[-1])
+        return
+    before = op.stack_before
+    popped: list[Any] = []
+    if pickletools.markobject in before:
+        k = len(stack) - 1
+        while stack[k] is not _MARK:
+            k -= 1
+        popped = stack[k + 1:]
+        del stack[k:]
+        below = before.index(pickletools.markobject)
+        if below:
+            if len(stack) < below:
+                raise IndexError
+            del stack[-below:]
+    else:
+        n = len(before)
+        if n:
+            if len(stack) < n:
+                raise IndexError
+            popped = stack[-n:]
+            del stack[-n:]
+    if any(p is _MARK for p in popped):
+        raise IndexError
+    size = 1
+    if name in _TUPLE_OPS:
+        size = 1 + sum(popped)
+        if size > MAX_EXPANDED:
+            raise CheckpointError(f"a tuple expands to more than {MAX_EXPANDED:,} items through shared references "
+                                  "(a 'billion laughs' pickle?)")
+    for _ in op.stack_after:
+        stack.append(size)
+
+
+def _dict_parts(d: dict):
+    for k, v in d.items():
+        yield k
+        yield v
+
+
+def check_expansion(obj: Any, limit: int = MAX_EXPANDED) -> None:
+    """Refuse a loaded structure whose size, counting shared containers once per path to them,
+    exceeds `limit`, or that contains itself: either would make a repr, a comparison or an error
+    message that quotes it run for ever. Work is linear in the number of distinct containers."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(o: Any) -> int:
+        if isinstance(o, (str, bytes)):
+            return 1 + len(o) // 64
+        if not isinstance(o, (list, tuple, dict, set, frozenset)):
+            return 1
+        key = id(o)
+        got = sizes.get(key)
+        if got is not None:
+            return got
+        if key in active:
+            raise CheckpointError("structure contains itself (a reference cycle); checkpoints hold plain trees")
+        active.add(key)
+        total = 1
+        # dict items are walked as key and value: a temporary (k, v) tuple's id could be reused
+        for item in (_dict_parts(o) if isinstance(o, dict) else o):
+            total += size(item)
+            if total > limit:
+                raise CheckpointError(f"structure expands to more than {limit:,} items through shared references "
+                                      "(a 'billion laughs' pickle?)")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(obj)
 
 
 def to_plain(obj: Any) -> Any:
@@ -230,6 +394,8 @@ def _plain(obj: Any, memo: dict[int, Any], depth: int) -> Any:
         raise CheckpointError(f"structure nests deeper than {MAX_DEPTH} levels")
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, complex, _AnyMarker, type)):
         return obj
+    if isinstance(obj, DataType):
+        return obj.type
     key = id(obj)
     if key in memo:
         return memo[key]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import CheckpointError, UnsupportedCheckpointError
+from .errors import short_repr
 from .safe_unpickle import BASE_GLOBALS, Sealed, restricted_loads
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -97,6 +98,37 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _refuse_overlap(size: Any, stride: Any, key: str) -> None:
+    """Refuse a tensor in which two indices reach the same element (stride 0, or strides smaller
+    than the dimensions below them span). Such a tensor has more elements than the file stores:
+    a 1-element storage with stride 0 would import as a 600-million-parameter layer and expand to
+    gigabytes when copied. Transposed and sliced views (non-contiguous, non-overlapping) pass."""
+    span = 1  # elements covered by the faster-moving dimensions so far
+    for st, sz in sorted((st, sz) for sz, st in zip(size, stride) if sz > 1):
+        if st < span:
+            raise CheckpointError(f"tensor in storage {key} has overlapping strides (size={short_repr(size)}, "
+                                  f"stride={short_repr(stride)}): its elements are not all stored in the file")
+        span += (sz - 1) * st
+
+
+def check_stored_bytes(tensors: Any, what: str) -> None:
+    """Refuse a set of weights whose distinct views need more bytes than their storages hold:
+    each view is non-overlapping by itself, but many views of one storage (offset by one element)
+    could still pass a small file off as a large model. Identical views (aliases) count once."""
+    views: dict[tuple, int] = {}
+    stored: dict[str, int] = {}
+    for t in tensors:
+        if not isinstance(t, LazyTensor):
+            continue
+        itemsize = torch.empty((), dtype=t.dtype).element_size()
+        views[(t.storage.key, t.offset, t.size, t.stride)] = t.numel() * itemsize
+        stored[t.storage.key] = t.storage.numel * itemsize
+    need, have = sum(views.values()), sum(stored.values())
+    if need > have:
+        raise CheckpointError(f"{what}: tensors need {need:,} bytes but their storages hold {have:,} "
+                              "(views overlap; the file does not store these weights)")
+
+
 def _make_rebuild_tensor(lazy: bool) -> Callable[..., Any]:
     def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any,
                 requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> Any:
@@ -105,7 +137,8 @@ def _make_rebuild_tensor(lazy: bool) -> Callable[..., Any]:
         if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
                 and len(size) <= _MAX_DIMS and all(_is_int(s) and s >= 0 for s in size)
                 and all(_is_int(s) and s >= 0 for s in stride) and _is_int(storage_offset) and storage_offset >= 0):
-            raise CheckpointError(f"bad tensor geometry in storage {storage.key}: size={size!r} stride={stride!r}")
+            raise CheckpointError(f"bad tensor geometry in storage {storage.key}: size={short_repr(size)} "
+                                  f"stride={short_repr(stride)}")
         n = storage.numel
         numel = 1
         for s in size:
@@ -114,6 +147,7 @@ def _make_rebuild_tensor(lazy: bool) -> Callable[..., Any]:
             last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
             if last >= n:
                 raise CheckpointError(f"tensor runs past the end of storage {storage.key} ({last + 1} > {n} elements)")
+            _refuse_overlap(size, stride, storage.key)
         elif storage_offset > n:
             raise CheckpointError(f"tensor offset past the end of storage {storage.key}")
         t = LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
@@ -225,10 +259,10 @@ def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int, lazy: bool = 
 
     def persistent_load(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"unexpected persistent id {str(pid)[:60]!r}")
+            raise CheckpointError(f"unexpected persistent id {short_repr(pid)}")
         _, stype, key, _location, numel = pid
         if not isinstance(stype, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise CheckpointError(f"malformed storage reference {str(pid)[:60]!r}")
+            raise CheckpointError(f"malformed storage reference {short_repr(pid)}")
         got = storages.get(key)
         if got is not None:
             if got.dtype != stype.dtype:
