@@ -23,11 +23,26 @@ import time
 
 import numpy as np
 
-from firmware_bridge.dynamixel.bus import BusSpec, DynamixelBus, JointSpec
+from edgedp.app import BusFactory, BusTuning, apply_joint_calibration, bus_factory
+from edgedp.config import parse_config
 from firmware_bridge.dynamixel.units import RAD_PER_TICK
 
 N_SERVOS = 6
 MODEL = "xm430-w350"
+
+
+def make_bus(port: str, baud: int, fast: bool, tuning: BusTuning) -> BusFactory:
+    """The bus recipe from the assembly point (edgedp/app.py) for N_SERVOS servos on `port` (an emulator this
+    script runs itself: `edgedp emulate` in its own process, or an in-process one for the soak)."""
+    cfg = parse_config({"robot": {"bus": {"port": "emulator", "baud": baud, "fast_sync_read": "on" if fast else "off"},
+                                  "joints": [{"name": f"j{i}", "id": i, "model": MODEL, "min": -3.0, "max": 3.0,
+                                              "max_velocity": 5.0, "max_acceleration": 50.0}
+                                             for i in range(1, N_SERVOS + 1)]},
+                        "policy": {"checkpoint": "preset:small"}})
+    joints = apply_joint_calibration(cfg)[0]
+    # no profile limits: the servos follow each goal at once, as before this script used the assembly point
+    joints = [j.model_copy(update={"max_velocity": None, "max_acceleration": None}) for j in joints]
+    return bus_factory(cfg, joints, tuning, port=port)
 
 
 def wire_bytes(n: int, data_len: int, fast: bool) -> int:
@@ -58,9 +73,8 @@ def start_emulator(baud: int, wire_time: bool) -> tuple[subprocess.Popen, str]:
 def run_case(baud: int, wire_time: bool, fast: bool, cycles: int) -> dict:
     proc, port = start_emulator(baud, wire_time)
     try:
-        joints = [JointSpec(f"j{i}", i, MODEL) for i in range(1, N_SERVOS + 1)]
-        spec = BusSpec(port, baud=baud, fast_sync_read="on" if fast else "off", tick_budget_s=0.05)
-        with DynamixelBus(spec, joints) as bus:
+        factory = make_bus(port, baud, fast, BusTuning(torque_off_on_close=True, tick_budget_s=0.05))
+        with factory() as bus:
             bus.set_torque(True)
             q0 = bus.read().q
             for _ in range(50):  # warm-up
@@ -102,9 +116,9 @@ def soak(seconds: float, fast: bool) -> dict:
     ids = list(range(1, N_SERVOS + 1))
     with Emulator({i: MODEL for i in ids}, baud=1_000_000, seed=7) as emu:
         # a 100 ms margin: on a shared CPU no timeout should come from the scheduler, only from injected drops
-        spec = BusSpec(emu.port_name, fast_sync_read="on" if fast else "off", timeout_margin_ms=100.0,
-                       tick_budget_s=5.0, max_retries=50)
-        with DynamixelBus(spec, [JointSpec(f"j{i}", i, MODEL) for i in ids]) as bus:
+        factory = make_bus(emu.port_name, 1_000_000, fast, BusTuning(torque_off_on_close=True, timeout_margin_ms=100.0,
+                                                                     tick_budget_s=5.0, max_retries=50))
+        with factory() as bus:
             rng = np.random.default_rng(1)
             emu.faults.reset_counts()
             emu.faults.set(crc_rate=0.01, drop_rate=0.01)

@@ -21,20 +21,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgedp.app import BusFactory, bus_errors  # noqa: E402
+import dataclasses  # noqa: E402
+
+from edgedp.app import BusTuning, apply_joint_calibration, bus_errors, robot_devices, servo_params  # noqa: E402
+from edgedp.config import parse_config  # noqa: E402
 from edgedp.runtime.control import Control  # noqa: E402
 from edgedp.runtime.ring import ChunkRing  # noqa: E402
-from edgedp.runtime.servo_loop import ServoParams, ServoProcess, ServoThread  # noqa: E402
-from edgedp.runtime.sim_emulator import EmulatorProcess  # noqa: E402
+from edgedp.runtime.servo_loop import ServoProcess, ServoThread  # noqa: E402
 from edgedp.runtime.servo_loop import HIST_BIN_US  # noqa: E402
 from edgedp.runtime.telemetry import hist_percentiles  # noqa: E402
 
-JOINTS = [
-    {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -1.6, "max": 1.6, "max_velocity": 3.0,
-     "max_acceleration": 30.0},
-    {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.2, "max": 2.2, "max_velocity": 3.0,
-     "max_acceleration": 30.0},
-]
+# The arm of examples/sim.yaml on the emulator at 4 Mbps; devices and servo parameters come from the assembly
+# point (edgedp/app.py) exactly as `edgedp run` builds them.
+ROBOT = {
+    "robot": {"bus": {"port": "emulator", "baud": 4_000_000}, "joints": [
+        {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -1.6, "max": 1.6, "max_velocity": 3.0,
+         "max_acceleration": 30.0},
+        {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.2, "max": 2.2, "max_velocity": 3.0,
+         "max_acceleration": 30.0}]},
+    "policy": {"checkpoint": "preset:small"},
+    "safety": {"start_ramp_time": 0.5},
+}
 
 
 def planner_load(stop: threading.Event, ring: ChunkRing, stats: dict, policy) -> None:
@@ -53,13 +60,12 @@ def planner_load(stop: threading.Event, ring: ChunkRing, stats: dict, policy) ->
     stats["inference_ms_mean"] = 1e3 * t_total / max(n, 1)
 
 
-def measure(mode: str, with_planner: bool, hz: float, seconds: float, port: str, spin_us: float,
+def measure(mode: str, with_planner: bool, hz: float, seconds: float, factory, spin_us: float,
             steps: int) -> dict:
-    params = ServoParams(servo_hz=hz, lower=[j["min"] for j in JOINTS], upper=[j["max"] for j in JOINTS],
-                         max_velocity=[j["max_velocity"] for j in JOINTS],
-                         max_acceleration=[j["max_acceleration"] for j in JOINTS],
-                         start_ramp_time=0.5, spin_us=spin_us if mode == "process" else 0.0)
-    factory = BusFactory({"port": port, "baud": 4_000_000, "torque_off_on_close": False}, JOINTS)
+    data = {**ROBOT, "rates": {"servo_hz": hz, "servo_in_process": mode == "process"}}
+    cfg = parse_config(data)
+    params = dataclasses.replace(servo_params(cfg, apply_joint_calibration(cfg)[0]),
+                                 spin_us=spin_us if mode == "process" else 0.0)
     chunks = ChunkRing.create(8, 2, slots=4)
     states = ChunkRing.create(256, 3, slots=3, timed=False)
     control = Control.create()
@@ -155,19 +161,24 @@ def main() -> int:
     ap.add_argument("--modes", default="thread,process")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/servo_jitter.json"))
     args = ap.parse_args()
-    emu = EmulatorProcess({j["id"]: j["model"] for j in JOINTS}, baud=4_000_000).start()
+    cfg = parse_config(ROBOT)
+    # torque stays on between the measurements (one emulator for all of them)
+    dev = robot_devices(cfg, apply_joint_calibration(cfg)[0], BusTuning(torque_off_on_close=False))
+    for start in dev.starters:
+        start()
     rows = []
     try:
         for mode in args.modes.split(","):
             for planner in (False, True):
-                r = measure(mode, planner, args.hz, args.seconds, emu.port_name, args.spin_us, args.steps)
+                r = measure(mode, planner, args.hz, args.seconds, dev.make_bus, args.spin_us, args.steps)
                 rows.append(r)
                 pe = r["period_error_us"]
                 print(f"{mode:8s} planner={'on ' if planner else 'off'} ticks={r['ticks']} "
                       f"p50={pe['p50']} p99={pe['p99']} max={pe['max']:.0f} us overruns={r['overruns']} "
                       f"bus_errors={r['bus_errors']}", flush=True)
     finally:
-        emu.stop()
+        for close in reversed(dev.closers):
+            close()
     import os
     import platform
 

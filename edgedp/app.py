@@ -498,19 +498,28 @@ CAMERA_BUILDERS: dict[str, CameraBuilder] = {
 }
 
 
-def build_devices(plan: RunPlan, tuning: BusTuning) -> Devices:
-    """Bus (and its emulator for port: emulator), scene and cameras; constructed, none started."""
-    cfg = plan.cfg
+def robot_devices(cfg: RunConfig, joints: list[JointConfig], tuning: BusTuning) -> Devices:
+    """The bus recipe (and, for port: emulator, the emulator process it talks to); nothing started.
+
+    Runs get it through build_devices; benchmarks that need only the arm call it directly."""
     emulated: Optional[EmulatedBus] = None
     port = None
     if cfg.robot.bus.port == "emulator":
-        emulated = EmulatedBus(plan.joints, cfg.robot.bus.baud, emulator_link_path())
+        emulated = EmulatedBus(joints, cfg.robot.bus.baud, emulator_link_path())
         port = emulated.link
-    dev = Devices(make_bus=bus_factory(cfg, plan.joints, tuning, port=port))
+    dev = Devices(make_bus=bus_factory(cfg, joints, tuning, port=port))
     if emulated is not None:
         dev.emulator = emulated.process
         dev.starters.append(emulated.start)
         dev.closers.append(emulated.stop)
+    return dev
+
+
+def build_devices(plan: RunPlan, tuning: BusTuning) -> Devices:
+    """Bus (and its emulator for port: emulator), scene and cameras; constructed, none started."""
+    cfg = plan.cfg
+    dev = robot_devices(cfg, plan.joints, tuning)
+    emulated = dev.emulator
     if emulated is not None and cfg.scene is not None and cfg.scene.task == "pusht":  # scene + keypoint sensor
         from edgedp.sim_task.pusht_runtime import add_pusht_scene
 
@@ -521,8 +530,8 @@ def build_devices(plan: RunPlan, tuning: BusTuning) -> Devices:
 
 
 # ----------------------------------------------------------------------------------------- servo loop
-def servo_params(plan: RunPlan) -> ServoParams:
-    cfg, s, joints = plan.cfg, plan.cfg.safety, plan.joints
+def servo_params(cfg: RunConfig, joints: list[JointConfig]) -> ServoParams:
+    s = cfg.safety
     return ServoParams(
         servo_hz=cfg.rates.servo_hz,
         lower=[j.min for j in joints], upper=[j.max for j in joints],
@@ -589,7 +598,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         policy=policy, sampler=sampler, steps=steps, action_period=plan.action_period,
         n_action_steps=plan.n_action_steps, state_key=plan.state_key, cameras=dev.cameras,
         image_shapes={k: plan.feature_shapes[k] for k in plan.image_keys},
-        make_bus=dev.make_bus, bus_errors=bus_errors(), servo=servo_params(plan),
+        make_bus=dev.make_bus, bus_errors=bus_errors(), servo=servo_params(cfg, plan.joints),
         servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
         camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
