@@ -40,6 +40,7 @@ REALSENSE_FPS = (6, 15, 30, 60, 90)
 
 BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "cpu-int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")
 
 # A checkpoint value of this form builds a randomly initialised policy from a models/ preset.
 PRESET_PREFIX = "preset:"
@@ -171,6 +172,10 @@ class PolicyConfig(_Strict):
     cache_dir: Optional[Path] = None
     extra_latency_ms: float = Field(0.0, ge=0, description="inject latency into every inference (evaluation)")
     sync: bool = Field(False, description="synchronous planning: the arm holds while the policy thinks (a baseline)")
+    sampler: Optional[Literal[SAMPLERS]] = Field(  # type: ignore[valid-type]
+        None, description="denoising method over the same weights (docs/samplers.md); None = checkpoint's")
+    warm_start: bool = Field(False, description="start each chunk from the previous one, noised part-way (Falcon)")
+    warm_start_level: float = Field(0.5, gt=0, le=1, description="warm start: fraction of the K steps that run")
 
     @field_validator("device")
     @classmethod
@@ -191,7 +196,9 @@ class SafetyConfig(_Strict):
     watchdog_failed_ticks: int = Field(10, ge=1)
     start_ramp_time: float = Field(2.0, gt=0, description="seconds to ramp from the current pose to the first action")
     interpolation: Literal["linear", "cubic"] = "linear"
-    join: Literal["crossfade", "ensemble"] = "crossfade"
+    join: Literal["crossfade", "ensemble", "inpaint"] = "crossfade"
+    inpaint_form: Literal["replace", "guided"] = Field(
+        "replace", description="join: inpaint: RePaint replacement or RTC-style guided soft mask (docs/samplers.md)")
     crossfade_steps: int = Field(3, ge=0)
     ensemble_decay: float = Field(0.01, ge=0, description="ACT temporal-ensembling weight exp(-decay*i)")
 
