@@ -29,6 +29,7 @@ def scheduler_dict(imp: ImportedPolicy) -> dict[str, Any]:
         "set_alpha_to_one": s["set_alpha_to_one"], "steps_offset": s["steps_offset"],
         "variance_type": s["variance_type"], "num_inference_steps": s["num_inference_steps"],
         "ddpm_prev_rule": _PREV_RULE[s["ddpm_prev_rule"]],
+        "eta": float(s.get("eta", 0.0)) if s["kind"] == "ddim" else 0.0,
     }
 
 
