@@ -8,6 +8,9 @@ from pathlib import Path
 
 from edgedp.errors import UserError
 
+PUSHT_TIMEOUT_S = 30.0  # gym-pusht: 300 control steps at 10 Hz
+PUSHT_FIRST_EVAL_SEED = 100000  # held out: `edgedp record --task pusht` uses gym-pusht seeds from 0
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -27,9 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync", action="store_true",
                    help="synchronous baseline: the arm holds while the policy thinks")
     p.add_argument("--both", action="store_true", help="run every latency asynchronously and synchronously")
-    p.add_argument("--seed", type=int, default=0, help="scene seed of the first episode (default 0; "
-                                                        "training data uses 1000+)")
-    p.add_argument("--episode-timeout", type=float, default=10.0, help="seconds per episode (default 10)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="scene seed of the first episode (default 0, training data uses 1000+; pusht: 100000, "
+                        "gym-pusht's seed, training data uses 0..)")
+    p.add_argument("--episode-timeout", type=float, default=None,
+                   help="seconds per episode (default 10; pusht: 30, gym-pusht's 300 steps at 10 Hz)")
     p.add_argument("--dwell", type=float, default=0.2,
                    help="seconds the tip must stay within the success radius to count (default 0.2)")
     p.add_argument("--checkpoint", default=None, help="override policy.checkpoint")
@@ -91,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UserError(f"--episodes: must be at least 1, got {args.episodes}")
+    cfg = load_config(args.config)
+    pusht = cfg.scene is not None and cfg.scene.task == "pusht"
+    if args.episode_timeout is None:
+        args.episode_timeout = PUSHT_TIMEOUT_S if pusht else 10.0
+    if args.seed is None:
+        args.seed = PUSHT_FIRST_EVAL_SEED if pusht else 0
     if not (math.isfinite(args.episode_timeout) and args.episode_timeout > 0):
         raise UserError(f"--episode-timeout: must be a positive number of seconds, got {args.episode_timeout}")
     if not (math.isfinite(args.dwell) and 0 <= args.dwell < args.episode_timeout):
@@ -102,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--json: folder {args.json.parent} does not exist")
     if args.sync and args.both:
         raise UserError("--sync and --both: pick one (--both already includes the synchronous runs)")
-    cfg = load_config(args.config)
     apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
@@ -115,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
 
     def progress(c: Condition, r) -> None:
-        what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success
-                else f"[red]timeout[/] ({r.final_distance_m * 100:.1f} cm from a target)")
+        if r.max_coverage is not None:  # Push-T
+            what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success else "[red]timeout[/]") + \
+                f" (max coverage {r.max_coverage:.3f}, T {r.final_distance_m * 1000:.0f} mm from the goal)"
+        else:
+            what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success
+                    else f"[red]timeout[/] ({r.final_distance_m * 100:.1f} cm from a target)")
         console.print(f"  {c.label:<14} episode {r.index + 1}/{len(seeds)} seed {r.seed}: {what}; "
                       f"join jump {r.join_jump_position_rad:.4f} rad, {r.chunks} chunks", highlight=False)
 

@@ -1,5 +1,4 @@
-"""`edgedp record`: scripted-expert demonstrations of the sim reach task, written crash-safely as a LeRobot v3.0
-dataset (edgedp/datasets)."""
+"""`edgedp record`: scripted-expert demonstrations of the sim reach task (and Push-T: pusht_record.py), written crash-safely."""
 from __future__ import annotations
 
 import argparse
@@ -14,13 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="record scripted-expert demonstrations of the simulated reach task")
     p.add_argument("--out", required=True, help="dataset folder (new, or an existing dataset with --append)")
     p.add_argument("--episodes", type=int, default=100, help="episodes to record (default 100)")
-    p.add_argument("--task", choices=("reach", "reach_multimodal"), default=None,
-                   help="reach: one target; reach_multimodal: two identical targets, the expert picks either "
-                        "(default: the config's scene.task, else reach)")
+    p.add_argument("--task", choices=("reach", "reach_multimodal", "pusht"), default=None,
+                   help="reach: one target; reach_multimodal: two identical targets, the expert picks either; "
+                        "pusht: gym-pusht with the planning expert (default: the config's scene.task, else reach)")
     p.add_argument("--config", help="run config whose scene (links, workspace), joint limits and camera size to use "
                                     "(default: those of examples/sim.yaml)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses scene seed SEED+i (default 0)")
-    p.add_argument("--steps", type=int, default=30, help="steps per episode (default 30)")
+    p.add_argument("--steps", type=int, default=None, help="steps per episode (default 30; pusht: at most 300)")
+    p.add_argument("--keep-failures", action="store_true", help="pusht: also keep episodes the expert did not finish")
     p.add_argument("--period", type=float, default=0.1, help="seconds between actions (default 0.1)")
     p.add_argument("--append", action="store_true", help="add episodes to an existing dataset (resumes after a crash)")
     p.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow recording down
@@ -64,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from edgedp.datasets.writer import DatasetWriter
     from edgedp.sim_task.expert import record_episode
 
+    from edgedp.sim_task.pusht_record import record_pusht, wants_pusht
+
+    if wants_pusht(args):
+        return record_pusht(args)
+    if args.steps is None:
+        args.steps = 30
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
     if args.steps < 2:

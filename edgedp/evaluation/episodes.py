@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 from edgedp.config import RunConfig
 from edgedp.errors import UserError
 from edgedp.evaluation.homing import home_pose, move_home
-from edgedp.evaluation.judge import SuccessJudge, nearest_target
+from edgedp.evaluation.judge import CoverageJudge, SuccessJudge, nearest_target
 from edgedp.runtime.lifecycle import Runtime
 
 INTERRUPTED = ("ctrl-c", "sigterm")
@@ -55,6 +55,8 @@ class EpisodeResult:
     e2e_latency_ms_p50: Optional[float] = None
     duration_s: float = 0.0
     stopped_by: str = ""
+    max_coverage: Optional[float] = None  # Push-T: gym-pusht's coverage, the episode's maximum and at the stop
+    final_coverage: Optional[float] = None
 
 
 def check_eval_config(cfg: RunConfig) -> None:
@@ -62,11 +64,13 @@ def check_eval_config(cfg: RunConfig) -> None:
     if cfg.robot.bus.port != "emulator":
         raise UserError(f"robot.bus.port: eval runs on the simulated arm and needs 'emulator' "
                         f"(got '{cfg.robot.bus.port}')")
-    if not any(c.kind == "virtual" for c in cfg.cameras):
+    pusht = cfg.scene is not None and cfg.scene.task == "pusht"  # a state policy sees Push-T through keypoints
+    if not pusht and not any(c.kind == "virtual" for c in cfg.cameras):
         raise UserError("cameras: eval needs a camera of kind 'virtual' (the policy must see the simulated target)")
     if cfg.scene is None or cfg.scene.task == "none":
         task = cfg.scene.task if cfg.scene is not None else None
-        raise UserError(f"scene.task: eval needs a task with targets (allowed: reach, reach_multimodal; got {task!r})")
+        raise UserError(f"scene.task: eval needs a task with targets (allowed: reach, reach_multimodal, pusht; "
+                        f"got {task!r})")
 
 
 class _EpisodeRuntime(Runtime):
@@ -77,10 +81,10 @@ class _EpisodeRuntime(Runtime):
         self.judge = judge
         judge.on_success = lambda: self.request_stop("success")
 
-    def _supervise(self, control, servo, planner, t_begin: float) -> int:
-        self.judge.start(t_begin)
+    def _supervise(self, *args) -> int:  # (..., t_begin): the Runtime's own arguments, passed through
+        self.judge.start(args[-1])
         try:
-            return super()._supervise(control, servo, planner, t_begin)
+            return super()._supervise(*args)
         finally:
             self.judge.stop()
 
@@ -128,21 +132,12 @@ class EvalSession:
     # ---- episodes --------------------------------------------------------------------------------------
     def run_episode(self, index: int, seed: int, condition: Condition, timeout: float,
                     dwell: float = 0.2) -> EpisodeResult:
+        if getattr(self.scene, "task", None) == "pusht":
+            return self._run_pusht_episode(index, seed, condition, timeout)
         self.scene.reset(seed)
         move_home(self.parts.make_bus, self.home, self.max_velocity)
-        parts = dataclasses.replace(self.parts, starters=[], closers=[],
-                                    extra_latency=condition.latency_ms / 1000.0, sync=condition.sync)
         judge = SuccessJudge(self.scene, dwell=dwell)
-        rt = _EpisodeRuntime(parts, timeout, judge)
-        code = rt.run()
-        self.last_telemetry = rt.tel
-        tel = rt.tel.to_dict()
-        if tel["stopped_by"] in INTERRUPTED:
-            raise KeyboardInterrupt
-        if code != 0:
-            err = tel.get("servo_error") or "; ".join(tel.get("planner_errors") or []) or "; ".join(
-                n for n in tel.get("notes", []) if n.startswith("runtime error")) or tel["stopped_by"]
-            raise RuntimeError(f"episode {index} (seed {seed}): the runtime stopped with exit code {code}: {err}")
+        tel = self._run_runtime(index, seed, condition, timeout, judge)
         jj = tel["join_jump_max"]
         final = self.scene.distance_to_target()  # where the arm is held after the stop
         return EpisodeResult(
@@ -153,6 +148,44 @@ class EvalSession:
             chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
             e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
             stopped_by=tel["stopped_by"])
+
+    def _run_pusht_episode(self, index: int, seed: int, condition: Condition, timeout: float) -> EpisodeResult:
+        """Push-T: the pusher is homed (over the bus) to gym-pusht's start position for ``seed`` first, then the T
+        is placed, so homing never pushes it; success is gym-pusht's coverage > 0.95 within ``timeout``."""
+        move_home(self.parts.make_bus, self.scene.start_joint_pose(seed), self.max_velocity)
+        self.scene.reset(seed)
+        judge = CoverageJudge(self.scene)
+        tel = self._run_runtime(index, seed, condition, timeout, judge)
+        if self.scene.error is not None:
+            raise RuntimeError(f"episode {index} (seed {seed}): the Push-T physics failed: {self.scene.error}")
+        from edgedp.sim_task.pusht_expert import pose_error
+
+        d, _ = pose_error(self.scene.block_pose(), self.scene.world.goal_pose)
+        jj = tel["join_jump_max"]
+        return EpisodeResult(
+            index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
+            final_distance_m=d / 1000.0, min_distance_m=d / 1000.0, chosen_target=None, targets=[],
+            join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
+            chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
+            e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
+            stopped_by=tel["stopped_by"], max_coverage=round(judge.max_coverage, 4),
+            final_coverage=round(self.scene.world.coverage(), 4))
+
+    def _run_runtime(self, index: int, seed: int, condition: Condition, timeout: float, judge) -> dict:
+        """A fresh Runtime for one episode, stopped by ``judge`` at success; its telemetry document."""
+        parts = dataclasses.replace(self.parts, starters=[], closers=[],
+                                    extra_latency=condition.latency_ms / 1000.0, sync=condition.sync)
+        rt = _EpisodeRuntime(parts, timeout, judge)
+        code = rt.run()
+        self.last_telemetry = rt.tel
+        tel = rt.tel.to_dict()
+        if tel["stopped_by"] in INTERRUPTED:
+            raise KeyboardInterrupt
+        if code != 0:
+            err = tel.get("servo_error") or "; ".join(tel.get("planner_errors") or []) or "; ".join(
+                n for n in tel.get("notes", []) if n.startswith("runtime error")) or tel["stopped_by"]
+            raise RuntimeError(f"episode {index} (seed {seed}): the runtime stopped with exit code {code}: {err}")
+        return tel
 
     def run(self, condition: Condition, seeds: Iterable[int], timeout: float,
             progress: Optional[Callable[[Condition, EpisodeResult], None]] = None,

@@ -60,6 +60,9 @@ def summarize(results: Sequence[EpisodeResult], conditions: dict, per_episode: b
         "chosen_target_counts": _counts([r.chosen_target for r in results]),
         "conditions": conditions,
     }
+    coverage = [r.max_coverage for r in results if r.max_coverage is not None]
+    if coverage:  # Push-T: the paper's score is the mean over episodes of each episode's maximum coverage
+        d["max_coverage"] = _stats(coverage)
     if per_episode:
         d["per_episode"] = [asdict(r) for r in results]
     return d
@@ -107,8 +110,9 @@ def table(doc: dict, title: Optional[str] = None):
     c = doc["conditions"]
     t = Table(title=title or f"edgedp eval: {c.get('task')} — {c.get('checkpoint')} ({c.get('backend')} "
                              f"{c.get('precision')}, K={c.get('steps')})")
-    for col in ("planning", "+latency", "episodes", "success", "time to success mean / median",
-                "join jump max (rad / rad/s)", "inference p50", "dropped steps"):
+    coverage = any("max_coverage" in run for run in doc["runs"])
+    for col in ("planning", "+latency", "episodes", "success", *(("mean max coverage",) if coverage else ()),
+                "time to success mean / median", "join jump max (rad / rad/s)", "inference p50", "dropped steps"):
         t.add_column(col, justify="left" if col == "planning" else "right")
     for run in doc["runs"]:
         rc = run["conditions"]
@@ -117,6 +121,7 @@ def table(doc: dict, title: Optional[str] = None):
         t.add_row("sync" if rc["sync"] else "async", f"{rc['latency_ms']:g} ms", str(run["episodes"]),
                   f"{run['success_rate'] * 100:.0f} % ({run['successes']}; 95 % CI "
                   f"{run['success_ci95'][0] * 100:.0f}–{run['success_ci95'][1] * 100:.0f})",
+                  *((_f(run.get("max_coverage", {}).get("mean"), "{:.3f}"),) if coverage else ()),
                   f"{_f(tts['mean'], '{:.2f}')} / {_f(tts['median'], '{:.2f}')} s",
                   f"{jj['position_rad']:.4f} / {jj['velocity_rad_s']:.3f}",
                   f"{_f(run['inference_ms_p50'], '{:.0f}')} ms", str(run["dropped_steps"]))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
@@ -152,6 +152,8 @@ class DatasetWriter:
         arrays = {IMAGE_KEY: episode.image, STATE_KEY: episode.state.astype(np.float32),
                   ACTION_KEY: episode.action.astype(np.float32), "timestamp": episode.timestamp.astype(np.float32),
                   "frame_index": np.arange(n, dtype=np.int64)}
+        # Task-specific per-frame arrays (Push-T's keypoints), declared in info["features"] by the recorder.
+        arrays.update({k: np.asarray(v) for k, v in getattr(episode, "extras", {}).items()})
         atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), suffix=".npz")
         entry = {"episode_index": index, "length": n, "file": rel, **episode.info}
         lines = "".join(json.dumps(e) + "\n" for e in [*self.episodes, entry])
@@ -174,6 +176,7 @@ class Flat:
     state: np.ndarray  # (N, J) float32
     action: np.ndarray  # (N, J) float32
     episode_ends: np.ndarray  # (E,) int64: exclusive end of each episode in the flat arrays
+    extra: dict = field(default_factory=dict)  # feature -> (N, D) float32: task-specific features (Push-T keypoints)
 
 
 class EpisodeDataset:
@@ -211,6 +214,11 @@ class EpisodeDataset:
         return len(self.episodes)
 
     @property
+    def extra_keys(self) -> tuple:
+        """Per-frame features beyond the fixed ones (declared in info.json's features by the recorder)."""
+        return tuple(k for k in self.info.get("features", {}) if k not in ARRAY_KEYS)
+
+    @property
     def fps(self) -> float:
         return float(self.info["fps"])
 
@@ -225,7 +233,7 @@ class EpisodeDataset:
             raise DatasetError(f"{path}: episode {index} is listed in meta/episodes.jsonl but its file is missing")
         try:
             with np.load(path) as z:
-                arrays = {k: z[k] for k in ARRAY_KEYS}
+                arrays = {k: z[k] for k in ARRAY_KEYS + self.extra_keys}
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"{path}: unreadable episode file ({exc})") from None
         for k, v in arrays.items():
@@ -246,4 +254,5 @@ class EpisodeDataset:
             state=np.concatenate([e[STATE_KEY] for e in eps]).astype(np.float32),
             action=np.concatenate([e[ACTION_KEY] for e in eps]).astype(np.float32),
             episode_ends=np.cumsum([len(e[STATE_KEY]) for e in eps]).astype(np.int64),
+            extra={k: np.concatenate([e[k] for e in eps]).astype(np.float32) for k in self.extra_keys},
         )

@@ -114,9 +114,13 @@ class WindowSampler:
 class InMemoryData:
     """The whole dataset as tensors (a few hundred MB at most for the sim task), gathered per batch."""
 
-    def __init__(self, dataset: EpisodeDataset, n_obs_steps: int, horizon: int, limit: Optional[int] = None):
+    def __init__(self, dataset: EpisodeDataset, n_obs_steps: int, horizon: int, limit: Optional[int] = None,
+                 with_images: bool = True):
         flat = dataset.flat(limit)
-        self.images = torch.from_numpy(flat.image).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+        # A state-only policy (Push-T on keypoints) never looks at the images: they are not kept.
+        self.images = torch.from_numpy(flat.image).permute(0, 3, 1, 2).contiguous() if with_images else None
+        # Task-specific state features (Push-T's observation.environment_state), fed like observation.state.
+        self.extra = {k: torch.from_numpy(v) for k, v in getattr(flat, "extra", {}).items()}
         self.state = torch.from_numpy(flat.state)
         self.action = torch.from_numpy(flat.action)
         self.windows = WindowSampler(flat.episode_ends, n_obs_steps, horizon)
@@ -125,7 +129,12 @@ class InMemoryData:
 
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
         """LeRobot-convention statistics: per-channel mean/std of images in [0, 1], min/max of the rest."""
+        low_dim = {k: {"min": v.min(0).values, "max": v.max(0).values} for k, v in self.extra.items()}
+        low_dim[STATE_KEY] = {"min": self.state.min(0).values, "max": self.state.max(0).values}
+        low_dim[ACTION_KEY] = {"min": self.action.min(0).values, "max": self.action.max(0).values}
         img = self.images
+        if img is None:
+            return low_dim
         sums = torch.zeros(3, dtype=torch.float64)
         sq = torch.zeros(3, dtype=torch.float64)
         for i in range(0, len(img), 1024):  # chunks: a float copy of every image at once would be large
@@ -135,19 +144,14 @@ class InMemoryData:
         n = img.shape[0] * img.shape[2] * img.shape[3]
         mean = sums / n
         std = (sq / n - mean * mean).clamp_min(0).sqrt()
-        return {
-            IMAGE_KEY: {"mean": mean.float(), "std": std.float()},
-            STATE_KEY: {"min": self.state.min(0).values, "max": self.state.max(0).values},
-            ACTION_KEY: {"min": self.action.min(0).values, "max": self.action.max(0).values},
-        }
+        return {IMAGE_KEY: {"mean": mean.float(), "std": std.float()}, **low_dim}
 
     def batch(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         idx = self.windows.index[rows]  # (B, horizon)
         obs_idx = idx[:, : self.n_obs_steps]
-        obs = {
-            IMAGE_KEY: self.images[obs_idx].to(torch.float32).div_(255.0),  # (B, T_o, 3, H, W)
-            STATE_KEY: self.state[obs_idx],
-        }
+        obs = {STATE_KEY: self.state[obs_idx], **{k: v[obs_idx] for k, v in self.extra.items()}}
+        if self.images is not None:
+            obs[IMAGE_KEY] = self.images[obs_idx].to(torch.float32).div_(255.0)  # (B, T_o, 3, H, W)
         return obs, self.action[idx]
 
 
@@ -190,6 +194,8 @@ def make_policy(preset: str, data: InMemoryData, cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     policy = DiffusionPolicy(spec, seed=cfg.seed)
     for key, stats in data.stats().items():
+        if key not in policy.normalizers:  # a dataset feature this policy does not use
+            continue
         policy.normalizers[key].set_stats(**stats)
     return policy
 
@@ -212,7 +218,8 @@ def train(dataset_dir: str | Path, preset: str, out: Optional[str | Path], cfg: 
     dataset = open_episodes(dataset_dir, cfg.image_key, cfg.state_key, cfg.action_key)  # v3.0 or .npz
     torch.manual_seed(cfg.seed)
     spec_probe = _probe_spec(preset, cfg)
-    data = InMemoryData(dataset, spec_probe.n_obs_steps, spec_probe.horizon, cfg.max_episodes)
+    data = InMemoryData(dataset, spec_probe.n_obs_steps, spec_probe.horizon, cfg.max_episodes,
+                        with_images=bool(spec_probe.image_features))
     _check_shapes(dataset_dir, spec_probe, data)
     policy = make_policy(preset, data, cfg)
     policy.train()
@@ -285,7 +292,7 @@ def _with_overrides(d: dict, overrides: dict) -> dict:
 
 def _check_shapes(dataset_dir, spec, data: InMemoryData) -> None:
     """The dataset must match the preset's inputs; say which feature does not."""
-    img = tuple(data.images.shape[1:])
+    img = tuple(data.images.shape[1:]) if data.images is not None else None
     want_img = tuple(next(iter(spec.image_features.values()))) if spec.image_features else None
     if want_img is not None and img != want_img:
         raise ValueError(f"{dataset_dir}: images are {img[1]}x{img[2]}, preset {spec.name!r} needs {want_img[1]}x{want_img[2]}")
@@ -293,5 +300,12 @@ def _check_shapes(dataset_dir, spec, data: InMemoryData) -> None:
     want_state = next(iter(spec.state_features.values()))[0] if spec.state_features else None
     if want_state is not None and j != want_state:
         raise ValueError(f"{dataset_dir}: state has {j} joints, preset {spec.name!r} needs {want_state}")
+    for key, shape in list(spec.state_features.items())[1:]:  # beyond the joint state: task features
+        if key not in data.extra:
+            raise ValueError(f"{dataset_dir}: no feature {key!r}, preset {spec.name!r} needs it "
+                             f"(the dataset has {', '.join(sorted(data.extra)) or 'no extra features'})")
+        if data.extra[key].shape[1] != shape[0]:
+            raise ValueError(f"{dataset_dir}: {key} has {data.extra[key].shape[1]} values, preset {spec.name!r} "
+                             f"needs {shape[0]}")
     if data.action.shape[1] != spec.action_dim:
         raise ValueError(f"{dataset_dir}: actions have {data.action.shape[1]} values, preset {spec.name!r} needs {spec.action_dim}")

@@ -94,6 +94,11 @@ class PushTWorld:
             self.env.agent.velocity = (0.0, 0.0)
         self.physics_steps = 0
 
+    def count_contacts(self, on: bool) -> None:
+        """gym-pusht counts contact points after every step (its info's n_contacts); a planner needs no count."""
+        env = self.env
+        env.collision_handeler.post_solve = env._handle_collision if on else (lambda arbiter, space, data: None)
+
     def set_state(self, pusher: np.ndarray, block: np.ndarray) -> None:
         """Teleport (planning): pusher (x, y), T (x, y, angle); no physics step."""
         self.env.agent.position = (float(pusher[0]), float(pusher[1]))
@@ -192,6 +197,7 @@ class PushTScene:
         self.max_coverage = 0.0
         self.control_steps = 0
         self.success_step: Optional[int] = None  # first control step with coverage > 0.95
+        self.success_time: Optional[float] = None  # clock() at that step
 
     # -- the physics thread -----------------------------------------------------------------------
     def start(self) -> None:
@@ -237,6 +243,7 @@ class PushTScene:
         self.max_coverage = max(self.max_coverage, cov)
         if cov > SUCCESS_COVERAGE and self.success_step is None:
             self.success_step = self.control_steps
+            self.success_time = self.clock()
 
     # -- what the judge, the camera and the sensor read ---------------------------------------------
     def coverage(self) -> float:
