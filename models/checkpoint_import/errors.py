@@ -14,7 +14,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 # A repr that stops after a few levels and items: a value from a hostile file may be a list that
 # contains itself 2**40 times through shared references, and a plain repr() would never finish.
-_REPR = reprlib.Repr()
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int over 4300 digits raises; its size is what matters in a message anyway
+        return reprlib.Repr.repr_int(self, x, level) if x.bit_length() <= 128 else f"<int of {x.bit_length()} bits>"
+
+
+_REPR = _ShortRepr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 4, 4, 4, 4
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 40
 
