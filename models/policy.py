@@ -14,6 +14,7 @@ so the inference step count can change at load time without touching the weights
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -338,16 +339,47 @@ class DiffusionPolicy(nn.Module):
     def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
         return self.normalizers[self._spec.action_key].unnormalize(naction)
 
-    def predict_chunk(self, obs: Mapping[str, Any], noise: Any = None) -> np.ndarray:
-        """(horizon, action_dim) float32 actions in raw units; index n_obs_steps-1 is "now"."""
+    def predict_chunk(self, obs: Mapping[str, Any], noise: Any = None, *, sampler: Any = None, encoder: Any = None,
+                      timing: dict[str, float] | None = None,
+                      conditioning: Mapping[str, Any] | None = None) -> np.ndarray:
+        """(horizon, action_dim) float32 actions in raw units; index n_obs_steps-1 is "now".
+
+        The one observation -> chunk path. A runtime passes its compiled K-step loop as ``sampler``
+        ((global_cond, noise) -> normalized actions; default: ``self.sample``) and, when its backend compiled
+        one, ``encoder`` (raw observation -> global condition, normalization included). ``timing``, when
+        given, receives the milliseconds of each stage, measured here so that no caller has to reach into the
+        networks: normalize (input checks + normalization; 0 when a compiled encoder does it), encode, sample
+        (all K denoising steps), unnormalize (including the copy to the host). ``conditioning``: the sampler's
+        warm-start / inpainting tensors, passed through."""
+        marks = [time.perf_counter()]
+
+        def mark() -> None:
+            if timing is not None:
+                if self.device.type == "cuda":  # the clock must see the work, not its launch
+                    torch.cuda.synchronize(self.device)
+                marks.append(time.perf_counter())
+
         with torch.inference_mode():
-            global_cond = self.encode(obs)
+            if encoder is None:
+                batch = self.normalize_obs(self.prepare_obs(obs))
+                mark()
+                global_cond = self.obs_encoder({k: v.to(self.dtype) for k, v in batch.items()})
+            else:
+                mark()
+                global_cond = encoder(obs)
+            mark()
             if global_cond.shape[0] != 1:
                 raise PolicyInputError(f"predict_chunk takes one observation, got a batch of {global_cond.shape[0]}")
             x = self.random_noise(1) if noise is None else self.prepare_noise(noise)
-            naction = self.sample(global_cond, x)
-            action = self.unnormalize_action(naction)
-            return action[0].to(device="cpu", dtype=torch.float32).numpy().copy()
+            naction = (self.sample if sampler is None else sampler)(global_cond, x, **(conditioning or {}))
+            mark()
+            action = self.unnormalize_action(naction.to(self.device, self.dtype))
+            out = action[0].to(device="cpu", dtype=torch.float32).numpy().copy()
+            mark()
+        if timing is not None:
+            for name, a, b in zip(("normalize", "encode", "sample", "unnormalize"), marks, marks[1:]):
+                timing[name] = (b - a) * 1e3
+        return out
 
     def predict_action(self, obs: Mapping[str, Any], noise: Any = None) -> np.ndarray:
         """Only the executed steps, (n_action_steps, action_dim)."""

@@ -73,6 +73,37 @@ def test_bad_chunk_shape_is_refused():
         ChunkRing.create(4, 2, slots=2)
 
 
+@pytest.mark.parametrize("t0,dt,field", [(0.0, 0.0, "dt"), (0.0, -0.1, "dt"), (0.0, float("nan"), "dt"),
+                                         (0.0, float("inf"), "dt"), (float("-inf"), 0.1, "t0"),
+                                         (float("nan"), 0.1, "t0")])
+def test_malformed_header_is_refused_at_publish(t0, dt, field):
+    """The servo loop can never see a chunk it cannot execute: nothing is published, the error names the field."""
+    with ChunkRing.create(4, 2) as ring:
+        ring.publish(np.ones((2, 2)), 5.0, 0.1)
+        with pytest.raises(ValueError, match=rf"^chunk {field}: "):
+            ring.publish(np.zeros((2, 2)), t0, dt)
+        out = np.zeros((4, 2))
+        h = ring.read_newest(out)
+        assert h.seq == 1 and h.t0 == 5.0 and np.all(out[:2] == 1.0)  # still the last good chunk
+
+
+def test_non_finite_actions_are_refused_at_publish():
+    with ChunkRing.create(4, 2) as ring:
+        bad = np.ones((3, 2))
+        bad[2, 0] = np.inf
+        with pytest.raises(ValueError, match=r"chunk actions: non-finite value inf at step 2, joint 0"):
+            ring.publish(bad, 1.0, 0.1)
+        with pytest.raises(ValueError, match=r"chunk dim"):
+            ring.publish(np.ones((3, 3)), 1.0, 0.1)
+        assert ring.newest_seq() == 0
+
+
+def test_untimed_ring_takes_samples_with_their_own_times():
+    """The joint-state ring (timed=False) carries (t, q) rows; its header times are unused and not checked."""
+    with ChunkRing.create(4, 3, timed=False) as ring:
+        assert ring.publish(np.ones((2, 3)), 0.0, 0.0) == 1
+
+
 def test_thread_stress_no_torn_reads():
     stats = stress_threads(60_000)
     assert stats["last_seq"] == 60_000
@@ -89,14 +120,19 @@ def test_process_stress_no_torn_reads():
 
 
 def test_atomic_word_fast_and_public_paths_agree():
-    """The direct call into the atomics primitive and the package's public API read/write the same word."""
+    """The direct call into the atomics primitive and the package's public API read/write the same word.
+
+    The fast path must actually be the one in use (the atomics release installed here exposes it): if it silently fell
+    back, this test would compare the public API with itself and prove nothing."""
     import atomics
 
     from edgedp.runtime.ring import AtomicU64
 
     with ChunkRing.create(2, 1) as ring:
+        assert ring._pub._fast and ring._reading._fast  # the ring itself runs on the fast path
         buf = ring._shm.buf
         fast, public = AtomicU64(buf[16:24]), AtomicU64(buf[16:24])
+        assert fast._fast
         public._fast = False
         try:
             fast.store(2**63 + 5, atomics.MemoryOrder.RELEASE)

@@ -99,7 +99,6 @@ def _plan_with(policy, command_delay: float):
         t_obs = planner.tel.chunk_log[-1]["t_obs"]
         return header, t_obs, planner.next_start
     finally:
-        planner.detach_step_timer()
         chunks.close()
         ring.close()
 
@@ -177,3 +176,46 @@ def test_telemetry_record_camera_flattens_counters_without_shadowing():
     assert c["frames"] == 14 and c["drops"] == 2 and c["frames_seen"] == 12 and c["driver_frames_seen"] == 99
     assert isinstance(c["domain"], str)
     json.dumps(tel.to_dict())
+
+
+def test_nan_chunk_is_refused_before_the_servo_loop_sees_it(small_policy):
+    """A policy that outputs NaN: the planner's publish is refused with a line naming the field, and the ring
+    (what the servo loop reads) never holds the chunk."""
+    from edgedp.runtime.planner import RefusedChunk
+
+    shape = tuple(small_policy.feature_shapes["observation.image"])
+    ring, cam, window, hw = _world_window(0.0, image_shape=shape, n_obs=small_policy.n_obs_steps)
+    window.state_key = small_policy.state_keys[0]
+    _feed_frames(cam, hw)
+    chunks = ChunkRing.create(capacity=small_policy.n_action_steps, dim=small_policy.action_dim, slots=4)
+
+    def broken(global_cond, noise, **conditioning):
+        out = small_policy.sample(global_cond, noise, **conditioning).clone()
+        out[0, small_policy.n_obs_steps, 1] = float("nan")  # one action of the executed slice
+        return out
+
+    planner = Planner(small_policy, broken, window, chunks, Telemetry(250, "thread"), 0.1,
+                      small_policy.n_action_steps, 2, clock=lambda: 101.0)
+    try:
+        with pytest.raises(RefusedChunk, match=r"chunk actions: non-finite value nan at step 1, joint 1"):
+            planner.plan_once()
+        assert chunks.newest_seq() == 0
+        assert chunks.read_newest(np.zeros((chunks.spec.capacity, chunks.spec.dim))) is None
+    finally:
+        chunks.close()
+        ring.close()
+
+
+def test_telemetry_json_stays_valid_with_non_finite_figures(tmp_path):
+    """A NaN join jump (what a NaN chunk used to produce) is written as null: the file is strict JSON."""
+    tel = Telemetry(250, "thread")
+    tel.servo = {"joins": [{"t": 1.0, "seq": 2, "position_jump": float("nan"), "velocity_jump": float("inf"),
+                            "dropped_steps": 0}]}
+    path = tmp_path / "tel.json"
+    tel.write_json(path)
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    d = json.loads(path.read_text(), parse_constant=refuse)
+    assert d["join_jump_max"]["position_rad"] is None and d["joins"][0]["velocity_jump"] is None

@@ -89,6 +89,9 @@ class RunParts:
     # A camera that delivers no new frame for this long is lost: the run stops (exit 5) naming it. None:
     # derived (see camera_timeout()), long enough for the driver's own reconnect attempts.
     camera_timeout: Optional[float] = None
+    # Called on the planner thread with each published chunk (runtime/planner.PublishedChunk): `edgedp run
+    # --record` and `--view` hand it to their own threads. Must not block.
+    chunk_listeners: list[Callable[[Any], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -181,6 +184,7 @@ class Runtime:
                                    frames, p.image_shapes)
         planner = Planner(p.policy, p.sampler, window, chunks, self.tel, p.action_period, p.n_action_steps, p.steps,
                           extra_latency=p.extra_latency, sync=p.sync, command_delay=p.command_delay)
+        planner.listeners.extend(p.chunk_listeners)
         return _Rig(chunks, states, control, frames, planner)
 
     def _start(self, rig: _Rig) -> float:
@@ -280,8 +284,6 @@ class Runtime:
                 rig.servo.kill()
         t = time.monotonic()
         rig.planner.join(max(0.05, 0.9 - (t - t_stop)))
-        if not rig.planner.alive():
-            rig.planner.detach_step_timer()  # also when it never started
         timing["planner_ms"] = (time.monotonic() - t) * 1e3
         t = time.monotonic()
         self._stop_cameras(rig)

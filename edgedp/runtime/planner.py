@@ -9,6 +9,12 @@ When to start the next chunk: it must be published before the current one runs o
 measured ones plus a margin. If that is already past, planning starts at once: denoising overlaps execution
 whenever the chunk is longer than the latency.
 
+Every chunk comes from the Policy interface, `policy.predict_chunk(obs, sampler=..., encoder=..., timing=...)`,
+the same observation -> chunk path every other caller uses; the planner passes the compiled K-step loop (and
+compiled encoder) of the configured backend, and the policy reports how long each stage took (normalize,
+encode, sample, unnormalize). The per-step denoising time is the sample time / K for every backend: the planner
+never hooks into the networks.
+
 Synchronous mode (`sync=True`, the evaluation baseline of edgedp/evaluation): the robot waits while the
 policy thinks. The next observation is taken only after the current chunk has been fully executed and the
 arm has come to rest (one action period after its last step, while the servo loop decelerates to a hold),
@@ -30,6 +36,10 @@ from edgedp.runtime.ring import ChunkRing
 from edgedp.runtime.telemetry import Telemetry
 
 
+class RefusedChunk(ValueError):
+    """The policy produced a chunk the ring refuses (non-finite actions, a malformed header)."""
+
+
 class Planner:
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
@@ -37,8 +47,8 @@ class Planner:
                  sync: bool = False, command_delay: float = 0.0):
         self.policy = policy
         self.sampler = sampler
-        # A compiled sampler may bring its own compiled encoder; the eager path uses the policy's.
-        self.encode = getattr(sampler, "encode", None) or policy.encode
+        # A compiled sampler may bring its own compiled encoder (raw observation -> condition); else the policy's.
+        self.encoder = sampler.encode if getattr(sampler, "encoder", None) is not None else None
         self.window = window
         self.ring = ring
         self.tel = telemetry
@@ -58,43 +68,9 @@ class Planner:
         self._thread: Optional[threading.Thread] = None
         self.next_start = 0.0
         self.fatal: Optional[BaseException] = None
-        self._step_times: list[float] = []
-        self._step_t0 = 0.0
-        self._hooks: list = []
-        self.step_timing = self._attach_step_timer(policy, sampler)
         self._exit_lock = threading.Lock()
         self._exited = False
         self._on_exit: list[Callable[[], None]] = []
-
-    def _attach_step_timer(self, policy: Any, sampler: Any) -> bool:
-        """Time every denoiser call with forward hooks when the denoiser is a plain module (eager).
-
-        Compiled denoisers (inductor graphs, TensorRT engines) cannot be hooked without changing what they
-        run; for those the telemetry reports sampler time / K per step instead.
-        """
-        try:
-            import torch
-        except ImportError:
-            return False
-        den = getattr(sampler, "denoiser", None)
-        if den is None and getattr(sampler, "__self__", None) is policy:
-            den = getattr(policy, "unet", None)
-        if not isinstance(den, torch.nn.Module) or type(den).__name__ == "OptimizedModule":
-            return False
-        self._hooks.append(den.register_forward_pre_hook(self._pre_step))
-        self._hooks.append(den.register_forward_hook(self._post_step))
-        return True
-
-    def _pre_step(self, module, args) -> None:
-        self._step_t0 = time.perf_counter()
-
-    def _post_step(self, module, args, output) -> None:
-        self._step_times.append((time.perf_counter() - self._step_t0) * 1e3)
-
-    def detach_step_timer(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
     def defer_until_exit(self, fn: Callable[[], None]) -> bool:
         """Run `fn` when the planner thread ends (False: it already ended, the caller runs fn itself).
@@ -112,9 +88,10 @@ class Planner:
         return (max(self._lat) if self._lat else 0.5) * 1.2 + self.margin
 
     def plan_once(self) -> Optional[int]:
-        """One observation -> one published chunk; None when the observation was stale or not ready."""
-        import torch
+        """One observation -> one published chunk; None when the observation was stale or not ready.
 
+        A chunk the ring refuses (a non-finite action, a malformed header) raises RefusedChunk: it never
+        reaches the servo loop, and the run stops with that one line."""
         t_start = self.clock()
         try:
             obs = self.window.assemble(t_start)
@@ -125,15 +102,9 @@ class Planner:
             self.tel.not_ready += 1
             return None
         t_obs_done = self.clock()
-        with torch.inference_mode():
-            gc = self.encode(obs.data)
-            t_enc = self.clock()
-            noise = self.policy.random_noise(1)
-            self._step_times = []
-            naction = self.sampler(gc, noise)
-            naction = naction.to(self.policy.device, self.policy.dtype)
-            action = self.policy.unnormalize_action(naction)[0].to("cpu", torch.float64).numpy()
-        t_sample = self.clock()
+        stages: dict[str, float] = {}
+        action = self.policy.predict_chunk(obs.data, sampler=self.sampler, encoder=self.encoder,
+                                           timing=stages).astype(np.float64)
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
         if self.extra > 0:
             self._stop.wait(self.extra)
@@ -145,12 +116,14 @@ class Planner:
         # makes the servo loop command each action d ahead of its time, drop the ones it can no longer reach in
         # time, and (through chunk_end) start the next chunk d earlier.
         t0 = self.clock() if self.sync else obs.t - self.command_delay
-        seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
+        try:
+            seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
+        except ValueError as exc:
+            raise RefusedChunk(f"chunk refused before it reached the servo loop: {exc}") from None
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)
-        self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, (t_enc - t_obs_done) * 1e3,
-                                  (t_sample - t_enc) * 1e3, self.steps, t_pub, obs.age * 1e3,
-                                  step_ms=list(self._step_times) if self.step_timing else None)
+        self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, stages, self.steps, t_pub,
+                                  obs.age * 1e3)
         chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
         if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
             self.next_start = chunk_end + self.dt
@@ -162,7 +135,6 @@ class Planner:
         try:
             self._loop()
         finally:
-            self.detach_step_timer()
             with self._exit_lock:
                 self._exited = True
                 todo, self._on_exit = self._on_exit, []

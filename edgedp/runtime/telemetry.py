@@ -20,6 +20,7 @@ from edgedp.runtime.control import LiveStatus
 from edgedp.runtime.instruments import HIST_BIN_US, HIST_BINS
 
 SCHEMA_VERSION = 1
+POLICY_STAGES = ("normalize", "encode", "sample", "unnormalize")  # reported by the policy's predict_chunk
 
 
 def _pcts(values, scale: float = 1.0) -> dict:
@@ -57,8 +58,8 @@ class Telemetry:
         self.mode = mode
         self.config = config_summary or {}
         self._lock = threading.Lock()
-        self.stage_ms: dict[str, list[float]] = {"observation": [], "encode": [], "denoise_step": [],
-                                                 "sample": [], "inference": []}
+        self.stage_ms: dict[str, list[float]] = {"observation": [], "normalize": [], "encode": [], "sample": [],
+                                                 "denoise_step": [], "unnormalize": [], "inference": []}
         self.observation_age_ms: list[float] = []
         self.chunk_log: list[dict] = []  # per published chunk: seq, t_obs, t_publish, latency
         self.stale_observations = 0
@@ -90,19 +91,16 @@ class Telemetry:
             self.cameras[name] = info
 
     # ---- planner side ---------------------------------------------------------------------------
-    def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, encode_ms: float,
-                         sample_ms: float, steps: int, t_publish: float, age_ms: float,
-                         step_ms: Optional[list[float]] = None) -> None:
+    def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, stages: dict[str, float],
+                         steps: int, t_publish: float, age_ms: float) -> None:
+        """One published chunk: `stages` is what the policy itself measured (normalize, encode, sample,
+        unnormalize, in ms; see DiffusionPolicy.predict_chunk); the denoising step is sample / K."""
         with self._lock:
             self.stage_ms["observation"].append(obs_ms)
-            self.stage_ms["encode"].append(encode_ms)
-            self.stage_ms["sample"].append(sample_ms)
-            if step_ms:  # measured per denoiser call (eager)
-                self.stage_ms["denoise_step"].extend(step_ms)
-                self.denoise_step_source = "measured per call"
-            else:  # a compiled loop runs all K steps in one call
-                self.stage_ms["denoise_step"].append(sample_ms / max(1, steps))
-                self.denoise_step_source = "sampler time / K"
+            for name in POLICY_STAGES:
+                self.stage_ms[name].append(float(stages.get(name, 0.0)))
+            self.stage_ms["denoise_step"].append(float(stages.get("sample", 0.0)) / max(1, steps))
+            self.denoise_step_source = "sampler time / K"
             self.stage_ms["inference"].append((t_publish - t_start) * 1e3)
             self.observation_age_ms.append(age_ms)
             self.chunk_log.append({"seq": seq, "t_obs": t_obs, "t_start": t_start, "t_publish": t_publish})
@@ -255,7 +253,7 @@ class Telemetry:
         t.add_row("  wake-up error p50 / p99 (ticks that slept)", f"{f(we['p50'])} / {f(we['p99'])} µs")
         t.add_row("  tick work (bus + compute) p50 / p99 / max", f"{f(tw['p50'])} / {f(tw['p99'])} / {f(tw['max'])} µs")
         t.add_row("overruns (skipped ticks)", f"{d['overruns']} ({d['skipped_ticks']})")
-        for k in ("observation", "encode", "denoise_step", "sample", "inference"):
+        for k in ("observation", "normalize", "encode", "denoise_step", "sample", "unnormalize", "inference"):
             s = d["stages_ms"][k]
             t.add_row(f"{k} p50 / p99", f"{f(s['p50'], '{:.2f}')} / {f(s['p99'], '{:.2f}')} ms")
         e = d["e2e_latency_ms"]
