@@ -129,8 +129,9 @@ def _scheduler(pol: dict, name: str, prov: dict) -> dict:
         raise UnsupportedCheckpointError(f"{name}: noise_scheduler.trained_betas is not supported")
     d, w = _SCHED_DEFAULTS, "cfg.policy.noise_scheduler"
     variance = get_str(ns, "variance_type", name, w, d["variance_type"])
-    if cls == _DDPM and variance not in ("fixed_small", "fixed_small_log"):
-        raise UnsupportedCheckpointError(f"{name}: DDPM variance_type {variance} is not supported")
+    if cls == _DDPM and variance not in ("fixed_small", "fixed_small_log", "fixed_large"):
+        raise UnsupportedCheckpointError(f"{name}: {w}.variance_type: {short_repr(variance)} not supported "
+                                         "(supported: fixed_small, fixed_small_log, fixed_large)")
     n_train = get_int(ns, "num_train_timesteps", name, w, 1, MAX_TRAIN_TIMESTEPS, d["num_train_timesteps"])
     n_inf = get_opt_int(pol, "num_inference_steps", name, "cfg.policy", 1, n_train)
     sched = {

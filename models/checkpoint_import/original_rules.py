@@ -32,6 +32,15 @@ _POLICY_ARGS = {
              "num_inference_steps", "obs_as_local_cond", "obs_as_global_cond", "pred_action_steps_only",
              "oa_step_convention"},
 }
+# The transformer policies (models/checkpoint_import/original_transformer.py reads their denoiser options).
+T_HYBRID = "DiffusionTransformerHybridImagePolicy"
+T_LOWDIM = "DiffusionTransformerLowdimPolicy"
+_POLICY_ARGS[T_HYBRID] = {"shape_meta", "noise_scheduler", "horizon", "n_action_steps", "n_obs_steps",
+                          "num_inference_steps", "crop_shape", "obs_encoder_group_norm", "eval_fixed_crop", "n_layer",
+                          "n_cond_layers", "n_head", "n_emb", "p_drop_emb", "p_drop_attn", "causal_attn",
+                          "time_as_cond", "obs_as_cond", "pred_action_steps_only"}
+_POLICY_ARGS[T_LOWDIM] = {"model", "noise_scheduler", "horizon", "obs_dim", "action_dim", "n_action_steps",
+                          "n_obs_steps", "num_inference_steps", "obs_as_cond", "pred_action_steps_only"}
 # Constructor arguments of diffusers 0.11.1's schedulers; anything else makes the constructor raise,
 # so a cfg holding it cannot have come from a run of the original code.
 _SCHEDULER_ARGS = {
@@ -66,7 +75,7 @@ def apply(name: str, pol: dict, policy_cls: str, scheduler: dict, prov: dict) ->
                 if model.get(key) is None:
                     model[key] = value
                     prov.setdefault("unet defaults", f"ConditionalUnet1D defaults for unset {key}")
-    if policy_cls == HYBRID and pol.get("crop_shape", (76, 76)) is not None and not pol.get("eval_fixed_crop", False):
+    if policy_cls in (HYBRID, T_HYBRID) and pol.get("crop_shape", (76, 76)) is not None and not pol.get("eval_fixed_crop", False):
         raise _refuse(name, "cfg.policy.eval_fixed_crop", pol.get("eval_fixed_crop", False), "true",
                       "with it false robomimic's CropRandomizer takes a random crop at inference too")
     if policy_cls == IMAGE and isinstance(pol.get("obs_encoder"), dict):
@@ -74,7 +83,10 @@ def apply(name: str, pol: dict, policy_cls: str, scheduler: dict, prov: dict) ->
 
 
 def _step_kwargs(name: str, pol: dict, policy_cls: str, scheduler: dict, prov: dict) -> None:
-    extra = {k: v for k, v in pol.items() if k not in _POLICY_ARGS[policy_cls] and k != "_target_"}
+    known = _POLICY_ARGS.get(policy_cls)
+    if known is None:  # another denoiser family checks its own options
+        return
+    extra = {k: v for k, v in pol.items() if k not in known and k != "_target_"}
     for key, value in extra.items():
         if key == "eta" and scheduler["kind"] == "ddim":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
