@@ -557,6 +557,8 @@ def summary(plan: RunPlan, steps: int) -> dict:
         "steps": steps, "horizon": plan.horizon, "n_obs_steps": plan.n_obs_steps, "n_action_steps": plan.n_action_steps,
         "action_period": plan.action_period, "servo_hz": cfg.rates.servo_hz, "servo_in_process": cfg.rates.servo_in_process,
         "interpolation": s.interpolation, "join": s.join, "crossfade_steps": s.crossfade_steps,
+        "sampler": p.sampler or "checkpoint", "warm_start_level": p.warm_start_level if p.warm_start else None,
+        "inpaint_form": s.inpaint_form if s.join == "inpaint" else None,
         "on_stop": s.on_stop, "robot": cfg.robot.name, "bus": cfg.robot.bus.port, "joints": [j.name for j in plan.joints],
         "joint_calibration": {j.name: {"zero_offset": j.zero_offset, "zero_offset_from": src["zero_offset"],
                                         "direction": j.direction, "direction_from": src["direction"]}
@@ -567,6 +569,17 @@ def summary(plan: RunPlan, steps: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- assembly
+def configure_sampler(policy: Any, cfg: RunConfig) -> None:
+    """policy.sampler, policy.warm_start(_level) and safety.join: inpaint (+ inpaint_form) onto the policy's
+    K-step loop; every backend's loop and the planner read them from there (docs/samplers.md)."""
+    p, s = cfg.policy, cfg.safety
+    try:
+        policy.configure_sampler(p.sampler, p.warm_start_level if p.warm_start else None,
+                                 s.inpaint_form if s.join == "inpaint" else None)
+    except ValueError as exc:
+        raise UserError(f"policy.sampler: {exc}") from None
+
+
 @dataclass
 class Assembly:
     plan: RunPlan
@@ -590,6 +603,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         print(f"notice: {line}", file=sys.stderr)
     p = cfg.policy
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
+    configure_sampler(policy, cfg)
     steps = p.steps or policy.num_inference_steps
     sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # leave a core to the servo loop
