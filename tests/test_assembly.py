@@ -171,3 +171,31 @@ def test_calibrate_joints_then_run_config_uses_the_file(tmp_path, monkeypatch, c
     finally:
         for close in reversed(dev.closers):
             close()
+
+
+def test_run_hands_the_run_settings_to_the_runtime(tmp_path, monkeypatch):
+    """telemetry.path/plot/live and duration reach Runtime through app.RunSettings (the --options override)."""
+    import edgedp.runtime.lifecycle as lifecycle
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, parts, duration, telemetry_path=None, plot=True, live=True, console=None):
+            seen.update(duration=duration, path=telemetry_path, plot=plot, live=live)
+            self.parts = parts
+
+        def run(self):
+            for close in reversed(self.parts.closers):
+                close()
+            return 0
+
+    monkeypatch.setattr(lifecycle, "Runtime", Recorder)
+    data = copy.deepcopy(GOOD)
+    data["telemetry"] = {"path": "tel.json", "plot": False, "live": True}
+    data["duration"] = 7.0
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 0
+    assert seen == {"duration": 7.0, "path": tmp_path / "tel.json", "plot": False, "live": True}
+    assert main(["run", str(path), "--duration", "2", "--telemetry", str(tmp_path / "x.json"), "--no-live"]) == 0
+    assert seen == {"duration": 2.0, "path": tmp_path / "x.json", "plot": False, "live": False}
