@@ -33,6 +33,9 @@ class CheckpointFormat:
     detect: Callable[[Path], bool]
     load: Callable[[Path, str, "int | None", int], Any]
     describe: Callable[[Path], PolicySpec]
+    # Optional: load(path, device, K, seed, scheduler kind or None), for formats that switch the
+    # sampler while reading (foreign imports); others are rebuilt with the new kind after loading.
+    load_with_scheduler: "Callable[[Path, str, int | None, int, str | None], Any] | None" = None
 
 
 def _native_load(path: Path, device: str, k: int | None, seed: int):
@@ -110,16 +113,65 @@ def _preset_spec(name: str) -> PolicySpec:
         raise UserError(f"policy checkpoint {PRESET_PREFIX}{name}: {_one_line(exc)}") from None
 
 
+SCHEDULER_KINDS = ("ddpm", "ddim")
+
+
+def _sampler_override(scheduler: str | None, steps: int | None, num_inference_steps: int | None) -> tuple[str | None, int | None]:
+    """Check the (scheduler, K) override of ``load_policy``; ``steps`` is the CLI's name for K."""
+    if steps is not None and num_inference_steps is not None and steps != num_inference_steps:
+        raise UserError(f"steps={steps} and num_inference_steps={num_inference_steps} disagree (give one)")
+    k = steps if steps is not None else num_inference_steps
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"steps: {k!r} is not a positive integer")
+    if scheduler is not None:
+        if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULER_KINDS:
+            raise UserError(f"scheduler: {scheduler!r} not supported (supported: {', '.join(SCHEDULER_KINDS)})")
+        scheduler = scheduler.lower()
+    return scheduler, k
+
+
+def _with_scheduler(policy, kind: str, k: int | None, device: torch.device, seed: int):
+    """The same weights under another sampler kind (DDIM needs no retraining): a policy rebuilt from the
+    spec with ``scheduler.kind`` replaced, as ``edgedp import --scheduler`` does for foreign checkpoints."""
+    import copy
+
+    from models.policy import DiffusionPolicy
+
+    spec = policy.spec
+    if spec.scheduler.get("kind") == kind:
+        return policy
+    new_spec = copy.deepcopy(spec)
+    new_spec.scheduler = dict(spec.scheduler, kind=kind)
+    new_spec.provenance = dict(spec.provenance, scheduler=f"overridden to {kind.upper()} at load "
+                                                          f"(trained with {str(spec.scheduler.get('kind')).upper()})")
+    rebuilt = DiffusionPolicy(new_spec, num_inference_steps=k, seed=seed)
+    return rebuilt.adopt_weights(policy.state_dict(), device, k)
+
+
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", num_inference_steps: int | None = None,
-                seed: int = 0):
+                seed: int = 0, scheduler: str | None = None, steps: int | None = None):
     """A ready (eval-mode) DiffusionPolicy from a native dir, any registered format, or ``preset:NAME``.
 
     ``preset:NAME`` builds random weights from ``seed``, identically every time; ``seed`` also seeds
-    the policy's noise generator.
+    the policy's noise generator. ``scheduler`` ("ddpm" | "ddim") and ``steps`` (K, same as
+    ``num_inference_steps``) override the trained sampler exactly as ``edgedp import --scheduler
+    ddim --steps 10`` does: the weights are untouched, only the sampling loop changes.
     """
+    scheduler, num_inference_steps = _sampler_override(scheduler, steps, num_inference_steps)
+    dev = _resolve_device(device)
+    policy = _load(path, dev, num_inference_steps, seed, scheduler)
+    if scheduler is not None and policy.scheduler_spec.kind != scheduler:
+        try:
+            policy = _with_scheduler(policy, scheduler, num_inference_steps, dev, seed)
+        except ValueError as exc:
+            raise UserError(f"policy checkpoint {path}: scheduler {scheduler}: {_one_line(exc)}") from None
+    return policy.eval()
+
+
+def _load(path: str | os.PathLike, dev: torch.device, num_inference_steps: int | None, seed: int,
+          scheduler: str | None):
     from models.policy import DiffusionPolicy
 
-    dev = _resolve_device(device)
     ref = str(path)
     if ref.startswith(PRESET_PREFIX):
         name = ref[len(PRESET_PREFIX):]
@@ -137,7 +189,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", num
     p = Path(ref).expanduser()
     fmt = _find_format(p)
     try:
-        policy = fmt.load(p, str(dev), num_inference_steps, seed)
+        if fmt.load_with_scheduler is not None:
+            policy = fmt.load_with_scheduler(p, str(dev), num_inference_steps, seed, scheduler)
+        else:
+            policy = fmt.load(p, str(dev), num_inference_steps, seed)
     except UserError:
         raise
     except (ValueError, OSError, KeyError) as exc:
@@ -185,8 +240,13 @@ def _register_imports() -> None:
     def load(path: Path, device: str, k: "int | None", seed: int):
         return _imp.load_foreign(path, device=device, num_inference_steps=k, seed=seed)
 
-    register_format(CheckpointFormat("lerobot", _imp.is_lerobot, load, _imp.describe_foreign))
-    register_format(CheckpointFormat("diffusion_policy", _imp.is_original_ckpt, load, _imp.describe_foreign))
+    def load_with_scheduler(path: Path, device: str, k: "int | None", seed: int, scheduler: "str | None"):
+        # The very path `edgedp import --scheduler --steps` takes (api.override_sampler).
+        return _imp.load_foreign(path, device=device, num_inference_steps=k, seed=seed, scheduler=scheduler)
+
+    register_format(CheckpointFormat("lerobot", _imp.is_lerobot, load, _imp.describe_foreign, load_with_scheduler))
+    register_format(CheckpointFormat("diffusion_policy", _imp.is_original_ckpt, load, _imp.describe_foreign,
+                                     load_with_scheduler))
 
 
 _register_imports()

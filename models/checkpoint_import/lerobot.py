@@ -321,6 +321,12 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
     n_obs = integer("n_obs_steps", 1, MAX_STEPS)
     horizon = integer("horizon", 1, MAX_STEPS)
     n_act = integer("n_action_steps", 1, MAX_STEPS)
+    if n_obs <= horizon < n_obs - 1 + n_act:
+        # LeRobot slices actions[:, n_obs-1 : n_obs-1+n_action_steps]; past the horizon the slice just
+        # ends (0.6's default n_action_steps 32 with a horizon of 16 executes 15 actions).
+        prov["n_action_steps"] = (f"config.json:n_action_steps = {n_act}, cut to horizon - n_obs_steps + 1 = "
+                                  f"{horizon - n_obs + 1} as LeRobot's slice does")
+        n_act = horizon - n_obs + 1
     backbone = get("vision_backbone", "resnet18")
     if image_keys and backbone != "resnet18":
         raise UnsupportedCheckpointError(f"{cfg_path}: vision_backbone {short_repr(backbone)} is not supported "
