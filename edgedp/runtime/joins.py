@@ -8,6 +8,9 @@ time. Switching hard would step the commanded position (and velocity) by the dis
   and velocity stay continuous whatever the two chunks say.
 * ensemble (ACT temporal ensembling): every chunk still covering a time votes for it with weight
   exp(-decay * i), i = 0 for the oldest; the new plan is the weighted mean on the new chunk's time grid.
+* inpaint (real-time inpainting, models/inpainting.py): the planner made the new chunk agree with the old
+  one on every step that runs while it was being computed, so the servo switches to it directly: no blend,
+  and nothing of the new plan is delayed or averaged away.
 
 Each join is measured the same way whatever the method: one servo period h after the switch, the largest
 difference between what the new plan commands and what the old plan would have commanded (position jump,
@@ -67,6 +70,9 @@ class JoinStats:
     position_jump: float
     velocity_jump: float
     dropped_steps: int
+    # The largest step between consecutive actions of the new chunk, as a velocity (rad/s): the yardstick a
+    # join's velocity jump is compared with (a join is seamless when it jerks no more than the plan itself).
+    chunk_velocity: float = 0.0
 
 
 class Joiner:
@@ -74,8 +80,8 @@ class Joiner:
 
     def __init__(self, method: str, crossfade_steps: int, ensemble_decay: float, servo_period: float,
                  interpolation: str = "linear"):
-        if method not in ("crossfade", "ensemble", "switch"):
-            raise ValueError(f"unknown join '{method}' (allowed: crossfade, ensemble)")
+        if method not in ("crossfade", "ensemble", "inpaint", "switch"):
+            raise ValueError(f"unknown join '{method}' (allowed: crossfade, ensemble, inpaint)")
         self.method = method
         self.crossfade_steps = crossfade_steps
         self.decay = ensemble_decay
@@ -96,11 +102,15 @@ class Joiner:
                 new = Crossfade(current.old, new, current.t_s, current.duration)
         elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
             new = Crossfade(current.simplify(t_s), chunk, t_s, self.crossfade_steps * chunk.dt)
+        elif self.method == "inpaint" and isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
+            # The new chunk agrees with the chunk being ramped into, not with the ramp: keep ramping, into it.
+            new = Crossfade(current.old, chunk, current.t_s, current.duration)
         else:
             new = chunk
         if current is not None:
             pj, vj = self.measure(current, new, t_s)
-            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped))
+            step = float(np.max(np.abs(np.diff(chunk.values, axis=0)))) / chunk.dt if chunk.n > 1 else 0.0
+            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, step))
         return new
 
     def measure(self, old: Trajectory, new: Trajectory, t_s: float) -> tuple[float, float]:

@@ -71,6 +71,10 @@ class Planner:
         self._exit_lock = threading.Lock()
         self._exited = False
         self._on_exit: list[Callable[[], None]] = []
+        # Warm start / real-time inpainting (policy.configure_sampler): the previous chunk conditions the next.
+        from edgedp.runtime.conditioning import ChunkConditioner
+
+        self.conditioner = ChunkConditioner.for_policy(policy, action_period, self.first, n_action_steps)
 
     def defer_until_exit(self, fn: Callable[[], None]) -> bool:
         """Run `fn` when the planner thread ends (False: it already ended, the caller runs fn itself).
@@ -102,9 +106,16 @@ class Planner:
             self.tel.not_ready += 1
             return None
         t_obs_done = self.clock()
+        # When index `first` of the new chunk is due (see the timing note at publish); with warm start or
+        # inpainting it is put on the previous chunk's grid, and that chunk conditions the sampler.
+        t0_plan = obs.t - self.command_delay
+        cond: dict = {}
+        if self.conditioner is not None:
+            t0_plan = self.conditioner.snap(t0_plan)
+            cond = self.conditioner.inputs(t0_plan, t_start + self.expected_latency())
         stages: dict[str, float] = {}
-        action = self.policy.predict_chunk(obs.data, sampler=self.sampler, encoder=self.encoder,
-                                           timing=stages).astype(np.float64)
+        action = self.policy.predict_chunk(obs.data, sampler=self.sampler, encoder=self.encoder, timing=stages,
+                                           conditioning=cond).astype(np.float64)
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
         if self.extra > 0:
             self._stop.wait(self.extra)
@@ -115,11 +126,13 @@ class Planner:
         # With a command delay d the arm reaches a command d after it is written: timing the chunk at t_obs - d
         # makes the servo loop command each action d ahead of its time, drop the ones it can no longer reach in
         # time, and (through chunk_end) start the next chunk d earlier.
-        t0 = self.clock() if self.sync else obs.t - self.command_delay
+        t0 = self.clock() if self.sync else t0_plan
         try:
             seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
         except ValueError as exc:
             raise RefusedChunk(f"chunk refused before it reached the servo loop: {exc}") from None
+        if self.conditioner is not None:
+            self.conditioner.remember(action, t0)
         t_pub = self.clock()
         self._lat.append(t_pub - t_start)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, stages, self.steps, t_pub,
