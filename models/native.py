@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from models.safe_yaml import YamlInputError, read_yaml_file
 from models.spec import FORMAT_VERSION, PolicySpec
 
 FORMAT_NAME = "edgedp-native"
@@ -38,6 +39,46 @@ WEIGHTS_FILE = "model.safetensors"
 
 class NativeCheckpointError(ValueError):
     """A native checkpoint cannot be read; the message names the file and the problem."""
+
+
+_MAX_SPEC_BYTES = 1024 * 1024  # policy.yaml is a few KiB
+
+
+def _implausible(spec: PolicySpec) -> str | None:
+    """The first size in the spec beyond any real policy, as `field: got X (allowed)`, else None.
+
+    The spec decides how much memory the policy takes before any weight is compared with it, so a
+    hand-edited policy.yaml with down_dims [10**6] or 10**9 diffusion timesteps must stop here."""
+    from models.checkpoint_import.fields import MAX_DIM, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TRAIN_TIMESTEPS
+
+    def bad(value: Any, hi: int) -> bool:
+        return not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi
+
+    checks: list[tuple[str, Any, int]] = [
+        ("horizon", spec.horizon, MAX_STEPS), ("n_obs_steps", spec.n_obs_steps, MAX_STEPS),
+        ("n_action_steps", spec.n_action_steps, MAX_STEPS), ("action_dim", spec.action_dim, MAX_DIM),
+        ("unet.kernel_size", spec.unet.kernel_size, 63), ("unet.n_groups", spec.unet.n_groups, MAX_DIM),
+        ("unet.diffusion_step_embed_dim", spec.unet.diffusion_step_embed_dim, MAX_DIM),
+        ("encoder.width", spec.encoder.width, MAX_DIM), ("encoder.num_keypoints", spec.encoder.num_keypoints, MAX_DIM),
+        ("encoder.feature_dim", spec.encoder.feature_dim, MAX_DIM),
+    ]
+    checks += [(f"unet.down_dims[{i}]", d, MAX_DIM) for i, d in enumerate(spec.unet.down_dims)]
+    if len(spec.unet.down_dims) > 8:
+        return f"unet.down_dims: {len(spec.unet.down_dims)} levels (at most 8)"
+    for k, shape in {**spec.image_features, **spec.state_features}.items():
+        checks += [(f"features.{k}[{i}]", d, MAX_IMAGE_SIDE if len(shape) == 3 else MAX_DIM) for i, d in enumerate(shape)]
+    for name in ("crop_shape", "resize_shape"):
+        checks += [(f"encoder.{name}[{i}]", d, MAX_IMAGE_SIDE) for i, d in enumerate(getattr(spec.encoder, name) or [])]
+    sched = spec.scheduler if isinstance(spec.scheduler, dict) else {}
+    for key in ("num_train_timesteps", "num_inference_steps"):
+        if key in sched:
+            checks.append((f"scheduler.{key}", sched[key], MAX_TRAIN_TIMESTEPS))
+    for field, value, hi in checks:
+        if bad(value, hi):
+            shown = f"<int of {value.bit_length()} bits>" if isinstance(value, int) and value.bit_length() > 64 \
+                else repr(value)[:40]
+            return f"{field}: got {shown} (an integer from 0 to {hi})"
+    return None
 
 
 def is_native_dir(path: str | os.PathLike) -> bool:
@@ -56,10 +97,15 @@ def read_spec(path: str | os.PathLike) -> tuple[PolicySpec, dict[str, Any]]:
     if not f.is_file():
         raise NativeCheckpointError(f"{f}: missing (a native checkpoint needs {SPEC_FILE} and {WEIGHTS_FILE})")
     try:
-        doc = yaml.safe_load(f.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NativeCheckpointError(f"{f}: invalid YAML ({first})") from None
+        # duplicate keys, aliases, non-finite numbers, oversized integers and deep nesting are refused
+        doc = read_yaml_file(f, max_bytes=_MAX_SPEC_BYTES)
+    except YamlInputError as exc:
+        where, what = exc.problems[0]
+        if not where:  # a whole-file problem: the message starts with the path already
+            what = what.replace(str(f), "").strip()
+            if what.startswith("is not valid YAML"):
+                what = f"invalid YAML ({what.removeprefix('is not valid YAML').strip()})"
+        raise NativeCheckpointError(f"{f}: {where}: {what}" if where else f"{f}: {what}") from None
     if not isinstance(doc, dict):
         raise NativeCheckpointError(f"{f}: expected a mapping with 'format' and 'spec', got {type(doc).__name__}")
     if doc.get("format") != FORMAT_NAME:
@@ -73,6 +119,11 @@ def read_spec(path: str | os.PathLike) -> tuple[PolicySpec, dict[str, Any]]:
         spec = PolicySpec.from_dict(doc["spec"])
     except SpecError as exc:
         raise NativeCheckpointError(f"{f}: spec.{exc}") from None
+    except (TypeError, ValueError) as exc:  # e.g. a list where a number belongs, caught by no type check
+        raise NativeCheckpointError(f"{f}: spec: {str(exc).splitlines()[0][:160]}") from None
+    problem = _implausible(spec)
+    if problem:
+        raise NativeCheckpointError(f"{f}: spec.{problem}")
     try:
         from models.schedulers import SchedulerSpec
 
@@ -169,6 +220,7 @@ def load_native(directory: str | os.PathLike, device: str | torch.device = "cpu"
     wf = p / WEIGHTS_FILE
     if not wf.is_file():
         raise NativeCheckpointError(f"{wf}: missing")
+    _check_header(spec, wf)  # before anything of the spec's size is allocated
     try:
         tensors = load_file(str(wf), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -196,6 +248,32 @@ def load_native(directory: str | os.PathLike, device: str | torch.device = "cpu"
         return policy.adopt_weights(tensors, device, num_inference_steps)
     except ValueError as exc:
         raise NativeCheckpointError(f"{p}: {exc}") from None
+
+
+def _check_header(spec: PolicySpec, wf: Path) -> None:
+    """Compare the weights file's header with the shapes the spec implies, on the meta device
+    (no memory). The policy built for real afterwards is then no larger than the weights file,
+    which safetensors checks byte for byte: a policy.yaml cannot make us allocate more than that."""
+    from safetensors import SafetensorError, safe_open
+
+    from models.policy import DiffusionPolicy
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in DiffusionPolicy(spec).state_dict().items()}
+    except (ValueError, TypeError) as exc:
+        raise NativeCheckpointError(f"{wf.parent / SPEC_FILE}: {str(exc).splitlines()[0][:160]}") from None
+    try:
+        with safe_open(str(wf), "pt") as fh:
+            stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NativeCheckpointError(f"{wf}: unreadable safetensors file ({first})") from None
+    for k, shape in expected.items():
+        if k not in stored:
+            raise NativeCheckpointError(f"{wf}: missing tensor {k!r} (the architecture in {SPEC_FILE} needs it)")
+        if stored[k] != shape:
+            raise NativeCheckpointError(f"{wf}: tensor {k!r} has shape {stored[k]}, the spec needs {shape}")
 
 
 def checkpoint_hash(directory: str | os.PathLike) -> str:

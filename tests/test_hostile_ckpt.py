@@ -300,3 +300,91 @@ def test_hostile_lerobot_dirs_exit_2_from_info_and_import(tmp_path, lerobot_dir)
     for (code, err), argv, expected in zip(_cli_many(calls), calls, expect):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, code, err[-1500:])
+
+
+# ---- native policy.yaml --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory) -> Path:
+    """A valid tiny (state-only) native checkpoint."""
+    from models.native import save_native
+    from models.policy import DiffusionPolicy
+    from tests.test_import_configs import _lerobot_spec
+
+    spec = _lerobot_spec(action_dim=2, image_features={}, state_features={"observation.state": [2]})
+    torch.manual_seed(0)
+    return save_native(DiffusionPolicy(spec), tmp_path_factory.mktemp("native") / "ckpt")
+
+
+def _native_cases() -> dict[str, tuple[object, str]]:
+    """name -> (function of policy.yaml text -> hostile text, text the refusal must contain)."""
+    laughs = "[" + ", ".join(['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+                             + [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "]"
+    return {
+        "anchor_bomb": (lambda t: t.replace("provenance:", f"provenance:\n  bomb: {laughs}"), "alias *a0"),
+        "duplicate": (lambda t: t.replace("  horizon: 8\n", "  horizon: 8\n  horizon: 16\n"),
+                      "spec.horizon: duplicate key at line"),
+        "nan_horizon": (lambda t: t.replace("  horizon: 8\n", "  horizon: .nan\n"),
+                        "spec.horizon: .nan is not a finite number"),
+        "digits": (lambda t: t.replace("  horizon: 8\n", "  horizon: " + "9" * 5000 + "\n"),
+                   "spec.horizon: integer with 5000 digits"),
+        "deep": (lambda t: t.replace("provenance:", "provenance:\n  x: " + "[" * 5000 + "]" * 5000), "nested more than"),
+        "huge_down_dims": (lambda t: t.replace("down_dims: [32, 64]", "down_dims: [1000000, 64]"),
+                           "spec.unet.down_dims[0]: got 1000000 (an integer from 0 to 65536)"),
+        "wide_down_dims": (lambda t: t.replace("down_dims: [32, 64]", "down_dims: [16384, 32768]"),
+                           "the spec needs"),  # plausible numbers, but not what the weights hold
+        "billion_timesteps": (lambda t: t.replace("kind: ddpm,", "kind: ddpm, num_train_timesteps: 1000000000,"),
+                              "spec.scheduler.num_train_timesteps: got 1000000000"),
+        "not_utf8": (lambda t: t.replace("provenance:", "provenance:\n  who: caf\udce9"), "is not UTF-8"),
+    }
+
+
+def _hostile_native(base: Path, where: Path, name: str) -> Path:
+    import shutil
+
+    change, _ = _native_cases()[name]
+    d = where / name
+    shutil.copytree(base, d)
+    text = change((base / "policy.yaml").read_text())
+    assert text != (base / "policy.yaml").read_text(), name
+    (d / "policy.yaml").write_bytes(text.encode("utf-8", "surrogateescape"))
+    return d
+
+
+@pytest.mark.parametrize("name", list(_native_cases()))
+def test_hostile_native_spec_is_one_line(tmp_path, native_dir, name):
+    from models.native import NativeCheckpointError, load_native, read_spec
+
+    d = _hostile_native(native_dir, tmp_path, name)
+    expected = _native_cases()[name][1]
+    load = [load_native] if name == "wide_down_dims" else [read_spec, load_native]
+    for fn in load:
+        with pytest.raises(NativeCheckpointError) as info:
+            fn(d)
+        msg = str(info.value)
+        assert "\n" not in msg and expected in msg and len(msg) < 400, (fn.__name__, msg)
+
+
+def test_hostile_native_dirs_exit_2_from_info_check_and_run(tmp_path, native_dir):
+    assert load_native_ok(native_dir)
+    calls, expect = [], []
+    for name in _native_cases():
+        d = _hostile_native(native_dir, tmp_path, name)
+        cfg = copy.deepcopy(GOOD)
+        cfg["policy"]["checkpoint"] = str(d)
+        cfg["cameras"] = []
+        run_yaml = tmp_path / f"{name}.yaml"
+        run_yaml.write_text(yaml.safe_dump(cfg))
+        commands = [["run", str(run_yaml), "--duration", "1"]]
+        if name != "wide_down_dims":  # info and check read policy.yaml only; the weights decide this one
+            commands += [["info", str(d)], ["check", str(run_yaml)]]
+        calls += commands
+        expect += [(name, _native_cases()[name][1])] * len(commands)
+    for (code, err), argv, (name, expected) in zip(_cli_many(calls), calls, expect):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (name, argv[0], code, err[-1500:])
+
+
+def load_native_ok(d: Path) -> bool:
+    from models.native import load_native
+
+    return load_native(d).spec.horizon == 8
