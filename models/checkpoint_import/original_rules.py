@@ -126,6 +126,12 @@ def _multi_image_encoder(name: str, oe: dict, prov: dict) -> None:
         for key in rgb:
             if key not in ("_target_", "name", "weights"):
                 raise _refuse(name, f"cfg.policy.obs_encoder.rgb_model.{key}", rgb[key], "name, weights")
+    if oe.get("share_rgb_model") is True and oe.get("use_group_norm") is True:
+        # The BatchNorm -> GroupNorm swap runs on the per-camera copies only; the shared model keeps
+        # its BatchNorm layers (and running statistics).
+        oe["use_group_norm"] = False
+        prov["norm note"] = ("cfg.policy.obs_encoder.use_group_norm=True is ignored by the original with "
+                             "share_rgb_model=True: the shared ResNet keeps BatchNorm")
     if oe.get("crop_shape") is not None and oe.get("random_crop", True) is False:
         # MultiImageObsEncoder builds the CenterCrop for random_crop=False into a variable it then
         # overwrites: no crop is applied at all, in training or at inference.
