@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import random
+import struct
 import sys
 import threading
 import types
@@ -24,6 +26,7 @@ from models.checkpoint_import.original_ckpt import read_workspace_checkpoint
 from models.unet1d import ConditionalUnet1D
 
 N_TRUNC, N_FLIP_FILE, N_FLIP_PKL, N_STORAGE, TIMEOUT_S = 60, 100, 120, 20, 20.0
+N_SWAP, N_INTS = 40, 60
 
 
 def _fake_omegaconf_modules():
@@ -166,7 +169,45 @@ def _mutants(seed: bytes) -> list[tuple[str, bytes]]:
         if i % 5 == 0:
             m.pop(j)
         out.append((f"storage{i}", _rezip(m)))
+    out += _semantic_mutants(members, pkl_idx, rng)
     out += [("empty", b""), ("text", b"hello"), ("legacy", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")]
+    return out
+
+
+# Every global the restricted unpickler allows, as protocol-2 GLOBAL text.
+_ALLOWED = [b"collections\nOrderedDict\n", b"collections\ndefaultdict\n", b"dill._dill\n_load_type\n",
+            b"_codecs\nencode\n", b"__builtin__\nbytes\n", b"__builtin__\nstr\n", b"__builtin__\nlist\n",
+            b"__builtin__\ntuple\n", b"__builtin__\nset\n", b"__builtin__\ncomplex\n", b"__builtin__\nslice\n",
+            b"torch._utils\n_rebuild_tensor_v2\n", b"torch._utils\n_rebuild_parameter\n", b"torch\nFloatStorage\n",
+            b"omegaconf.dictconfig\nDictConfig\n", b"omegaconf.nodes\nAnyNode\n"]
+_EXTREME_INTS = [0, 1, -1, 2**31 - 1, 2**30, 600_000_000]
+
+
+def _semantic_mutants(members, pkl_idx, rng) -> list[tuple[str, bytes]]:
+    """Well-formed pickles that call the allowed globals with the wrong arguments (each GLOBAL swapped
+    for another allowed one) or give tensors extreme sizes/strides/offsets (each small integer set to
+    0, -1, 2**31-1, ...): the hostile cases a bit flip rarely reaches. They must fail with one line or
+    load, never hang or allocate gigabytes."""
+    name, data = members[pkl_idx]
+    ops = list(pickletools.genops(data))
+    globals_at = [(pos, len(b"c" + arg.replace(" ", "\n").encode() + b"\n")) for op, arg, pos in ops
+                  if op.name == "GLOBAL"]
+    ints_at = [(pos, op.name) for op, arg, pos in ops if op.name in ("BININT", "BININT1", "BININT2")]
+    size = {"BININT": 5, "BININT1": 2, "BININT2": 3}
+    out = []
+    for i in range(N_SWAP):
+        pos, length = rng.choice(globals_at)
+        mutated = data[:pos] + b"c" + rng.choice(_ALLOWED) + data[pos + length:]
+        m = list(members)
+        m[pkl_idx] = (name, mutated)
+        out.append((f"swap{i}", _rezip(m)))
+    for i in range(N_INTS):
+        mutated = data
+        for pos, op in sorted(rng.sample(ints_at, 3), reverse=True):  # three at once, from the end
+            mutated = mutated[:pos] + b"J" + struct.pack("<i", rng.choice(_EXTREME_INTS)) + mutated[pos + size[op]:]
+        m = list(members)
+        m[pkl_idx] = (name, mutated)
+        out.append((f"ints{i}", _rezip(m)))
     return out
 
 
@@ -209,7 +250,7 @@ def test_seed_loads_as_plain_data(seed_ckpt, tmp_path):
 
 def test_mutated_checkpoints_fail_cleanly(seed_ckpt, tmp_path):
     mutants = _mutants(seed_ckpt)
-    assert len(mutants) >= 300
+    assert len(mutants) >= 400
     counts = {"ok": 0, "error": 0, "import_error": 0}
     for name, data in mutants:
         p = tmp_path / f"{name}.ckpt"
