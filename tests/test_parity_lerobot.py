@@ -6,6 +6,7 @@ the conditioning must match bit-exactly (same formula, same order).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 
 from models.checkpoint_import.convert import build_policy
 from models.checkpoint_import.lerobot import read_lerobot
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+from sweep_check import missing_reference  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "lerobot"
 NORM_TOL = 1e-5
@@ -33,7 +37,7 @@ def _dirs() -> list[str]:
 def lr(request):
     d = FIXTURES / request.param
     if not (d / "pretrained_model" / "model.safetensors").is_file():
-        pytest.skip(f"reference fixture {d} not present (expected at <repo>/../shared/fixtures)")
+        missing_reference(f"reference fixture {d} not present (expected at <repo>/../shared/fixtures)")
     imp = read_lerobot(d / "pretrained_model")
     pol = build_policy(imp)
     exp = dict(np.load(d / "expected.npz"))

@@ -9,6 +9,7 @@ units at a range of ~500). The EMA weights must be the ones used.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import torch
 
 from models.checkpoint_import.convert import build_policy
 from models.checkpoint_import.original_ckpt import read_workspace_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+from sweep_check import missing_reference  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "diffusion_policy"
 NORM_TOL = 1e-5
@@ -29,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _fixture_dir(name: str) -> Path:
     d = FIXTURES / name
     if not (d / "checkpoint.ckpt").is_file():
-        pytest.skip(f"reference fixture {d} not present (expected at <repo>/../shared/fixtures)")
+        missing_reference(f"reference fixture {d} not present (expected at <repo>/../shared/fixtures)")
     return d
 
 

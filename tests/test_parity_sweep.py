@@ -39,11 +39,7 @@ EXPECTED_REFUSALS = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def missing(reason: str) -> None:
-    """Reference data absent: say so (skip), and fail under CI where it must be present."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"reference missing under CI: {reason}")
-    pytest.skip(reason)
+missing = sweep_check.missing_reference
 
 
 def _case_dirs(root: Path) -> list[Path]:
@@ -184,3 +180,12 @@ def test_regenerated_image_sweep(venv, tmp_path):
     assert cases, run.stdout[-2000:]
     rows = [assert_case(d).row() for d in cases]
     print("\n".join(rows))
+
+
+def test_missing_reference_skips_with_reason_and_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="reference missing under CI: venv gone"):
+        missing("venv gone")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="venv gone"):
+        missing("venv gone")
