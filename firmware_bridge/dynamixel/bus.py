@@ -19,7 +19,7 @@ import numpy as np
 from dynamixel_sdk import COMM_RX_CORRUPT, COMM_RX_TIMEOUT, COMM_SUCCESS, GroupSyncRead, GroupSyncWrite
 
 from firmware_bridge.types import JointState
-from firmware_bridge.dynamixel.control_table import OPERATING_MODES, hardware_error_names
+from firmware_bridge.dynamixel.control_table import OPERATING_MODES, X_TABLE, block, hardware_error_names
 from firmware_bridge.dynamixel.errors import (BusConfigError, BusDisconnected, BusError, BusOpenError, BusTimeout,
                                               HardwareError, ServoStatusError)
 from firmware_bridge.dynamixel.models import (FAST_SYNC_READ_MIN_FIRMWARE, RAD_S2_PER_ACCEL_UNIT,
@@ -29,9 +29,11 @@ from firmware_bridge.dynamixel.units import TickConverter
 
 log = logging.getLogger(__name__)
 
-ADDR_CURRENT = 126  # Present Current (2) | Present Velocity (4) | Present Position (4): one contiguous block
-ADDR_POSITION = 132
-ADDR_GOAL = 116
+REG = X_TABLE  # registers by name; addresses and sizes come from the table the emulator enforces
+# Present Current (2) | Present Velocity (4) | Present Position (4): one contiguous block, one sync read
+FULL_BLOCK = block("Present_Current", "Present_Position")
+POSITION_BLOCK = block("Present_Position", "Present_Position")
+HEALTH_BLOCK = block("Present_Input_Voltage", "Present_Temperature")
 EXTENDED_LIMIT = 1048575
 
 _DISCONNECT_ERRORS: tuple = (OSError,)
@@ -178,7 +180,7 @@ class DynamixelBus:
                 raise BusConfigError(
                     f"joint '{j.name}': config says {want.name} (model {want.number}) but servo id {j.id} "
                     f"reports model {number} ({model_name(number)})")
-            self.firmware[j.id] = self._read(j.id, 6, 1)
+            self.firmware[j.id] = self._read(j.id, "Firmware_Version")
         supported = all(fw >= FAST_SYNC_READ_MIN_FIRMWARE for fw in self.firmware.values())
         if self.spec.fast_sync_read == "on" and not supported:
             old = {i: fw for i, fw in self.firmware.items() if fw < FAST_SYNC_READ_MIN_FIRMWARE}
@@ -191,29 +193,29 @@ class DynamixelBus:
         self._tick_lo = np.empty(self.n)
         self._tick_hi = np.empty(self.n)
         for k, j in enumerate(self.joints):
-            self._write(j.id, "Torque_Enable", 64, 1, 0)
+            self._write(j.id, "Torque_Enable", 0)
             mode = OPERATING_MODES[j.operating_mode]
-            for name, addr, value in (("Operating_Mode", 11, mode), ("Return_Delay_Time", 9, 0), ("Drive_Mode", 10, 0)):
-                if self._read(j.id, addr, 1) != value:
-                    self._write(j.id, name, addr, 1, value)
-            vlimit = self._read(j.id, 44, 4)
+            for name, value in (("Operating_Mode", mode), ("Return_Delay_Time", 0), ("Drive_Mode", 0)):
+                if self._read(j.id, name) != value:
+                    self._write(j.id, name, value)
+            vlimit = self._read(j.id, "Velocity_Limit")
             pv = 0 if j.max_velocity is None else max(1, min(vlimit, round(j.max_velocity / RAD_S_PER_VELOCITY_UNIT)))
             pa = 0 if j.max_acceleration is None else max(1, min(32767, round(j.max_acceleration / RAD_S2_PER_ACCEL_UNIT)))
-            self._write(j.id, "Profile_Acceleration", 108, 4, pa)
-            self._write(j.id, "Profile_Velocity", 112, 4, pv)
-            if mode == 3:
-                self._tick_lo[k] = self._read(j.id, 52, 4)
-                self._tick_hi[k] = self._read(j.id, 48, 4)
+            self._write(j.id, "Profile_Acceleration", pa)
+            self._write(j.id, "Profile_Velocity", pv)
+            if mode == OPERATING_MODES["position"]:
+                self._tick_lo[k] = self._read(j.id, "Min_Position_Limit")
+                self._tick_hi[k] = self._read(j.id, "Max_Position_Limit")
             else:
                 self._tick_lo[k], self._tick_hi[k] = -EXTENDED_LIMIT, EXTENDED_LIMIT
 
     def _build_buffers(self) -> None:
         full = self.spec.read_velocity or self.spec.read_current
-        self._addr = ADDR_CURRENT if full else ADDR_POSITION
-        self._len = 10 if full else 4
+        self._addr, self._len = FULL_BLOCK if full else POSITION_BLOCK
         self._full = full
         self._gsr = GroupSyncRead(self.port, self.ph, self._addr, self._len)
-        self._gsw = GroupSyncWrite(self.port, self.ph, ADDR_GOAL, 4)
+        goal = REG["Goal_Position"]
+        self._gsw = GroupSyncWrite(self.port, self.ph, goal.address, goal.size)
         for sid in self.ids:
             self._gsr.addParam(sid)
             self._gsw.addParam(sid, [0, 0, 0, 0])
@@ -315,7 +317,7 @@ class DynamixelBus:
         self._sync_read()
         self._send_goal_ticks(self._rec["pos"].astype(np.int64))
         for j in self.joints:
-            self._write(j.id, "Torque_Enable", 64, 1, 1)
+            self._write(j.id, "Torque_Enable", 1)
         self._torque_on_by_us = True
 
     def _torque_off_all(self, rounds: int = 2) -> None:
@@ -328,7 +330,8 @@ class DynamixelBus:
         usual retries), for up to `rounds` rounds. A servo that confirmed nothing may still have switched
         off (its replies may be what is lost), but the caller must not assume it did."""
         try:
-            gsw = GroupSyncWrite(self.port, self.ph, 64, 1)
+            torque = REG["Torque_Enable"]
+            gsw = GroupSyncWrite(self.port, self.ph, torque.address, torque.size)
             for sid in self.ids:
                 gsw.addParam(sid, [0])
             self._io(gsw.txPacket)  # best effort: the confirmations below are what count
@@ -358,14 +361,14 @@ class DynamixelBus:
     def _confirm_torque_off(self, sid: int) -> Optional[str]:
         """None once servo `sid` confirmed torque off, else why not (a port that vanished still raises)."""
         try:
-            self._write(sid, "Torque_Enable", 64, 1, 0)
+            self._write(sid, "Torque_Enable", 0)
             return None
         except BusDisconnected:
             raise
         except BusError as exc:
             why = str(exc)
         try:
-            if self._read(sid, 64, 1) == 0:
+            if self._read(sid, "Torque_Enable") == 0:
                 return None
             why += "; Torque_Enable still reads 1"
         except BusDisconnected:
@@ -379,7 +382,8 @@ class DynamixelBus:
         for telemetry between ticks (not part of the tick)."""
         self._need_connected()
         out: dict[int, dict] = {sid: {} for sid in self.ids}
-        for addr, size in ((144, 3), (70, 1)):
+        error_status = REG["Hardware_Error_Status"]
+        for addr, size in (HEALTH_BLOCK, (error_status.address, error_status.size)):
             g = GroupSyncRead(self.port, self.ph, addr, size)
             for sid in self.ids:
                 g.addParam(sid)
@@ -392,11 +396,13 @@ class DynamixelBus:
             if res != COMM_SUCCESS:
                 raise BusTimeout(f"health read at address {addr} failed: {self.ph.getTxRxResult(res)}")
             for sid in self.ids:
-                if addr == 144:
-                    out[sid]["voltage_v"] = g.getData(sid, 144, 2) / 10.0
-                    out[sid]["temperature_c"] = g.getData(sid, 146, 1)
+                if addr == HEALTH_BLOCK[0]:
+                    volt, temp = REG["Present_Input_Voltage"], REG["Present_Temperature"]
+                    out[sid]["voltage_v"] = g.getData(sid, volt.address, volt.size) / 10.0
+                    out[sid]["temperature_c"] = g.getData(sid, temp.address, temp.size)
                 else:
-                    out[sid]["hardware_errors"] = hardware_error_names(g.getData(sid, 70, 1))
+                    out[sid]["hardware_errors"] = hardware_error_names(
+                        g.getData(sid, error_status.address, error_status.size))
         return out
 
     def stats(self) -> dict:
@@ -514,7 +520,7 @@ class DynamixelBus:
         sid, _ = alerts[0]
         bits = 0
         try:
-            bits = self._read(sid, 70, 1)
+            bits = self._read(sid, "Hardware_Error_Status")
         except BusError:
             pass
         for a, _ in alerts:
@@ -522,25 +528,28 @@ class DynamixelBus:
         raise HardwareError(sid, hardware_error_names(bits), bits, state)
 
     # ---- single-servo access (configuration, not the tick) -------------------------------------------
-    def _read(self, sid: int, addr: int, size: int) -> int:
+    def _read(self, sid: int, name: str) -> int:
+        """One register of one servo, by its control-table name (size and sign from the table)."""
+        r = REG[name]
         for _ in range(3):
-            data, res, err = self._io(self.ph.readTxRx, self.port, sid, addr, size)
-            if res == COMM_SUCCESS and len(data) == size:
+            data, res, err = self._io(self.ph.readTxRx, self.port, sid, r.address, r.size)
+            if res == COMM_SUCCESS and len(data) == r.size:
                 if err & 0x7F:
-                    raise ServoStatusError(sid, err, f"read of address {addr}")
-                v = int.from_bytes(bytes(data), "little", signed=addr in (20, 102, 104, 116, 124, 126, 128, 132))
-                return v
+                    raise ServoStatusError(sid, err, f"read of {name} (address {r.address})")
+                return int.from_bytes(bytes(data), "little", signed=r.signed)
             self._count(res)
-        raise BusTimeout(f"servo {sid} did not answer a read of address {addr} (3 attempts)", [sid])
+        raise BusTimeout(f"servo {sid} did not answer a read of {name} (address {r.address}, 3 attempts)", [sid])
 
-    def _write(self, sid: int, name: str, addr: int, size: int, value: int) -> None:
-        data = list(int(value).to_bytes(size, "little", signed=value < 0))
+    def _write(self, sid: int, name: str, value: int) -> None:
+        """One register of one servo, by its control-table name, confirmed by the servo's status packet."""
+        r = REG[name]
+        data = list(int(value).to_bytes(r.size, "little", signed=value < 0))
         for _ in range(3):
-            res, err = self._io(self.ph.writeTxRx, self.port, sid, addr, size, data)
+            res, err = self._io(self.ph.writeTxRx, self.port, sid, r.address, r.size, data)
             if res == COMM_SUCCESS:
                 if err & 0x7F:
                     if err & 0x80:  # refused because of a hardware error: say which
-                        bits = self._read(sid, 70, 1)
+                        bits = self._read(sid, "Hardware_Error_Status")
                         self.counters["hardware_errors"][sid] = self.counters["hardware_errors"].get(sid, 0) + 1
                         raise HardwareError(sid, hardware_error_names(bits), bits)
                     raise ServoStatusError(sid, err, f"write {name}={value}")

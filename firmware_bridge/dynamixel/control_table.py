@@ -192,3 +192,15 @@ class ControlTable:
             regs.append(r)
             a = r.end
         return regs, whole
+
+
+# The table the driver and the emulator address registers by (names are the e-Manual's).
+X_TABLE = ControlTable(X_SERIES)
+
+
+def block(first: str, last: str, table: ControlTable = X_TABLE) -> tuple[int, int]:
+    """(address, length) of the contiguous registers from `first` to `last`, for one sync read of several."""
+    a, b = table[first], table[last]
+    if b.end <= a.address:
+        raise ValueError(f"{last} comes before {first} in the control table")
+    return a.address, b.end - a.address

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from dynamixel_sdk import COMM_SUCCESS
 
-from firmware_bridge.dynamixel.control_table import OPERATING_MODE_NAMES
+from firmware_bridge.dynamixel.control_table import OPERATING_MODE_NAMES, X_TABLE
 from firmware_bridge.dynamixel.errors import BusDisconnected, BusOpenError
 from firmware_bridge.dynamixel.models import model_name
 from firmware_bridge.dynamixel.sdk_io import SdkPacketHandler, SdkPort
@@ -48,8 +48,8 @@ def scan(port_name: str, bauds: Iterable[int] = DEFAULT_SCAN_BAUDS) -> list[Foun
                 continue
             for sid in sorted(answers):
                 number, fw = answers[sid]
-                mode, r1, _ = ph.read1ByteTxRx(port, sid, 11)
-                torque, r2, _ = ph.read1ByteTxRx(port, sid, 64)
+                mode, r1, _ = ph.read1ByteTxRx(port, sid, X_TABLE["Operating_Mode"].address)
+                torque, r2, _ = ph.read1ByteTxRx(port, sid, X_TABLE["Torque_Enable"].address)
                 found.append(FoundServo(
                     sid, number, model_name(number), fw, baud,
                     OPERATING_MODE_NAMES.get(mode, str(mode)) if r1 == COMM_SUCCESS else "?",

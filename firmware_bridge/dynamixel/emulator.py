@@ -202,7 +202,7 @@ class Emulator:
         clock = self._bus_clock
         for servo, pkt in packets:
             drop, corrupt, delay = self.faults.decide(servo.id)
-            clock += servo.mem[9] * 2e-6  # Return Delay Time, 2 us per unit
+            clock += servo.get("Return_Delay_Time") * 2e-6  # 2 us per unit
             if self.wire_time:
                 clock += len(pkt) * byte_time
             clock += delay
@@ -234,7 +234,7 @@ class Emulator:
         servos = sorted(self._servos.values(), key=lambda s: s.id)
         if host is None:
             return servos
-        listening = [s for s in servos if BAUD_CODES.get(s.mem[8]) == host]
+        listening = [s for s in servos if BAUD_CODES.get(s.get("Baud_Rate")) == host]
         if len(listening) != len(servos):
             self.stats["ignored_wrong_baud"] += 1
         return listening
@@ -256,7 +256,7 @@ class Emulator:
         broadcast = pkt.id == P.BROADCAST_ID
         if not pkt.crc_ok:
             self.stats["crc_errors_in"] += 1
-            if target is not None and target.mem[68] == 2:
+            if target is not None and target.get("Status_Return_Level") == 2:
                 return [(target, P.build_status(target.id, target.error_byte(P.ERR_CRC)))]
             return []
         if not broadcast and target is None:
@@ -272,7 +272,7 @@ class Emulator:
     @staticmethod
     def _status(servo: EmulatedServo, code: int, data: bytes = b"", always: bool = False,
                 read: bool = False) -> list[tuple[EmulatedServo, bytes]]:
-        level = servo.mem[68]
+        level = servo.get("Status_Return_Level")
         if not always and (level == 0 or (level == 1 and not read)):
             return []
         return [(servo, P.build_status(servo.id, servo.error_byte(code), data))]
@@ -306,7 +306,7 @@ class Emulator:
             err = s.write(addr, bytes(prm[2:]))
             if not broadcast:
                 # the reply still comes from the old ID; a new ID/baud applies after it
-                out += [(s, P.build_status(old_id, s.error_byte(err)))] if s.mem[68] == 2 else []
+                out += [(s, P.build_status(old_id, s.error_byte(err)))] if s.get("Status_Return_Level") == 2 else []
         return out
 
     def _reg_write(self, pkt, servos, by_id, target, broadcast, prm):
@@ -319,7 +319,7 @@ class Emulator:
             err = s.check_write(addr, data)
             if not err:
                 s.registered = (addr, data)
-                s.mem[69] = 1
+                s.set("Registered_Instruction", 1)
             if not broadcast:
                 out += self._status(s, err)
         return out
@@ -333,7 +333,7 @@ class Emulator:
             else:
                 addr, data = s.registered
                 s.registered = None
-                s.mem[69] = 0
+                s.set("Registered_Instruction", 0)
                 err = s.write(addr, data)
             if not broadcast:
                 out += self._status(s, err)
@@ -405,7 +405,7 @@ class Emulator:
         chain = []
         for sid in ids:
             s = by_id.get(sid)
-            if s is None or s.firmware < FAST_SYNC_READ_MIN_FIRMWARE or s.mem[68] == 0:
+            if s is None or s.firmware < FAST_SYNC_READ_MIN_FIRMWARE or s.get("Status_Return_Level") == 0:
                 break  # this servo does not answer: the chain (and the packet) ends early
             chain.append(s)
         return chain

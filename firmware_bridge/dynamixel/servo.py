@@ -57,11 +57,11 @@ class EmulatedServo:
 
     @property
     def id(self) -> int:
-        return self.mem[7]
+        return self.get("ID")
 
     @property
     def torque(self) -> bool:
-        return bool(self.mem[64])
+        return bool(self.get("Torque_Enable"))
 
     def _factory(self, keep_id: Optional[int], keep_baud: Optional[int]) -> None:
         for r in self.table.registers:
@@ -84,7 +84,7 @@ class EmulatedServo:
 
     # ---- frames: physical shaft ticks <-> Present/Goal Position --------------------------------------
     def _reverse(self) -> bool:
-        return bool(self.mem[10] & 1)
+        return bool(self.get("Drive_Mode") & 1)  # bit 0: reverse direction
 
     def _present_from_phys(self, phys: float) -> float:
         base = (2 * CENTER_TICK - phys) if self._reverse() else phys
@@ -107,8 +107,8 @@ class EmulatedServo:
         """Advance the motor to `now` and update the Present_* registers (120..146) from it, in one pack."""
         m = self.motor
         m.advance(now)
-        reverse = self.mem[10] & 1
-        homing = int.from_bytes(self.mem[20:24], "little", signed=True)
+        reverse = self._reverse()
+        homing = self.get("Homing_Offset")
         present = (2 * CENTER_TICK - m.position if reverse else m.position) + homing
         goal_present = (2 * CENTER_TICK - m.goal if reverse else m.goal) + homing
         sign = -1.0 if reverse else 1.0
@@ -121,15 +121,15 @@ class EmulatedServo:
             cur_units = max(-1000, min(1000, int(round(1000 * cur / model.stall_current_a))))
         pwm = int(round(885 * min(1.0, abs(m.velocity) * self._pwm_scale)))
         vel = int(round(vel_units))
-        moving = abs(vel_units) > int.from_bytes(self.mem[24:28], "little")
+        moving = abs(vel_units) > self.get("Moving_Threshold")
         status = (1 if abs(m.goal - m.position) < 1 else 0) | (2 if moving else 0)
-        _PRESENT.pack_into(self.mem, 120, int((now - self.t0) * 1000) % 32768, int(moving), status, pwm, cur_units,
+        _PRESENT.pack_into(self.mem, self.table["Realtime_Tick"].address, int((now - self.t0) * 1000) % 32768, int(moving), status, pwm, cur_units,
                            vel, int(round(present)), vel, int(round(goal_present)),
                            int(round(self.voltage * 10)), int(self.temperature))
 
     # ---- firmware behaviour --------------------------------------------------------------------------
     def error_byte(self, code: int = 0) -> int:
-        return code | (P.ERR_ALERT if self.mem[70] else 0)
+        return code | (P.ERR_ALERT if self.get("Hardware_Error_Status") else 0)
 
     def read(self, address: int, length: int, now: Optional[float] = None) -> tuple[int, bytes]:
         if length <= 0:
@@ -182,7 +182,7 @@ class EmulatedServo:
             return P.ERR_DATA_LIMIT
         if "Goal_Current" in values and abs(values["Goal_Current"]) > cur("Current_Limit"):
             return P.ERR_DATA_LIMIT
-        if values.get("Torque_Enable") == 1 and (self.mem[70] & self.mem[63]):
+        if values.get("Torque_Enable") == 1 and (self.get("Hardware_Error_Status") & self.get("Shutdown")):
             return P.ERR_RESULT_FAIL  # a shutdown error holds the torque off until reboot
         return 0
 
@@ -200,14 +200,14 @@ class EmulatedServo:
             self.motor.goal = self.motor.position
             self.set("Goal_Position", round(self._present_from_phys(self.motor.position)))
         self._sync_motor_from_registers()
-        if address <= 116 < end and self.torque:
+        if address <= self.table["Goal_Position"].address < end and self.torque:
             self.motor.goal = self._phys_from_present(self.get("Goal_Position"))
         return 0
 
     def raise_hardware_error(self, bits: int) -> None:
-        self.mem[70] |= bits & 0xFF
-        if self.mem[70] & self.mem[63]:
-            self.mem[64] = 0
+        self.set("Hardware_Error_Status", self.get("Hardware_Error_Status") | (bits & 0xFF))
+        if self.get("Hardware_Error_Status") & self.get("Shutdown"):
+            self.set("Torque_Enable", 0)
             self._sync_motor_from_registers()
 
     def reboot(self) -> None:
@@ -238,7 +238,8 @@ class EmulatedServo:
 
     @property
     def operating_mode(self) -> str:
-        return OPERATING_MODE_NAMES.get(self.mem[11], str(self.mem[11]))
+        mode = self.get("Operating_Mode")
+        return OPERATING_MODE_NAMES.get(mode, str(mode))
 
     def set_external_position(self, angle_rad: Optional[float] = None, ticks: Optional[float] = None) -> None:
         """Move the horn by hand (torque off only), as in a calibration session; in servo radians or ticks."""
