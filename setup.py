@@ -9,10 +9,14 @@ CORE = [
     "safetensors>=0.4",
     "rich>=13",
     "pyserial>=3.5",
-    "dynamixel-sdk>=3.7.31",
+    # Private APIs in use (firmware_bridge/dynamixel/sdk_io.py subclasses PortHandler/Protocol2PacketHandler and
+    # relies on their attributes; edgedp/runtime/ring.py calls atomics' C primitive via atomics._impl): pinned
+    # to the releases tested on Python 3.10 and 3.11; tests/test_assembly_pins.py fails outside these ranges
+    # and asserts the subclassed / fast paths are the ones that run.
+    "dynamixel-sdk>=4.1.0,<4.2",
     "numba>=0.58",
     "matplotlib>=3.7",
-    "atomics>=1.0.2",
+    "atomics>=1.0.3,<1.1",
     "opencv-python-headless>=4.8,<4.13",
     "scipy>=1.10",
 ]
