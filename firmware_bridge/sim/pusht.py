@@ -103,8 +103,10 @@ class PushTWorld:
         """Teleport (planning): pusher (x, y), T (x, y, angle); no physics step."""
         self.env.agent.position = (float(pusher[0]), float(pusher[1]))
         self.env.agent.velocity = (0.0, 0.0)
-        self.env.block.position = (float(block[0]), float(block[1]))
+        # Angle first: pymunk turns a body about its centre of gravity, which moves the position the T reports
+        # (gym-pusht's own _set_state does the opposite for its legacy start states, not for copying a pose).
         self.env.block.angle = float(block[2])
+        self.env.block.position = (float(block[0]), float(block[1]))
         self.env.block.velocity = (0.0, 0.0)
         self.env.block.angular_velocity = 0.0
 
