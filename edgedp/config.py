@@ -188,7 +188,8 @@ class PolicyConfig(_Strict):
 class RatesConfig(_Strict):
     servo_hz: float = Field(500.0, ge=50, le=1000)
     max_observation_age: float = Field(0.25, gt=0, description="seconds; older observations are not planned on")
-    servo_in_process: bool = Field(False, description="run the servo loop in its own process")
+    servo_in_process: bool = Field(True, description="run the servo loop in its own process (default), where the "
+                                   "planner's GIL cannot delay its ticks; false: a thread (more jitter)")
 
 
 class SafetyConfig(_Strict):

@@ -7,6 +7,7 @@ from example_configs import load_example
 import json
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +43,24 @@ def _threads():
 
 
 def _run(cfg, duration, tmp_path, during=None):
+    """Run the sim; `during(parts)` is called once the first chunk was published (the servo loop holds the
+    arm and follows a plan), whatever the start-up took."""
     parts = build(cfg)
     before = _threads()
     rt = Runtime(parts, duration, tmp_path / "tel.json", plot=True, live=False, console=None)
-    timer = None
+    helper = None
     if during is not None:
-        timer = threading.Timer(during[0], during[1], args=(parts,))
-        timer.start()
+        def when_running():
+            deadline = time.monotonic() + 120  # a guard against hanging, not a timing assertion
+            while not rt.tel.chunk_log and time.monotonic() < deadline:
+                time.sleep(0.02)
+            during(parts)
+
+        helper = threading.Thread(target=when_running, daemon=True)
+        helper.start()
     code = rt.run()
-    if timer is not None:
-        timer.cancel()
-        timer.join()
+    if helper is not None:
+        helper.join(5)
     for t in _threads() - before:
         if t.name == "planner":  # an inference cannot be interrupted: it may finish after the arm is held
             t.join(15)
@@ -62,7 +70,7 @@ def _run(cfg, duration, tmp_path, during=None):
 
 
 def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
-    code, rt, parts, tel, left = _run(_cfg(), 3.0, tmp_path)
+    code, rt, parts, tel, left = _run(_cfg(**{"rates.servo_in_process": False}), 3.0, tmp_path)
     assert code == 0, tel["notes"]
     assert tel["stopped_by"] == "duration"
     for key in SCHEMA_KEYS:
@@ -103,7 +111,8 @@ def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
     # The safe stop ran and braked to rest: its record says so, and the commanded speed it ended at is zero.
     stop = tel["servo_stop"]
     assert stop["decelerated"] is True and stop["closed"] is True and stop["speed_after_rad_s"] == pytest.approx(0, abs=1e-6)
-    assert set(tel["stop_ms"]) == {"servo_ms", "planner_ms", "cameras_ms", "devices_ms", "total_ms"}
+    assert set(tel["stop_ms"]) == {"held_ms", "servo_ms", "planner_ms", "cameras_ms", "devices_ms", "total_ms"}
+    assert 0 < tel["stop_ms"]["held_ms"] <= tel["stop_ms"]["servo_ms"] <= tel["stop_ms"]["total_ms"]  # order, not speed
     assert tel["alerts"] == [] and tel["mode"] == "thread" and "GIL" in tel["mode_reason"]
 
 
@@ -114,7 +123,7 @@ def test_watchdog_on_a_mute_bus_says_loudly_that_torque_off_was_not_confirmed(tm
         parts.emulator.faults.set(drop_rate=1.0)  # every status packet lost: each tick's read fails
 
     cfg = _cfg(**{"safety.on_stop": "torque_off", "safety.watchdog_failed_ticks": 5})
-    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(1.5, break_bus))
+    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=break_bus)
     assert code == EXIT_UNSAFE_STOP  # an unconfirmed torque off outranks the watchdog's own exit code 3
     assert tel["exit_code"] == EXIT_UNSAFE_STOP
     assert tel["stopped_by"] == "watchdog" and tel["servo_end"] == "watchdog"
@@ -140,7 +149,7 @@ def test_watchdog_names_the_overloaded_servo_and_torque_off_succeeds(tmp_path, c
         parts.emulator.faults.set(hardware_error={2: 0x20})
 
     cfg = _cfg(**{"safety.on_stop": "torque_off", "safety.watchdog_failed_ticks": 5})
-    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=(1.5, overload))
+    code, rt, parts, tel, left = _run(cfg, 8.0, tmp_path, during=overload)
     assert code == EXIT_WATCHDOG, tel["alerts"]
     assert tel["servo_error"] == ("5 consecutive failed bus ticks: servo 2 (elbow): hardware error overload "
                                   "(Hardware Error Status 0x20; reboot the servo to clear)")
@@ -156,7 +165,7 @@ def test_sim_loop_process_mode(tmp_path, join):
     cfg = _cfg(**{"rates.servo_in_process": True, "safety.join": join, "safety.interpolation": "linear"})
     code, rt, parts, tel, left = _run(cfg, 3.0, tmp_path)
     assert code == 0, (tel["notes"], tel.get("servo_error"))
-    assert tel["mode"] == "process"
+    assert tel["mode"] == "process" and "planner cannot delay" in tel["mode_reason"]
     assert tel["chunks_executed"] >= 2 and tel["servo_ticks"] > 50
     assert not multiprocessing.active_children()  # servo and emulator processes are gone
     assert not left
@@ -196,4 +205,29 @@ def test_late_chunks_make_the_arm_hold_and_decelerate(tmp_path):
     t, cmd = tl["t"], tl["cmd"]
     v = np.abs(np.diff(cmd, axis=0)) / np.diff(t)[:, None]
     assert np.all(v <= 3.0 * 1.01)  # never faster than max_velocity, also while holding and resuming
+    assert not left
+
+
+def test_unplugged_camera_stops_the_run_naming_the_camera(tmp_path, capsys):
+    """The virtual RealSense is unplugged for good mid-run: frames stop, the driver's reconnects fail, and the
+    runtime stops (instead of holding forever) with one line naming the camera and exit 5; the arm is held."""
+    from edgedp.runtime.lifecycle import EXIT_CAMERA_LOST
+    from firmware_bridge.realsense.virtual import registered_devices
+
+    def unplug(parts):
+        devices = registered_devices()
+        assert devices, "the sim camera should be a virtual RealSense here"
+        for dev in devices:
+            dev.unplug()
+
+    code, rt, parts, tel, left = _run(_cfg(), 120.0, tmp_path, during=unplug)
+    assert code == EXIT_CAMERA_LOST and tel["exit_code"] == EXIT_CAMERA_LOST
+    assert tel["stopped_by"] == "camera lost"
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgedp run: ")]
+    assert len(err) == 1, err
+    assert err[0].startswith("edgedp run: camera 'top' (feeding observation.image) lost: no new frame for "), err
+    assert "the arm was held and the run stopped" in err[0]
+    assert tel["servo_stop"]["decelerated"] is True  # the safe stop ran as for any other stop
+    assert all(s["torque"] for s in tel["sim_servos_after_stop"].values())  # on_stop: hold
+    assert tel["cameras"]["top"]["reconnect_attempts"] >= 1  # the driver tried before the runtime gave up
     assert not left

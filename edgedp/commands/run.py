@@ -18,7 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="seconds to run (overrides the config)")
     p.add_argument("--telemetry", type=Path, default=None,
                    help="write the telemetry JSON here (and a PNG timeline beside it)")
-    p.add_argument("--servo-process", action="store_true", help="run the servo loop in its own process")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--servo-process", action="store_true",
+                      help="run the servo loop in its own process (the default: rates.servo_in_process: true)")
+    mode.add_argument("--servo-thread", action="store_true",
+                      help="run the servo loop as a thread of this process (shares the GIL with the planner: "
+                           "more jitter; for debugging)")
     p.add_argument("--no-live", action="store_true", help="no live status line")
     p.set_defaults(func=run)
 
@@ -27,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise UserError(f"--duration: must be a positive number of seconds, got {args.duration}")
     cfg = load_config(args.config)
-    if args.servo_process:
-        cfg.rates.servo_in_process = True
+    if args.servo_process or args.servo_thread:
+        cfg.rates.servo_in_process = bool(args.servo_process)
     if args.duration is not None:
         cfg.duration = args.duration
 

@@ -294,6 +294,9 @@ class Runtime:
         timing["devices_ms"] = (time.monotonic() - t) * 1e3
         self.stop_seconds = time.monotonic() - t_stop
         timing["total_ms"] = self.stop_seconds * 1e3
+        done_at = ((report or {}).get("stop") or {}).get("done_at")
+        if done_at is not None:  # stop requested -> arm held and on_stop applied (both clocks are CLOCK_MONOTONIC)
+            timing["held_ms"] = (done_at - t_stop) * 1e3
         self.tel.stop_timing = {k: round(v, 1) for k, v in timing.items()}
         self.tel.servo = report or {}
         self.tel.sim_servos_after_stop = _sim_final(p)

@@ -374,6 +374,7 @@ class ServoLoop:
         except BaseException as exc:
             notes["close_error"] = f"{type(exc).__name__}: {exc}"
         notes["stop_ms"] = round((self.clock() - t_start) * 1e3, 2)
+        notes["done_at"] = self.clock()  # host monotonic (shared by all processes): the runtime times the stop
         return notes
 
     def _decelerate(self) -> dict:
@@ -497,6 +498,14 @@ def _process_main(make_bus, chunk_spec: RingSpec, state_spec: RingSpec, control_
         chunks.close()
         states.close()
         control.close()
+    # Everything this process holds is released above (the port closed by the safe stop); skipping the
+    # interpreter's own teardown (module finalizers of numpy, numba, ...) ends it in milliseconds instead of
+    # a few hundred, which the runtime's stop waits for.
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class ServoProcess:
