@@ -9,9 +9,11 @@ from the last published chunk and the planner's clock:
   its end);
 * decided indices: everything up to the switch time t_switch = plan start + expected latency, plus a
   margin of two (the servo interpolates between grid points; its cubic segment around the switch reads
-  the knots one before and two after): n_fixed = first + ceil((t_switch - t0_new) / dt) + 2, at most the
-  indices the previous chunk still predicts;
-* overlap (guided form): the indices the previous chunk still predicts, up to its horizon.
+  the knots one before and two after): n_fixed = first + ceil((t_switch - t0_new) / dt) + 2;
+* only what the previous chunk really executes is decided: never past its published slice. When inference
+  outlasts that slice the arm stops at its end (the servo holds, then fades into the new chunk), so the
+  steps after it are the new chunk's to choose; were they fixed to a hold, a slow planner would never move
+  the arm again. The overlap (guided form) covers the indices the previous chunk still predicts.
 
 The first chunk has nothing to agree with: it gets n_fixed = n_overlap = 0 (same graph, no effect) and no
 warm start (the sampler runs its full K steps from noise).
@@ -100,7 +102,8 @@ class ChunkConditioner:
         """(n_fixed, n_overlap) on the new grid; see the module docstring."""
         d = max(0, math.ceil((t_switch - t0_new) / self.dt - 1e-9))
         covered = math.floor(horizon - 1 - shift + 1e-9) + 1   # new indices the previous chunk still predicts
-        n_fixed = max(0, min(self.first + d + self.MARGIN, covered, horizon))
+        executed = math.floor(self.first + self.ta - 1 - shift + 1e-9) + 1  # ... and the ones it executes
+        n_fixed = max(0, min(self.first + d + self.MARGIN, executed, horizon))
         n_overlap = max(n_fixed, min(covered, horizon))
         return int(n_fixed), int(n_overlap)
 

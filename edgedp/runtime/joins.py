@@ -107,6 +107,10 @@ class Joiner:
             new = Crossfade(current.old, chunk, current.t_s, current.duration)
         else:
             new = chunk
+        if isinstance(current, Constant) and not isinstance(new, Crossfade):
+            # Joining from a hold (the arm ran out of plan and stopped): never jump, whatever the method. Done
+            # here rather than by the caller so that the join is measured on what the servo will follow.
+            new = Crossfade(current, new, t_s, max(1, self.crossfade_steps) * chunk.dt)
         if current is not None:
             pj, vj = self.measure(current, new, t_s)
             step = float(np.max(np.abs(np.diff(chunk.values, axis=0)))) / chunk.dt if chunk.n > 1 else 0.0
