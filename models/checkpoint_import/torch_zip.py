@@ -26,6 +26,9 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
 }
 # Upper bound on one tensor's dimensions: anything bigger is a damaged header, not a model.
 _MAX_DIMS = 16
+# data.pkl of the paper-size hybrid workspace is ~120 KB; its strings and containers are all the
+# unpickler allocates besides tensors, so this caps that too.
+_MAX_PICKLE_BYTES = 256 << 20
 
 
 class _StorageType:
@@ -281,6 +284,9 @@ def _load_from_zip(zf: zipfile.ZipFile, name: str, file_size: int, lazy: bool = 
         storages[key] = st
         return st
 
+    if infos[pkls[0]].file_size > _MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{pkls[0]} holds {infos[pkls[0]].file_size:,} bytes; a checkpoint's object graph is "
+                              f"under a few MiB (at most {_MAX_PICKLE_BYTES >> 20} MiB; tensors are separate records)")
     data = _read(zf, infos[pkls[0]], file_size)
     return restricted_loads(data, name, tensor_globals(lazy), persistent_load)
 
