@@ -105,7 +105,19 @@ def check_case(case_dir: Path) -> CaseResult:
     return CaseResult(name, ref, summary, "matched" if worst <= ACTION_TOL else "MISMATCH", worst)
 
 
+_SHORT = {"n_groups": "groups", "kernel_size": "kernel", "down_dims": "down_dims", "diffusion_step_embed_dim": "step emb",
+          "use_film_scale_modulation": "FiLM scale", "n_obs_steps": "n_obs", "horizon": "horizon",
+          "n_action_steps": "n_action", "prediction_type": "pred", "clip_sample": "clip",
+          "clip_sample_range": "clip range", "beta_schedule": "betas", "beta_start": "beta_start", "beta_end": "beta_end",
+          "num_train_timesteps": "T", "use_group_norm": "GroupNorm", "use_separate_rgb_encoder_per_camera": "separate enc",
+          "crop_shape": "crop", "resize_shape": "resize", "crop_ratio": "crop_ratio",
+          "spatial_softmax_num_keypoints": "keypoints"}
+# Values the generators use unless a case says otherwise (left out of the summary).
+_QUIET = {"n_groups": 8, "kernel_size": 5, "diffusion_step_embed_dim": 32, "pretrained_backbone_weights": None}
+
+
 def _summary(meta: dict) -> str:
+    """A short description of a LeRobot case from its recorded DiffusionConfig overrides."""
     c = meta.get("case", {})
     cfg = dict(c.get("cfg", {}))
     parts = []
@@ -113,18 +125,27 @@ def _summary(meta: dict) -> str:
     if cams:
         shapes = sorted({"x".join(str(v) for v in s[1:]) for s in cams.values()})
         parts.append(f"{len(cams)} cam {'/'.join(shapes)}")
-    if c.get("env"):
-        parts.append(f"env {c['env']}")
-    for key in ("n_groups", "kernel_size", "down_dims", "diffusion_step_embed_dim", "use_film_scale_modulation",
-                "n_obs_steps", "horizon", "n_action_steps", "noise_scheduler_type", "num_inference_steps",
-                "prediction_type", "clip_sample", "clip_sample_range", "beta_schedule", "num_train_timesteps",
-                "use_group_norm", "use_separate_rgb_encoder_per_camera", "crop_shape", "resize_shape",
-                "spatial_softmax_num_keypoints"):
-        if key in cfg:
+    parts.append(f"state {c.get('state')}" + (f" + env {c['env']}" if c.get("env") else ""))
+    kind = cfg.pop("noise_scheduler_type", None)
+    k = cfg.pop("num_inference_steps", "default")
+    for key, label in _SHORT.items():
+        if key in cfg and _QUIET.get(key, object()) != cfg[key]:
             v = cfg[key]
-            parts.append(f"{key}={list(v) if isinstance(v, (list, tuple)) else v}")
+            parts.append(f"{label} {list(v) if isinstance(v, (list, tuple)) else v}")
+    parts.append(f"{kind} K={k}" if kind else "default scheduler (DDPM, K=T)")
+    if "0.6" in str(meta.get("reference")):  # what 0.6 changed, when the case keeps its default
+        if "horizon" not in cfg:
+            parts.append("horizon 64 + n_action 32 (defaults)")
+        elif "n_action_steps" not in cfg:
+            parts.append("n_action 32 (default: LeRobot executes horizon - n_obs + 1)")
+        if cams and "use_group_norm" not in cfg:
+            parts.append("BatchNorm (default)")
+        if len(cams) > 1 and "use_separate_rgb_encoder_per_camera" not in cfg:
+            parts.append("one encoder per camera (default)")
     if c.get("norm"):
-        parts.append(f"norm {c['norm']}")
+        parts.append("norm " + ", ".join(f"{a}:{b}" for a, b in c["norm"].items()))
+    if c.get("after"):
+        parts.append("config.json then set " + ", ".join(f"{a}={b}" for a, b in c["after"].items()))
     return ", ".join(parts)
 
 
