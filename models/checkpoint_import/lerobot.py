@@ -265,7 +265,7 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
     cfg = _read_json(cfg_path)
     ptype = cfg.get("type", "diffusion")
     if ptype != "diffusion":
-        raise UnsupportedCheckpointError(f"{cfg_path}: LeRobot policy type {ptype!r} is not supported (only 'diffusion')")
+        raise UnsupportedCheckpointError(f"{cfg_path}: LeRobot policy type {short_repr(ptype)} is not supported (only 'diffusion')")
     prov: dict[str, str] = {"policy": f"config.json:type = {ptype}"}
     ins, outs, feat_where = _features(cfg, cfg_path)
     image_keys = [k for k, v in ins.items() if v["type"] == "VISUAL"]
@@ -470,7 +470,7 @@ def read_lerobot(path: str | os.PathLike, weights: bool = True) -> ImportedPolic
             mode = _MODES.get(norm_map.get(ftype, ""), modes[key]) if norm_map else modes[key]
             eps = step_cfg.get("eps", 1e-8)
             if eps != 1e-8:
-                raise UnsupportedCheckpointError(f"{fname}: normalizer eps {eps} differs from 1e-8 (not supported)")
+                raise UnsupportedCheckpointError(f"{fname}: normalizer eps {short_repr(eps)} differs from 1e-8 (not supported)")
             stats = {s: stats_all[f"{key}.{s}"] for s in ("min", "max", "mean", "std") if f"{key}.{s}" in stats_all}
             normalization[key] = _norm_field(key, mode, stats, fname, shapes[key])
         prov["normalization"] = "processor files: " + ", ".join(sorted({p[2] for p in (pre, post) if p}))
