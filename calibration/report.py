@@ -1,8 +1,6 @@
 """PNG plots of calibration residuals, so a bad sample or view stands out at a glance."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -10,18 +8,11 @@ import numpy as np
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    try:
-        from calibration.samples import file_mode
+    from firmware_bridge.atomic_file import atomic_path
 
-        os.chmod(tmp, file_mode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot_handeye(result, path: str | Path) -> Path:

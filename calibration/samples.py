@@ -9,8 +9,6 @@ Files are written to a temporary name and renamed, so an interrupted run leaves 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -21,6 +19,7 @@ import yaml
 from calibration.charuco import BoardSpec, load_board
 from calibration.errors import CalibrationError
 from calibration.se3 import R_to_quat, make_T, quat_to_R
+from firmware_bridge.atomic_file import atomic_write_text, default_mode
 
 
 @dataclass
@@ -142,24 +141,14 @@ def pose_dict(T: np.ndarray) -> dict[str, list[float]]:
 
 def file_mode() -> int:
     """The mode a plain open() would give a new file (mkstemp makes 0600, too strict for shared results)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return default_mode()
 
 
 def write_yaml_atomic(path: str | Path, data: Any) -> None:
+    """YAML through the project's one atomic-write recipe (firmware_bridge.atomic_file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        os.chmod(tmp, file_mode())
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 def write_samples_dir(

@@ -413,21 +413,10 @@ def _record_live(args) -> dict:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    import os
-    import tempfile
+    from firmware_bridge.atomic_file import atomic_path
 
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=str(out.parent.resolve()))
-    os.close(fd)
-    try:
-        from calibration.samples import file_mode
-
-        os.chmod(tmp, file_mode())
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _collect(args) -> int:

@@ -22,7 +22,7 @@ import os
 import secrets
 from pathlib import Path
 
-from edgedp.sim_task.dataset import _fsync_dir, atomic_write_text
+from firmware_bridge.atomic_file import atomic_write_text, fsync_dir, fsync_file
 
 JOURNAL = "meta/.edgedp-journal.json"
 TMP_SUFFIX = ".edgedp-tmp"
@@ -32,14 +32,6 @@ def staged_path(target: Path) -> Path:
     """A fresh staging name beside ``target`` (same folder: the rename stays within one file system)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def commit(root: Path, renames: list[tuple[Path, Path]]) -> None:
@@ -68,9 +60,9 @@ def _apply(root: Path, renames: list[list[str]]) -> None:
             os.replace(s, t)
         folders.add(t.parent)
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     (root / JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(root / "meta")
+    fsync_dir(root / "meta")
 
 
 def recover(root: Path) -> dict[str, int]:

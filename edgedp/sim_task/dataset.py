@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -45,44 +44,9 @@ ARRAY_KEYS = (IMAGE_KEY, STATE_KEY, ACTION_KEY, "timestamp", "frame_index")
 
 
 from edgedp.datasets import DatasetError  # one error type for both formats (raised with the file named)
+from firmware_bridge.atomic_file import atomic_write, atomic_write_text  # noqa: F401 (also used by datasets/)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], suffix: str = "") -> None:
-    """Replace ``path`` with what ``write`` puts in a binary file, so a reader sees the old file or the new
-    one, never a part: temp file in the same folder, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text flavour of atomic_write (metadata and the episode index)."""
-    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def episode_file(index: int) -> str:
@@ -134,7 +98,7 @@ class DatasetWriter:
         for path in (ds.root / "data").rglob("*") if (ds.root / "data").exists() else []:
             if path.is_file() and path not in indexed:
                 path.unlink()
-        for path in (ds.root / "meta").glob(".*.tmp-*"):
+        for path in (ds.root / "meta").glob(".*.tmp"):  # firmware_bridge.atomic_file's temporaries
             path.unlink()
         writer._write_info()
         return writer
@@ -154,7 +118,7 @@ class DatasetWriter:
                   "frame_index": np.arange(n, dtype=np.int64)}
         # Task-specific per-frame arrays (Push-T's keypoints), declared in info["features"] by the recorder.
         arrays.update({k: np.asarray(v) for k, v in getattr(episode, "extras", {}).items()})
-        atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), suffix=".npz")
+        atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
         entry = {"episode_index": index, "length": n, "file": rel, **episode.info}
         lines = "".join(json.dumps(e) + "\n" for e in [*self.episodes, entry])
         atomic_write_text(self.root / "meta" / "episodes.jsonl", lines)  # the commit point

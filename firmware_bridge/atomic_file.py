@@ -1,0 +1,133 @@
+"""Write a file so that a reader (or a power cut) sees the old version or the new one, never a part.
+
+One recipe for every file the project writes (results, calibration, telemetry, caches, datasets):
+a temporary file in the destination's own folder (a rename is atomic only within one filesystem),
+written and fsynced, given the mode a plain open() would give (mkstemp's 0600 is too strict for shared
+results), renamed over the destination, and the folder fsynced so the rename itself survives a crash.
+On any failure the temporary file is removed and the destination is left as it was.
+
+It lives in firmware_bridge because everything that writes files may import firmware_bridge
+(calibration and edgedp do); `models/` may import only torch and numpy and keeps a copy of this
+recipe (models/atomic_file.py), held to the same tests (tests/test_atomic_file.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (os.umask would, for a moment,
+    for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def default_mode() -> int:
+    """The mode a plain open() gives a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def fsync_file(path: PathLike) -> None:
+    """Flush a file's data to the device (for files written by a library that closes them itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make renames and creations inside folder `path` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path` to write by name (np.savez, savefig, onnx.save...); on a clean exit it is
+    fsynced and renamed over `path`, and the folder fsynced. `suffix` keeps libraries that add or check an
+    extension happy (np.savez appends .npz unless the name already ends with it)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=str(folder))
+    os.close(fd)
+    try:
+        os.chmod(tmp, default_mode())
+        yield Path(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(folder)
+
+
+def atomic_write(path: PathLike, write: Callable, binary: bool = True, encoding: str = "utf-8") -> None:
+    """Call write(fileobj) on a temporary file beside `path`, then fsync, rename over `path` and fsync the folder."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as fh:
+            write(fh)
+            fh.flush()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    atomic_write(path, lambda fh: fh.write(text), binary=False, encoding=encoding)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; on a clean exit every file in it is fsynced and the folder
+    replaces `path` (an existing one is moved aside first and removed after), and the parent is fsynced. A
+    reader sees the old folder or the new one; a failure leaves the old one in place."""
+    import shutil
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(parent)))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # what a plain mkdir would give
+        yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                fsync_file(os.path.join(root, name))
+            fsync_dir(root)
+        if path.exists():
+            old = parent / f".{path.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
