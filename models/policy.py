@@ -1,4 +1,4 @@
-"""DiffusionPolicy: normalizers + observation encoder + conditional U-Net + K-step sampler, built from a PolicySpec.
+"""DiffusionPolicy: normalizers + observation encoder + denoiser (conditional U-Net or transformer) + K-step sampler, built from a PolicySpec.
 
 This is the Policy interface of the runtime: ``predict_chunk(obs, noise=None)`` returns a
 (horizon, action_dim) action chunk in raw units. Everything else here exists so that compile
@@ -8,7 +8,8 @@ backends and checkpoint importers can reach the parts: ``encode`` (once per chun
 Module tree (= native state_dict keys):
     normalizers.fields.<key with '.'->'__'>.{min,max | mean,std | scale,offset}
     obs_encoder.image_encoders.<i>.{backbone,pool,out}.*   (models/encoder.py)
-    unet.*                                                  (models/unet1d.py)
+    unet.*                                                  (models/unet1d.py, spec.denoiser unet)
+    transformer.*                                           (models/transformer1d.py, spec.denoiser transformer)
 The sampler holds only schedule tables derived from the spec and K; it is rebuilt, not saved,
 so the inference step count can change at load time without touching the weights.
 """
@@ -24,6 +25,7 @@ from torch import nn
 from models.encoder import ObservationEncoder
 from models.normalizer import FieldNormalizer, NormalizerSet
 from models.spec import PolicySpec
+from models.transformer1d import TransformerForDiffusion
 from models.unet1d import ConditionalUnet1D
 
 
@@ -65,22 +67,30 @@ class DiffusionPolicy(nn.Module):
             project=e.project,
             imagenet_norm=e.imagenet_norm,
         )
-        u = spec.unet
-        self.unet = ConditionalUnet1D(
-            input_dim=spec.action_dim,
-            global_cond_dim=self.obs_encoder.output_dim(spec.n_obs_steps),
-            diffusion_step_embed_dim=u.diffusion_step_embed_dim,
-            down_dims=tuple(u.down_dims),
-            kernel_size=u.kernel_size,
-            n_groups=u.n_groups,
-            cond_predict_scale=u.cond_predict_scale,
-        )
+        if spec.denoiser == "transformer":
+            t = spec.transformer
+            self.transformer = TransformerForDiffusion(
+                input_dim=spec.action_dim, output_dim=spec.action_dim, horizon=spec.horizon,
+                n_obs_steps=spec.n_obs_steps, cond_dim=self.obs_encoder.per_frame_dim, n_layer=t.n_layer,
+                n_head=t.n_head, n_emb=t.n_emb, p_drop_emb=t.p_drop_emb, p_drop_attn=t.p_drop_attn,
+                causal_attn=t.causal_attn, time_as_cond=t.time_as_cond, n_cond_layers=t.n_cond_layers)
+        else:
+            u = spec.unet
+            self.unet = ConditionalUnet1D(
+                input_dim=spec.action_dim,
+                global_cond_dim=self.obs_encoder.output_dim(spec.n_obs_steps),
+                diffusion_step_embed_dim=u.diffusion_step_embed_dim,
+                down_dims=tuple(u.down_dims),
+                kernel_size=u.kernel_size,
+                n_groups=u.n_groups,
+                cond_predict_scale=u.cond_predict_scale,
+            )
         from models.schedulers import SchedulerSpec
 
         self._scheduler_spec = SchedulerSpec.from_dict(spec.scheduler)
         self._num_inference_steps = num_inference_steps
         self._sampler_options: dict[str, Any] = {}  # warm_start_level / inpaint (configure_sampler)
-        self._sampler: nn.Module | None = None  # built lazily on the U-Net's device, never saved
+        self._sampler: nn.Module | None = None  # built lazily on the denoiser's device, never saved
         self._generator_seed = int(seed)
         self._generator: torch.Generator | None = None
         self.eval()
@@ -126,16 +136,21 @@ class DiffusionPolicy(nn.Module):
         return shapes
 
     @property
+    def denoiser(self) -> nn.Module:
+        """The network called K times: ``self.unet`` or ``self.transformer`` (spec.denoiser), same call signature."""
+        return self.transformer if self._spec.denoiser == "transformer" else self.unet
+
+    @property
     def global_cond_dim(self) -> int:
-        return self.unet.global_cond_dim
+        return self.denoiser.global_cond_dim
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        return next(self.denoiser.parameters()).dtype
 
     # ---- sampler -------------------------------------------------------------------------
     @property
@@ -198,12 +213,12 @@ class DiffusionPolicy(nn.Module):
 
     @property
     def sampler(self) -> nn.Module:
-        """B's whole-loop Sampler over this policy's U-Net (the module compile backends take)."""
+        """B's whole-loop Sampler over this policy's denoiser (the module compile backends take)."""
         if self._sampler is None:
             from models.sampler import Sampler
 
-            sampler = Sampler(self.unet, self.scheduler_spec, self._num_inference_steps, **self._sampler_options)
-            # Keep it out of the module tree (its tables are derived, and its denoiser is self.unet).
+            sampler = Sampler(self.denoiser, self.scheduler_spec, self._num_inference_steps, **self._sampler_options)
+            # Keep it out of the module tree (its tables are derived, and its denoiser is self.unet / self.transformer).
             object.__setattr__(self, "_sampler", sampler.to(self.device))
         return self._sampler  # type: ignore[return-value]
 
@@ -325,7 +340,7 @@ class DiffusionPolicy(nn.Module):
 
     def denoise(self, x: torch.Tensor, k: torch.Tensor | int, global_cond: torch.Tensor) -> torch.Tensor:
         """One network evaluation eps_theta(x_k, k | cond) (or the sample, per prediction type)."""
-        return self.unet(x, k, global_cond)
+        return self.denoiser(x, k, global_cond)
 
     def sample(self, global_cond: torch.Tensor, noise: torch.Tensor,
                variance_noise: torch.Tensor | None = None, **conditioning: Any) -> torch.Tensor:
@@ -411,13 +426,16 @@ class DiffusionPolicy(nn.Module):
         eps = torch.randn(naction.shape, generator=generator, dtype=torch.float32).to(naction)
         k = torch.randint(0, spec.num_train_timesteps, (b,), generator=generator).to(self.device)
         noisy = NoiseScheduler(spec).add_noise(naction, eps, k)
-        pred = self.unet(noisy, k, global_cond)
+        pred = self.denoiser(noisy, k, global_cond)
         target = eps if spec.prediction_type == "epsilon" else naction
         return torch.nn.functional.mse_loss(pred, target)
 
     def parameter_counts(self) -> dict[str, int]:
+        name = self._spec.denoiser  # "unet" | "transformer"; "denoiser" is the same count under one name
+        n_denoiser = sum(p.numel() for p in self.denoiser.parameters())
         return {
-            "unet": sum(p.numel() for p in self.unet.parameters()),
+            name: n_denoiser,
+            "denoiser": n_denoiser,
             "obs_encoder": sum(p.numel() for p in self.obs_encoder.parameters()),
             "total": sum(p.numel() for p in self.parameters()),
         }

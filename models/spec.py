@@ -52,6 +52,26 @@ class UnetSpec:
 
 
 @dataclass
+class TransformerSpec:
+    """The transformer denoiser (models/transformer1d.py); defaults = the original hybrid config.
+
+    p_drop_* act in training only (eval runs no dropout). The observation condition is always on
+    (one token per observation step), so time_as_cond must stay true."""
+
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    n_cond_layers: int = 0                # 0: MLP over the condition tokens; > 0: self-attention layers
+    causal_attn: bool = True
+    time_as_cond: bool = True
+    p_drop_emb: float = 0.0
+    p_drop_attn: float = 0.3
+
+
+DENOISERS = ("unet", "transformer")
+
+
+@dataclass
 class NormalizationSpec:
     """``modes`` maps every feature key (and the action key) to min_max | mean_std | identity."""
 
@@ -71,6 +91,8 @@ class PolicySpec:
     action_key: str = "action"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     unet: UnetSpec = field(default_factory=UnetSpec)
+    denoiser: str = "unet"              # unet | transformer: which section below builds the network
+    transformer: TransformerSpec = field(default_factory=TransformerSpec)
     scheduler: dict[str, Any] = field(default_factory=dict)  # parsed by models.schedulers.SchedulerSpec
     normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
     action_period: float | None = None  # seconds between actions, when the source says
@@ -124,39 +146,13 @@ class PolicySpec:
             want = sorted(self.image_keys + self.state_keys)
             need(sorted(self.feature_order) == want,
                  f"feature_order: must list each feature exactly once ({want}), got {list(self.feature_order)}")
-        u = self.unet
-        need(len(u.down_dims) >= 1 and all(d >= 1 for d in u.down_dims), f"unet.down_dims: bad {u.down_dims}")
-        need(all(d % u.n_groups == 0 for d in u.down_dims),
-             f"unet.down_dims: each must be divisible by unet.n_groups={u.n_groups}, got {u.down_dims}")
-        need(u.kernel_size % 2 == 1, f"unet.kernel_size: must be odd, got {u.kernel_size}")
-        need(u.diffusion_step_embed_dim >= 4 and u.diffusion_step_embed_dim % 2 == 0,
-             f"unet.diffusion_step_embed_dim: must be even and >= 4, got {u.diffusion_step_embed_dim}")
-        factor = 2 ** (len(u.down_dims) - 1)
-        need(self.horizon % factor == 0,
-             f"horizon: must be divisible by 2**(len(unet.down_dims)-1) = {factor}, got {self.horizon}")
-        e = self.encoder
+        need(self.denoiser in DENOISERS, f"denoiser: allowed {', '.join(DENOISERS)}; got {self.denoiser!r}")
+        if self.denoiser == "transformer":
+            self._validate_transformer(need)
+        else:
+            self._validate_unet(need)
         if self.image_features:
-            need(e.backbone == "resnet18", f"encoder.backbone: only resnet18 is supported, got {e.backbone!r}")
-            need(e.norm in ("group", "batch"), f"encoder.norm: allowed group, batch; got {e.norm!r}")
-            need(e.pool in ("spatial_softmax", "avg"), f"encoder.pool: allowed spatial_softmax, avg; got {e.pool!r}")
-            need(e.softmax_layout in ("lerobot", "robomimic"),
-                 f"encoder.softmax_layout: allowed lerobot, robomimic; got {e.softmax_layout!r}")
-            need(e.width >= 16 and (e.norm != "group" or e.width % 16 == 0),
-                 f"encoder.width: must be >= 16 (a multiple of 16 with group norm), got {e.width}")
-            need(e.feature_dim >= 1 and e.num_keypoints >= 1, "encoder.feature_dim/num_keypoints: must be >= 1")
-            for name in ("crop_shape", "resize_shape"):
-                v = getattr(e, name)
-                need(v is None or (len(v) == 2 and v[0] > 0 and v[1] > 0), f"encoder.{name}: expected [h, w] or null, got {v}")
-            if e.shared:
-                shapes = {tuple(s) for s in self.image_features.values()}
-                need(len(shapes) <= 1, f"encoder.shared: cameras have different shapes {sorted(shapes)}; set shared: false")
-            for k, s in self.image_features.items():
-                h, w = (e.resize_shape or s[1:])
-                if e.crop_shape:
-                    need(e.crop_shape[0] <= h and e.crop_shape[1] <= w,
-                         f"encoder.crop_shape: {e.crop_shape} is larger than image {k} ({h}x{w})")
-                    h, w = e.crop_shape
-                need(h >= 32 and w >= 32, f"image_features.{k}: {h}x{w} is too small for a ResNet trunk (need >= 32)")
+            self._validate_encoder(need)
         n = self.normalization
         need(n.convention in CONVENTIONS, f"normalization.convention: allowed {', '.join(CONVENTIONS)}; got {n.convention!r}")
         known = set(self.image_keys) | set(self.state_keys) | {self.action_key}
@@ -167,19 +163,77 @@ class PolicySpec:
         need(isinstance(self.scheduler, dict), "scheduler: must be a mapping")
         return self
 
+    def _validate_unet(self, need) -> None:
+        u = self.unet
+        need(len(u.down_dims) >= 1 and all(d >= 1 for d in u.down_dims), f"unet.down_dims: bad {u.down_dims}")
+        need(all(d % u.n_groups == 0 for d in u.down_dims),
+             f"unet.down_dims: each must be divisible by unet.n_groups={u.n_groups}, got {u.down_dims}")
+        need(u.kernel_size % 2 == 1, f"unet.kernel_size: must be odd, got {u.kernel_size}")
+        need(u.diffusion_step_embed_dim >= 4 and u.diffusion_step_embed_dim % 2 == 0,
+             f"unet.diffusion_step_embed_dim: must be even and >= 4, got {u.diffusion_step_embed_dim}")
+        factor = 2 ** (len(u.down_dims) - 1)
+        need(self.horizon % factor == 0,
+             f"horizon: must be divisible by 2**(len(unet.down_dims)-1) = {factor}, got {self.horizon}")
+
+    def _validate_transformer(self, need) -> None:
+        t = self.transformer
+        need(t.n_layer >= 1, f"transformer.n_layer: must be >= 1, got {t.n_layer}")
+        need(t.n_head >= 1 and t.n_emb >= 4 and t.n_emb % 2 == 0 and t.n_emb % t.n_head == 0,
+             f"transformer.n_emb: must be even, >= 4 and divisible by transformer.n_head={t.n_head}, got {t.n_emb}")
+        need(t.n_cond_layers >= 0, f"transformer.n_cond_layers: must be >= 0, got {t.n_cond_layers}")
+        need(t.time_as_cond, "transformer.time_as_cond: false (time token as input, BERT-style) works only without "
+                             "an observation condition; edgedp policies always condition on observations")
+        for name in ("p_drop_emb", "p_drop_attn"):
+            v = getattr(t, name)
+            need(0.0 <= v < 1.0, f"transformer.{name}: must be in [0, 1), got {v}")
+
+    def _validate_encoder(self, need) -> None:
+        e = self.encoder
+        need(e.backbone == "resnet18", f"encoder.backbone: only resnet18 is supported, got {e.backbone!r}")
+        need(e.norm in ("group", "batch"), f"encoder.norm: allowed group, batch; got {e.norm!r}")
+        need(e.pool in ("spatial_softmax", "avg"), f"encoder.pool: allowed spatial_softmax, avg; got {e.pool!r}")
+        need(e.softmax_layout in ("lerobot", "robomimic"),
+             f"encoder.softmax_layout: allowed lerobot, robomimic; got {e.softmax_layout!r}")
+        need(e.width >= 16 and (e.norm != "group" or e.width % 16 == 0),
+             f"encoder.width: must be >= 16 (a multiple of 16 with group norm), got {e.width}")
+        need(e.feature_dim >= 1 and e.num_keypoints >= 1, "encoder.feature_dim/num_keypoints: must be >= 1")
+        for name in ("crop_shape", "resize_shape"):
+            v = getattr(e, name)
+            need(v is None or (len(v) == 2 and v[0] > 0 and v[1] > 0), f"encoder.{name}: expected [h, w] or null, got {v}")
+        if e.shared:
+            shapes = {tuple(s) for s in self.image_features.values()}
+            need(len(shapes) <= 1, f"encoder.shared: cameras have different shapes {sorted(shapes)}; set shared: false")
+        for k, s in self.image_features.items():
+            h, w = (e.resize_shape or s[1:])
+            if e.crop_shape:
+                need(e.crop_shape[0] <= h and e.crop_shape[1] <= w,
+                     f"encoder.crop_shape: {e.crop_shape} is larger than image {k} ({h}x{w})")
+                h, w = e.crop_shape
+            need(h >= 32 and w >= 32, f"image_features.{k}: {h}x{w} is too small for a ResNet trunk (need >= 32)")
+
     # ---- YAML-friendly dicts -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["image_features"] = {k: [int(v) for v in s] for k, s in self.image_features.items()}
         d["state_features"] = {k: [int(v) for v in s] for k, s in self.state_features.items()}
+        # Only the denoiser in use is written: U-Net files stay as they were, and no section is dead weight.
+        if self.denoiser == "unet":
+            d.pop("denoiser"), d.pop("transformer")
+        else:
+            d.pop("unet")
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicySpec":
         if not isinstance(data, Mapping):
             raise SpecError(f"(spec): expected a mapping, got {type(data).__name__}")
-        kwargs = _fields_from(cls, data, "", skip=("encoder", "unet", "normalization"))
-        for name, sub in (("encoder", EncoderSpec), ("unet", UnetSpec), ("normalization", NormalizationSpec)):
+        kwargs = _fields_from(cls, data, "", skip=("encoder", "unet", "transformer", "normalization"))
+        unused = "transformer" if kwargs.get("denoiser", "unet") == "unet" else "unet"
+        if data.get(unused) is not None:
+            raise SpecError(f"{unused}: not used with denoiser: {kwargs.get('denoiser', 'unet')} (remove it, or set "
+                            f"denoiser: {unused})")
+        for name, sub in (("encoder", EncoderSpec), ("unet", UnetSpec), ("transformer", TransformerSpec),
+                          ("normalization", NormalizationSpec)):
             if data.get(name) is not None:
                 if not isinstance(data[name], Mapping):
                     raise SpecError(f"{name}: expected a mapping, got {type(data[name]).__name__}")

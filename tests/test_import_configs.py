@@ -358,7 +358,8 @@ def _simple_hybrid(tmp_path, **pol_extra) -> Path:
 
 
 @pytest.mark.parametrize("extra,needle", [
-    ({"_cls": "DiffusionTransformerHybridImagePolicy"}, "unsupported policy DiffusionTransformerHybridImagePolicy"),
+    # A transformer policy class over U-Net options: the U-Net's arguments are no transformer policy's.
+    ({"_cls": "DiffusionTransformerHybridImagePolicy"}, "cfg.policy.obs_as_global_cond"),
     ({"_cls": "DiffusionUnetVideoPolicy"}, "unsupported policy DiffusionUnetVideoPolicy"),
     ({"obs_as_global_cond": False}, "obs_as_global_cond=False"),
     ({"_sched": {"_target_": "diffusers.DPMSolverMultistepScheduler"}}, "unsupported noise scheduler DPMSolverMultistepScheduler"),

@@ -137,9 +137,13 @@ def summary_rows(imp: ImportedPolicy) -> list[tuple[str, str, str]]:
     rows.append(("horizon / n_obs_steps / n_action_steps", f"{imp.horizon} / {imp.n_obs_steps} / {imp.n_action_steps}",
                  p.get("horizon", "")))
     u = imp.unet_kwargs
-    rows.append(("U-Net", f"down_dims {list(u['down_dims'])}, kernel {u['kernel_size']}, groups {u['n_groups']}, "
-                          f"step emb {u['diffusion_step_embed_dim']}, FiLM scale {u['cond_predict_scale']}, "
-                          f"cond {u['global_cond_dim']}", p.get("unet", "")))
+    if imp.denoiser == "transformer":
+        from .original_transformer import summary
+        rows.append(("transformer", summary(imp.denoiser_kwargs), p.get("transformer", "")))
+    else:
+        rows.append(("U-Net", f"down_dims {list(u['down_dims'])}, kernel {u['kernel_size']}, groups {u['n_groups']}, "
+                              f"step emb {u['diffusion_step_embed_dim']}, FiLM scale {u['cond_predict_scale']}, "
+                              f"cond {u['global_cond_dim']}", p.get("unet", "")))
     rows.append(("scheduler", f"{s['kind'].upper()} {s['beta_schedule']} T={s['num_train_timesteps']} "
                               f"{s['prediction_type']} clip={s['clip_sample']}", p.get("scheduler", "")))
     rows.append(("K (inference steps)", str(s["num_inference_steps"]), p.get("num_inference_steps", "")))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from models.normalizer import NormalizerSet
-from models.spec import EncoderSpec, NormalizationSpec, PolicySpec, SpecError, UnetSpec
+from models.spec import EncoderSpec, NormalizationSpec, PolicySpec, SpecError, TransformerSpec, UnetSpec
 
 from .description import ImportedPolicy
 from .errors import CheckpointError, UnsupportedCheckpointError
@@ -58,15 +58,22 @@ def to_spec(imp: ImportedPolicy) -> PolicySpec:
             project=bool(ik.get("project", True)), imagenet_norm=bool(ik.get("imagenet_norm", False)),
         )
     u = imp.unet_kwargs
+    if imp.denoiser == "transformer":
+        t = imp.denoiser_kwargs
+        denoiser = dict(denoiser="transformer", transformer=TransformerSpec(**{
+            k: t[k] for k in ("n_layer", "n_head", "n_emb", "n_cond_layers", "causal_attn", "time_as_cond",
+                              "p_drop_emb", "p_drop_attn")}))
+    else:
+        denoiser = dict(unet=UnetSpec(down_dims=list(u["down_dims"]), kernel_size=u["kernel_size"],
+                                      n_groups=u["n_groups"], diffusion_step_embed_dim=u["diffusion_step_embed_dim"],
+                                      cond_predict_scale=u["cond_predict_scale"]))
     spec = PolicySpec(
         action_dim=imp.action_dim,
         image_features={k: list(s) for k, s in imp.image_shapes.items()},
         state_features={k: [int(d)] for k, d in imp.state_dims.items()},
         n_obs_steps=imp.n_obs_steps, horizon=imp.horizon, n_action_steps=imp.n_action_steps,
         feature_order=list(imp.feature_order), action_key=imp.action_key, encoder=enc,
-        unet=UnetSpec(down_dims=list(u["down_dims"]), kernel_size=u["kernel_size"], n_groups=u["n_groups"],
-                      diffusion_step_embed_dim=u["diffusion_step_embed_dim"],
-                      cond_predict_scale=u["cond_predict_scale"]),
+        **denoiser,
         scheduler=scheduler_dict(imp),
         normalization=NormalizationSpec(convention=conventions.pop(),
                                         modes={k: nf.mode for k, nf in imp.normalization.items()}),
@@ -87,7 +94,8 @@ def native_state(imp: ImportedPolicy) -> dict[str, torch.Tensor]:
         for stat, t in nf.stats.items():
             sd[f"normalizers.fields.{NormalizerSet.escape(key)}.{stat}"] = t
     sd.update({f"obs_encoder.{k}": v for k, v in imp.encoder_state.items()})
-    sd.update({f"unet.{k}": v for k, v in imp.unet_state.items()})
+    prefix = "transformer." if imp.denoiser == "transformer" else "unet."
+    sd.update({prefix + k: v for k, v in imp.unet_state.items()})
     return sd
 
 

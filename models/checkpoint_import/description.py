@@ -43,9 +43,11 @@ class ImportedPolicy:
     scheduler: dict[str, Any]
     normalization: dict[str, NormField]
     encoder_state: dict[str, torch.Tensor]  # native names, relative to ObservationEncoder
-    unet_state: dict[str, torch.Tensor]     # native names, relative to ConditionalUnet1D
+    unet_state: dict[str, torch.Tensor]     # the denoiser's weights, native names (ConditionalUnet1D or transformer)
     provenance: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    denoiser: str = "unet"                  # "unet" | "transformer": which network unet_state holds
+    denoiser_kwargs: dict[str, Any] = field(default_factory=dict)  # TransformerForDiffusion arguments (transformer)
 
     @property
     def global_cond_dim(self) -> int:

@@ -21,6 +21,7 @@ import torch
 from models.encoder import ObservationEncoder
 from models.unet1d import ConditionalUnet1D
 
+from . import original_transformer as otr
 from .description import ImportedPolicy, NormField
 from .errors import CheckpointError, UnsupportedCheckpointError, one_line_errors, short_repr
 from .fields import (MAX_DIM, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TRAIN_TIMESTEPS, get_bool, get_float, get_int,
@@ -33,7 +34,7 @@ from .torch_zip import LazyTensor, TorchZip, check_stored_bytes
 HYBRID = "DiffusionUnetHybridImagePolicy"
 IMAGE = "DiffusionUnetImagePolicy"
 LOWDIM = "DiffusionUnetLowdimPolicy"
-SUPPORTED = (HYBRID, IMAGE, LOWDIM)
+SUPPORTED = (HYBRID, IMAGE, LOWDIM) + otr.POLICIES
 _DDPM = "DDPMScheduler"
 _DDIM = "DDIMScheduler"
 # diffusers 0.11.1 constructor defaults (the version the original code pins).
@@ -183,6 +184,8 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
         raise UnsupportedCheckpointError(f"{name}: obs_as_local_cond=True (local conditioning) is not supported")
     if not pol.get("obs_as_global_cond", True):
         raise UnsupportedCheckpointError(f"{name}: obs_as_global_cond=False (observation inpainting) is not supported")
+    if policy_cls in otr.POLICIES:
+        otr.check_policy_options(name, pol, policy_cls)
     if pol.get("pred_action_steps_only"):
         raise UnsupportedCheckpointError(f"{name}: pred_action_steps_only=True is not supported")
     action_start = n_obs - 1
@@ -207,9 +210,9 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
     if odd:
         raise CheckpointError(f"{name}: unexpected normalizer key {odd[0]}")
 
-    if policy_cls == LOWDIM:
+    if policy_cls in (LOWDIM, otr.LOWDIM):
         mcfg = section(pol, "model", name, "cfg.policy")
-        if _cls_name(mcfg.get("_target_")) != "ConditionalUnet1D":
+        if policy_cls == LOWDIM and _cls_name(mcfg.get("_target_")) != "ConditionalUnet1D":
             raise UnsupportedCheckpointError(f"{name}: unsupported denoiser {_cls_name(mcfg.get('_target_'))} "
                                              "(only ConditionalUnet1D)")
         if mcfg.get("local_cond_dim"):
@@ -256,7 +259,7 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
         prov["images"] = prov["state"] = "cfg.policy.shape_meta.obs (insertion order)"
         prov["action"] = "cfg.policy.shape_meta.action"
         ucfg, uwhere = pol, "cfg.policy"
-        if policy_cls == HYBRID:
+        if policy_cls in (HYBRID, otr.HYBRID):
             feature_order = list(shape_meta["obs"])
             shared = False
             image_kwargs, enc_state_src = _hybrid_encoder(name, pol, enc_sd, image_shapes, prov)
@@ -286,8 +289,16 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
     enc_target = target_shapes(lambda: ObservationEncoder(image_shapes, state_dims, feature_order, shared=shared,
                                                           **enc_kwargs))
     encoder_state = remap(enc_sd, rename or (lambda k: None), enc_target, name, "encoder", "obs_encoder.")
-    unet_target = target_shapes(lambda: ConditionalUnet1D(**unet_kwargs))
-    unet_state = remap(model_sd, lambda k: k, unet_target, name, "unet", "model.")
+    denoiser, denoiser_kwargs = "unet", {}
+    if policy_cls in otr.POLICIES:
+        denoiser = "transformer"
+        denoiser_kwargs = otr.transformer_kwargs(name, pol, policy_cls, action_dim, per_frame, horizon, n_obs, prov)
+        unet_kwargs = {"global_cond_dim": unet_kwargs["global_cond_dim"]}
+        prov.pop("unet", None)
+        unet_state = otr.transformer_state(name, model_sd, denoiser_kwargs, remap, target_shapes)
+    else:
+        unet_target = target_shapes(lambda: ConditionalUnet1D(**unet_kwargs))
+        unet_state = remap(model_sd, lambda k: k, unet_target, name, "unet", "model.")
 
     fields = feature_order + ["action"]
     normalization = _normalizer(sd, fields, name, set(image_shapes))
@@ -305,6 +316,7 @@ def _interpret(name: str, src: str, cfg: dict, pol: dict, policy_cls: str, sd: d
         feature_order=feature_order, shared_image_encoder=shared, image_kwargs=enc_kwargs,
         unet_kwargs=unet_kwargs, scheduler=scheduler, normalization=normalization,
         encoder_state=encoder_state, unet_state=unet_state, provenance=prov, notes=notes,
+        denoiser=denoiser, denoiser_kwargs=denoiser_kwargs,
     )
 
 
