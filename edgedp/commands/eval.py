@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, help="override policy.precision")
     p.add_argument("--steps", default=None,
                    help="override policy.steps (denoising steps K); 'checkpoint' uses the checkpoint's own K")
+    p.add_argument("--video", type=Path, default=None, metavar="DIR",
+                   help="save one mp4 per episode (the policy camera) in DIR, named so failures sort first")
     p.set_defaults(func=run)
 
 
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--json: folder {args.json.parent} does not exist")
     if args.sync and args.both:
         raise UserError("--sync and --both: pick one (--both already includes the synchronous runs)")
+    if args.video is not None and args.video.exists() and not args.video.is_dir():
+        raise UserError(f"--video: {args.video} is a file (give a folder for the episode videos)")
     apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
@@ -123,8 +127,11 @@ def run(args: argparse.Namespace) -> int:
     conditions = [Condition(lat, s) for s in modes for lat in latencies]
     seeds = list(range(args.seed, args.seed + args.episodes))
     console = make_console()
+    videos = None
 
     def progress(c: Condition, r) -> None:
+        if videos is not None:
+            videos.cut(c.label, r.index, r.seed, r.success)
         if r.max_coverage is not None:  # Push-T
             what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success else "[red]timeout[/]") + \
                 f" (max coverage {r.max_coverage:.3f}, T {r.final_distance_m * 1000:.0f} mm from the goal)"
@@ -135,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
                       f"join jump {r.join_jump_position_rad:.4f} rad, {r.chunks} chunks", highlight=False)
 
     session = EvalSession(cfg)  # every check that can fail happens here, before anything starts
+    if args.video is not None:
+        from edgedp.view.episode_video import for_session
+
+        videos = for_session(args.video, session.parts)
     runs = []
     try:
         with session:
@@ -145,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
                         f"nothing written", exit_code=130) from None
     except RuntimeError as exc:
         raise UserError(str(exc), exit_code=1) from None
+    finally:
+        if videos is not None:
+            videos.close()
+            console.print(f"videos: {len(videos.written)} in {args.video} (failures first)", highlight=False)
     doc = build_document(runs, dict(session.summary, dwell_s=args.dwell), cfg.scene.task, str(args.config), seeds,
                          args.episode_timeout)
     console.print(table(doc))

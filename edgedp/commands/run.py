@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="run the servo loop as a thread of this process (shares the GIL with the planner: "
                            "more jitter; for debugging)")
     p.add_argument("--no-live", action="store_true", help="no live status line")
+    p.add_argument("--record", type=Path, default=None, metavar="DIR",
+                   help="log the run as one episode of a LeRobot v3.0 dataset in DIR (new, or one earlier runs of "
+                        "the same config wrote): observations as the policy saw them, every chunk with its times, "
+                        "the servo loop's commands (docs/datasets.md)")
+    p.add_argument("--view", nargs="?", const="serve", default=None, metavar="TARGET",
+                   help="stream camera, measured/commanded joints and chunks to rerun: 'serve' (default), a .rrd "
+                        "file to save, or a rerun+http:// URL of a running viewer (needs edgedp[view])")
     p.set_defaults(func=run)
 
 
@@ -45,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
     built = assemble(cfg, telemetry_override=args.telemetry)
     st = built.settings
     console = make_console()
+    from edgedp.view.observers import attach_observers
+
+    observers = attach_observers(built.parts, cfg, args.config, args.record, args.view, console)
     rt = Runtime(built.parts, st.duration, st.telemetry_path, plot=st.plot, live=st.live and not args.no_live,
                  console=console)
     code = rt.run()
+    code = observers.finish(rt.tel.servo, code)
     if st.telemetry_path is not None:
         console.print(f"telemetry: {st.telemetry_path}" + (f" and {st.telemetry_path.with_suffix('.png')}" if st.plot else ""))
     return code

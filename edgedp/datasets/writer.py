@@ -99,8 +99,13 @@ class DatasetWriter:
         return int(self.info["total_frames"])
 
     # ---- one episode ---------------------------------------------------------------------------
-    def add_episode(self, frames: dict[str, np.ndarray], task: str, extra: Optional[dict] = None) -> dict:
-        """Append one episode: ``frames`` holds every user feature as an array with a leading frame axis."""
+    def add_episode(self, frames: dict[str, np.ndarray], task: str, extra: Optional[dict] = None,
+                    attachments: Optional[dict] = None) -> dict:
+        """Append one episode: ``frames`` holds every user feature as an array with a leading frame axis.
+
+        ``attachments`` (name -> pyarrow Table) are per-episode side tables that do not fit LeRobot's one row
+        per frame (a run's servo-rate commands): written to edgedp/<name>/episode_XXXXXX.parquet in the same
+        commit, outside the folders LeRobot reads."""
         started = time.perf_counter()
         columns, n = self._validate(frames)
         index = len(self.episodes)
@@ -123,6 +128,13 @@ class DatasetWriter:
             row.update(dstats.flatten(ep_stats))
             if extra:
                 row["edgedp/info"] = json.dumps(extra, default=_plain)
+            for name, table in (attachments or {}).items():
+                import pyarrow.parquet as pq
+
+                target = self.root / "edgedp" / name / f"episode_{index:06d}.parquet"
+                staged = journal.staged_path(target)
+                pq.write_table(table, staged)
+                renames.append((staged, target))
             row.update(self._stage_episode_row(row, renames))
             new_stats = dstats.aggregate([self.stats, ep_stats]) if self.stats else ep_stats
             info = json.loads(json.dumps(self.info))

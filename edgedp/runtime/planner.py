@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -34,6 +35,25 @@ import numpy as np
 from edgedp.runtime.observation import NotReady, ObservationWindow, StaleObservation
 from edgedp.runtime.ring import ChunkRing
 from edgedp.runtime.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class PublishedChunk:
+    """What the policy saw and planned for one chunk: the observation window exactly as fed to the encoder
+    (feature -> (n_obs_steps, ...) arrays), the whole predicted chunk in raw action units, the executed slice
+    ``[first, first + executed)`` published with t0 and dt, and the host times of planning and publication."""
+
+    seq: int
+    obs: dict
+    t_obs: float
+    sample_times: dict
+    actions: np.ndarray  # (horizon, action_dim)
+    first: int
+    executed: int
+    t0: float
+    dt: float
+    t_plan_start: float
+    t_publish: float
 
 
 class RefusedChunk(ValueError):
@@ -75,6 +95,10 @@ class Planner:
         from edgedp.runtime.conditioning import ChunkConditioner
 
         self.conditioner = ChunkConditioner.for_policy(policy, action_period, self.first, n_action_steps)
+        # Recording and viewing hooks (edgedp/datasets/deploy.py, edgedp/view): called on this thread with each
+        # PublishedChunk; each must only hand it to its own queue and thread, never block or write files.
+        self.listeners: list[Callable[["PublishedChunk"], None]] = []
+        self.listener_errors = 0
 
     def defer_until_exit(self, fn: Callable[[], None]) -> bool:
         """Run `fn` when the planner thread ends (False: it already ended, the caller runs fn itself).
@@ -134,6 +158,9 @@ class Planner:
         if self.conditioner is not None:
             self.conditioner.remember(action, t0)
         t_pub = self.clock()
+        if self.listeners:
+            self._notify(PublishedChunk(seq, obs.data, obs.t, obs.sample_times, action, self.first, chunk.shape[0],
+                                        t0, self.dt, t_start, t_pub))
         self._lat.append(t_pub - t_start)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, stages, self.steps, t_pub,
                                   obs.age * 1e3)
@@ -143,6 +170,13 @@ class Planner:
         else:
             self.next_start = chunk_end - self.expected_latency()
         return seq
+
+    def _notify(self, event: "PublishedChunk") -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a recorder or viewer must never stop the robot
+                self.listener_errors += 1
 
     def run(self) -> None:
         try:
