@@ -58,7 +58,7 @@ def native_rows(path: Path) -> list[tuple[str, str, str]]:
     prov = {str(k): str(v) for k, v in (doc.get("provenance") or {}).items()}
     sp = {str(k): str(v) for k, v in (spec.provenance or {}).items()}
     sp.update(prov)
-    counts = {"unet": 0, "obs_encoder": 0}
+    counts = {"unet": 0, "transformer": 0, "obs_encoder": 0}
     wf = path / WEIGHTS_FILE
     try:
         with safe_open(str(wf), "pt") as f:
@@ -68,14 +68,16 @@ def native_rows(path: Path) -> list[tuple[str, str, str]]:
                     n *= int(d)
                 head = k.split(".", 1)[0]
                 if head in counts and not k.rsplit(".", 1)[-1] in ("pos_grid", "pos_x", "pos_y", "temperature",
-                                                                   "running_mean", "running_var", "num_batches_tracked"):
+                                                                   "running_mean", "running_var", "num_batches_tracked",
+                                                                   "mask", "memory_mask"):
                     counts[head] += n
     except (SafetensorError, OSError) as exc:
         raise NativeCheckpointError(f"{wf}: unreadable ({exc})") from None
     src = spec.source or sp.get("imported_from", "policy.yaml")
     rows = [("format", "edgedp-native", str(path)),
-            ("architecture", sp.get("architecture", "DiffusionPolicy (U-Net)"), src),
-            ("parameters: denoiser", f"{counts['unet']:,}", WEIGHTS_FILE),
+            ("architecture", sp.get("architecture", "DiffusionPolicy (transformer)" if spec.denoiser == "transformer"
+                                        else "DiffusionPolicy (U-Net)"), src),
+            ("parameters: denoiser", f"{counts[spec.denoiser]:,}", WEIGHTS_FILE),
             ("parameters: encoder", f"{counts['obs_encoder']:,}", WEIGHTS_FILE)]
     e = spec.encoder
     for k, s in spec.image_features.items():
@@ -96,9 +98,16 @@ def native_rows(path: Path) -> list[tuple[str, str, str]]:
     rows.append(("per-frame order", ", ".join(spec.resolved_feature_order), "policy.yaml"))
     rows.append(("horizon / n_obs_steps / n_action_steps", f"{spec.horizon} / {spec.n_obs_steps} / {spec.n_action_steps}",
                  sp.get("horizon", "policy.yaml")))
-    u = spec.unet
-    rows.append(("U-Net", f"down_dims {u.down_dims}, kernel {u.kernel_size}, groups {u.n_groups}, step emb "
-                          f"{u.diffusion_step_embed_dim}, FiLM scale {u.cond_predict_scale}", sp.get("unet", "policy.yaml")))
+    if spec.denoiser == "transformer":
+        t = spec.transformer
+        rows.append(("transformer", f"{t.n_layer} layers, {t.n_head} heads, n_emb {t.n_emb}, "
+                                    f"{'causal' if t.causal_attn else 'full'} attention, condition encoder "
+                                    f"{f'{t.n_cond_layers}-layer attention' if t.n_cond_layers else 'MLP'}",
+                     sp.get("transformer", "policy.yaml")))
+    else:
+        u = spec.unet
+        rows.append(("U-Net", f"down_dims {u.down_dims}, kernel {u.kernel_size}, groups {u.n_groups}, step emb "
+                              f"{u.diffusion_step_embed_dim}, FiLM scale {u.cond_predict_scale}", sp.get("unet", "policy.yaml")))
     s = spec.scheduler
     rows.append(("scheduler", f"{str(s.get('kind', '?')).upper()} {s.get('beta_schedule', '')} "
                               f"T={s.get('num_train_timesteps', '?')} {s.get('prediction_type', '')} "

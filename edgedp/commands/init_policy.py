@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("part")
     table.add_column("parameters", justify="right")
     table.add_column("MB (fp32)", justify="right")
-    for part in ("obs_encoder", "unet", "total"):
+    for part in ("obs_encoder", policy.spec.denoiser, "total"):
         table.add_row(part, f"{counts[part]:,}", f"{counts[part] * 4 / 1e6:.1f}")
     console.print(table)
     s = policy.spec

@@ -55,11 +55,12 @@ class ImportedPolicy:
 
     def param_counts(self) -> dict[str, int]:
         return {
-            "denoiser": sum(int(t.numel()) for t in self.unet_state.values()),
+            "denoiser": sum(int(t.numel()) for k, t in self.unet_state.items() if not _is_buffer_name(k)),
             "encoder": sum(int(t.numel()) for k, t in self.encoder_state.items() if not _is_buffer_name(k)),
         }
 
 
 def _is_buffer_name(key: str) -> bool:
     last = key.rsplit(".", 1)[-1]
-    return last in ("pos_grid", "pos_x", "pos_y", "temperature", "running_mean", "running_var", "num_batches_tracked")
+    return last in ("pos_grid", "pos_x", "pos_y", "temperature", "running_mean", "running_var", "num_batches_tracked",
+                    "mask", "memory_mask")  # the transformer's attention masks
