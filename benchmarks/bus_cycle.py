@@ -25,6 +25,7 @@ import numpy as np
 
 from edgedp.app import BusFactory, BusTuning, apply_joint_calibration, bus_factory
 from edgedp.config import parse_config
+from firmware_bridge.atomic_file import atomic_write_text
 from firmware_bridge.dynamixel.units import RAD_PER_TICK
 
 N_SERVOS = 6
@@ -171,10 +172,7 @@ def main(argv=None) -> int:
                   f"wrong values accepted: {s['wrong_values_accepted']}")
     if args.json:
         out = {"cases": results, "soak": soaks, "host_cpus": os.cpu_count(), "load_avg": os.getloadavg()}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
 
 

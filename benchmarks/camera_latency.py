@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -175,16 +174,10 @@ def print_table(rows: list[dict]) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from firmware_bridge.atomic_file import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def main() -> int:

@@ -64,6 +64,15 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
+def replace_file(tmp: PathLike, path: PathLike) -> None:
+    """Make the finished file `tmp` (in `path`'s folder) the file `path`: fsync it, rename it over `path`,
+    fsync the folder. For files another library wrote to a name of its choosing (a RealSense recording)."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    folder = Path(path).parent
+    fsync_dir(folder if str(folder) else Path("."))
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path` to write by name (np.savez, savefig, onnx.save...); on a clean exit it is
@@ -76,12 +85,10 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         os.chmod(tmp, default_mode())
         yield Path(tmp)
-        fsync_file(tmp)
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    fsync_dir(folder)
 
 
 def atomic_write(path: PathLike, write: Callable, binary: bool = True, encoding: str = "utf-8") -> None:
@@ -100,34 +107,46 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
     atomic_write(path, lambda fh: fh.write(text), binary=False, encoding=encoding)
 
 
+def replace_dir(tmp: PathLike, path: PathLike) -> None:
+    """Make the filled folder `tmp` (beside `path`) the folder `path`: every file and folder in it fsynced, an
+    existing `path` moved aside and removed after the swap, the parent fsynced. A failure before the swap
+    leaves `path` as it was."""
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    for root, _dirs, files in os.walk(tmp):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+    old = None
+    if path.exists():
+        old = parent / f".{path.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+        raise
+    fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[Path]:
-    """A temporary folder beside `path` to fill; on a clean exit every file in it is fsynced and the folder
-    replaces `path` (an existing one is moved aside first and removed after), and the parent is fsynced. A
-    reader sees the old folder or the new one; a failure leaves the old one in place."""
+    """A temporary folder beside `path` to fill; on a clean exit it replaces `path` (replace_dir). A reader sees
+    the old folder or the new one; a failure leaves the old one in place and removes the temporary one."""
     import shutil
 
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(parent)))
-    old = None
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # what a plain mkdir would give
         yield tmp
-        for root, _dirs, files in os.walk(tmp):
-            for name in files:
-                fsync_file(os.path.join(root, name))
-            fsync_dir(root)
-        if path.exists():
-            old = parent / f".{path.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None and not path.exists():
-            os.replace(old, path)
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

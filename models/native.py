@@ -21,14 +21,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from models.atomic_file import atomic_dir
 from models.safe_yaml import YamlInputError, read_yaml_file
 from models.spec import FORMAT_VERSION, PolicySpec
 
@@ -156,26 +155,11 @@ def save_native(policy, directory: str | os.PathLike, provenance: dict[str, Any]
     prov.setdefault("torch", str(torch.__version__))
     doc = _plain({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spec": spec_dict, "provenance": prov})
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    old: Path | None = None
-    try:
+    with atomic_dir(dest) as tmp:  # the old checkpoint or the new one, never a mix (models/atomic_file.py)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
         with open(tmp / SPEC_FILE, "w") as fh:
             yaml.safe_dump(doc, fh, sort_keys=False, default_flow_style=None)
-            fh.flush()
-            os.fsync(fh.fileno())
         _fix_modes(tmp)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dest.exists():
-            os.replace(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return dest
 
 

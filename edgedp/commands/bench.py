@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from edgedp.errors import UserError
+from firmware_bridge.atomic_file import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,9 +103,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if "reference_chunk_ms" in report:
         console.print(f"reference ({report['reference']}): {report['reference_chunk_ms']:.1f} ms per chunk")
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, json_path)
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     write_chart(report, png_path, title=f"{ref}, K={args.steps}")
     console.print(f"wrote {json_path} and {png_path}")
     return 0

@@ -7,7 +7,6 @@ import argparse
 import os
 import signal
 import sys
-import tempfile
 import threading
 
 from edgedp.config import DYNAMIXEL_BAUDS
@@ -63,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".port-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from firmware_bridge.atomic_file import atomic_write_text
+
+    atomic_write_text(os.path.abspath(path), text)

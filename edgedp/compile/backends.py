@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+from firmware_bridge.atomic_file import atomic_path
 
 Progress = Callable[[str], None]
 
@@ -201,9 +202,8 @@ class CpuInt8Backend(Backend):
         (entry / "threads.json").write_text(json.dumps({"threads": cs.threads, "step_ms": cs.info["threads_ms"]}))
         entry.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in unet.state_dict().items()}
-        tmp = entry / "denoiser_int8.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, entry / "denoiser_int8.safetensors")
+        with atomic_path(entry / "denoiser_int8.safetensors", suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp))
         (entry / "int8_layers.json").write_text(json.dumps({"float_layers": skip}))
         return cs
 

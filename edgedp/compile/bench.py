@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from edgedp.compile.quantize import action_error, synthetic_observations
+from firmware_bridge.atomic_file import atomic_path
 
 Progress = Callable[[str], None]
 
@@ -230,7 +231,8 @@ def write_chart(report: dict[str, Any], path: str | Path, title: str = "") -> No
     ax.set_title(title or f"one action chunk, K={report['steps']}")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from firmware_bridge.atomic_file import atomic_write_text, replace_dir
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 
@@ -122,16 +124,8 @@ def commit(build_dir: Path, final: Path, key: CacheKey, extra: dict[str, Any]) -
     """Write the manifest, then move the finished entry into place (replacing a stale one)."""
     files = sorted(str(p.relative_to(build_dir)) for p in build_dir.rglob("*") if p.is_file())
     manifest = {"format": FORMAT, "key": key.to_dict(), "files": files, "created_unix": time.time(), **extra}
-    tmp = build_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, build_dir / MANIFEST)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(final, old)
-    os.replace(build_dir, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    atomic_write_text(build_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    replace_dir(build_dir, final)  # fsynced, swapped in whole (a stale entry moved aside, then removed)
     return manifest
 
 

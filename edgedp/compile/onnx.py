@@ -7,7 +7,6 @@ at run time: ConvInteger / MatMulInteger); ``fp32`` runs the exported graph as i
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch import nn
 
 from edgedp.compile.backends import Backend, _noop
 from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+from firmware_bridge.atomic_file import atomic_path
 
 
 class OrtDenoiser(nn.Module):
@@ -68,22 +68,20 @@ class OnnxRuntimeBackend(Backend):
         g = torch.zeros((1, policy.global_cond_dim))
         progress("exporting the denoiser to ONNX")
         fp32_path = entry / "denoiser.onnx"
-        tmp = entry / "denoiser.onnx.tmp"
-        torch.onnx.export(FloatOut(unet), (x, t, g), str(tmp), input_names=["sample", "timestep", "global_cond"],
-                          output_names=["eps"], opset_version=17, dynamo=False)
-        os.replace(tmp, fp32_path)
+        with atomic_path(fp32_path, suffix=".onnx") as tmp:
+            torch.onnx.export(FloatOut(unet), (x, t, g), str(tmp), input_names=["sample", "timestep", "global_cond"],
+                              output_names=["eps"], opset_version=17, dynamo=False)
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             progress("onnxruntime dynamic int8 quantization")
-            qtmp = entry / "denoiser_int8.onnx.tmp"
-            quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QInt8, per_channel=True)
-            if not _session_opens(qtmp):
-                # Older onnxruntime CPU builds (the one pip gives Python 3.10) have ConvInteger only for uint8
-                # weights; signed weights then fail at session creation, so quantize the weights unsigned.
-                progress("this onnxruntime has no int8-weight ConvInteger: quantizing weights as uint8")
-                quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QUInt8, per_channel=True)
-            os.replace(qtmp, entry / "denoiser_int8.onnx")
+            with atomic_path(entry / "denoiser_int8.onnx", suffix=".onnx") as qtmp:
+                quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QInt8, per_channel=True)
+                if not _session_opens(qtmp):
+                    # Older onnxruntime CPU builds (the one pip gives Python 3.10) have ConvInteger only for uint8
+                    # weights; signed weights then fail at session creation, so quantize the weights unsigned.
+                    progress("this onnxruntime has no int8-weight ConvInteger: quantizing weights as uint8")
+                    quantize_dynamic(str(fp32_path), str(qtmp), weight_type=QuantType.QUInt8, per_channel=True)
             fp32_path.unlink()
         return self.load(policy, precision, steps, device, entry, progress)
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from firmware_bridge.atomic_file import atomic_write_text
+
 
 def _best_time(fn, repeats: int) -> float:
     """Fastest of `repeats`: a roofline is what the hardware *can* do, and on a shared machine
@@ -117,9 +119,7 @@ def machine_roofline(device: str | torch.device = "cpu", cache_dir: Path | None 
     res["cpu_flags"] = cpu_flags() if dev.type == "cpu" else []
     res["measured_unix"] = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(res, indent=2))
     return res
 
 

@@ -8,8 +8,6 @@ the top level and its only run agree.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -87,17 +85,10 @@ def build_document(runs: Sequence[tuple[Condition, list[EpisodeResult]]], sessio
 
 
 def write_json(path: Path, doc: dict) -> None:
-    """Temporary file + os.replace: a reader never sees half a document."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomically (firmware_bridge.atomic_file): a reader never sees half a document."""
+    from firmware_bridge.atomic_file import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(doc, indent=1) + "\n")
 
 
 def _f(x: Optional[float], fmt: str) -> str:

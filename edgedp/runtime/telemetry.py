@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from firmware_bridge.atomic_file import atomic_path, atomic_write_bytes
 from edgedp.runtime.control import LiveStatus
 from edgedp.runtime.instruments import HIST_BIN_US, HIST_BINS
 
@@ -215,15 +214,11 @@ class Telemetry:
         ax.set_ylabel("servo wake error µs")
         ax.set_xlabel("s")
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=str(Path(path).parent), suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=90)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=90)
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     # ---- terminal ---------------------------------------------------------------------------------
     def live_line(self, live: LiveStatus, phase: str, elapsed: float) -> str:
@@ -291,12 +286,4 @@ def json_safe(x: Any) -> Any:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 import pyrealsense2 as rs
 
+from firmware_bridge.atomic_file import replace_file
 from firmware_bridge.realsense.clock import AnchoredClock, DeviceClock
 from firmware_bridge.realsense.discovery import find_device
 from firmware_bridge.realsense.errors import CameraDisconnected, CameraError, CameraNotFound, CameraSettingError
@@ -351,7 +352,7 @@ class RealSenseCamera(NewestFrameWaiter):
         tmp, self._record_tmp = self._record_tmp, None
         if tmp and os.path.exists(tmp):
             if self._keep_recording:
-                os.replace(tmp, self.settings.record_to)
+                replace_file(tmp, self.settings.record_to)  # fsynced, renamed, folder fsynced
             else:
                 os.remove(tmp)
 
