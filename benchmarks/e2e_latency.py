@@ -64,7 +64,9 @@ def main() -> int:
               f"{r['dropped_steps']:>8}")
     out = {"seconds": args.seconds, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    from firmware_bridge.atomic_file import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(out, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -164,7 +164,9 @@ def main() -> int:
             print(f"stress ({name}): {s['last_seq']} of {s['published']} handoffs seen in {s['seconds']:.1f} s, "
                   f"{s['reads']} verified reads (newest wins), torn reads {s['torn']}, out-of-order {s['non_monotonic']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
+    from firmware_bridge.atomic_file import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(res, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -195,7 +195,9 @@ def main() -> int:
     out = {"hz": args.hz, "seconds": args.seconds, "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "load_average": os.getloadavg(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    from firmware_bridge.atomic_file import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(out, indent=2))
     png = args.out.with_suffix(".png")
     plot(rows, args.hz, png)
     print(f"wrote {args.out} and {png}")
