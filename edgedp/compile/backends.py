@@ -246,7 +246,7 @@ def _calib_action_error(policy, calib, candidates, steps: int, device, n: int = 
 
     k_eval = min(steps, 10)
     try:
-        make_loop(policy, FloatOut(policy.unet), k_eval, device)
+        make_loop(policy, FloatOut(policy.denoiser), k_eval, device)
     except ValueError:
         k_eval = steps
     conds = calib.calib[:n]

@@ -50,8 +50,13 @@ class FloatOut(nn.Module):
 
 
 def float_unet_copy(policy: Any, device: torch.device, precision: str) -> nn.Module:
-    """A private copy of the policy's U-Net on `device` in `precision` (fp32/fp16/bf16), eval mode."""
-    unet = copy.deepcopy(policy.unet).to(device=device, dtype=torch.float32).eval()
+    """A private copy of the policy's denoiser (U-Net or transformer) on `device` in `precision`, eval mode.
+
+    A transformer's packed q/k/v projections become Linear layers in the copy, so that int8 lowering
+    (cpu-int8, ModelOpt for TensorRT) and per-layer calibration see them like every other GEMM."""
+    unet = copy.deepcopy(policy.denoiser).to(device=device, dtype=torch.float32).eval()
+    if hasattr(unet, "split_in_projections"):
+        unet.split_in_projections()
     for p in unet.parameters():
         p.requires_grad_(False)
     if precision in ("fp16", "bf16"):

@@ -74,7 +74,7 @@ def reference_chunk(policy: Any, sched: Any, obs: dict, noise: torch.Tensor) -> 
         g = policy.encode(obs)
         x = noise.clone()
         for t in sched.timesteps:
-            eps = policy.unet(x, t, g)
+            eps = policy.denoiser(x, t, g)
             x = sched.step(eps, t, x).prev_sample
         return x
 
@@ -180,7 +180,7 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
 def _fp32_copy(policy: Any) -> torch.nn.Module:
     import copy
 
-    return copy.deepcopy(policy.unet).to("cpu", torch.float32).eval()
+    return copy.deepcopy(policy.denoiser).to("cpu", torch.float32).eval()
 
 
 def _sync(dev: torch.device, out: Any) -> Any:

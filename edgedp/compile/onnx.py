@@ -88,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
     def load(self, policy, precision, steps, device, entry: Path, progress=_noop):
         path = entry / ("denoiser_int8.onnx" if precision == "int8" else "denoiser.onnx")
         den = OrtDenoiser(path, device)
-        n_params = sum(p.numel() for p in policy.unet.parameters())
+        n_params = sum(p.numel() for p in policy.denoiser.parameters())
         nbytes = n_params * (1 if precision == "int8" else 4)
         return CompiledSampler(self.name, precision, steps, device, policy, make_loop(policy, den, steps, device),
                                den, weight_bytes=nbytes)

@@ -186,6 +186,6 @@ class TensorRTBackend(Backend):
 
         from edgedp.compile.int8 import weight_bytes
 
-        nbytes = weight_bytes(policy.unet) // (2 if precision == "fp16" else 4 if precision == "int8" else 1)
+        nbytes = weight_bytes(policy.denoiser) // (2 if precision == "fp16" else 4 if precision == "int8" else 1)
         return CompiledSampler(self.name, precision, steps, device, policy, graph_loop, den, encoder,
                                weight_bytes=nbytes, info={"cuda_graph": True})
