@@ -67,13 +67,15 @@ def test_frames_timestamps_and_intrinsics(virtual, scene):
     assert numbers == list(range(numbers[0], numbers[0] + 20))
     ts = np.array([f.t for f in frames])
     assert np.all(np.diff(ts) > 0)
-    for i, f in enumerate(frames):
+    best = float("inf")  # the smallest transport latency (arrival - capture) seen so far
+    for f in frames:
         assert f.domain == "hardware_clock"
         assert f.t <= f.arrival
-        # the driver's host time matches the virtual device's known capture time, up to the minimum
-        # transport latency (the first few frames have few samples for the estimate: skip them)
-        if i >= 5:
-            assert 0 <= f.t - virtual.sent_at[f.frame_number] < 0.05
+        # the driver's host time matches the virtual device's known capture time up to the smallest transport
+        # latency it has seen (its estimate is the minimum offset): never before the capture, never worse than
+        # that minimum, however slow the machine is
+        best = min(best, f.arrival - virtual.sent_at[f.frame_number])
+        assert 0 <= f.t - virtual.sent_at[f.frame_number] <= best + 1e-6
         # and the device clock conversion is exact up to the offset estimate
         assert f.device_ms / 1000 + virtual.host_offset_s == pytest.approx(virtual.sent_at[f.frame_number], abs=1e-6)
     # the frame period survives the conversion (device spacing is exactly 1/FPS)

