@@ -246,6 +246,43 @@ def _check_steps(spec, steps: Optional[int]) -> None:
         raise UserError(f"policy.steps: {exc}") from None
 
 
+def _check_sampler(spec, cfg: RunConfig) -> None:
+    """policy.sampler / warm_start / join: inpaint against K, by building the K-step loop the policy will build
+    (configure_sampler at assembly) over no network: its tables are where an unsuitable choice shows."""
+    import dataclasses
+
+    from torch import nn
+
+    from models.sampler import Sampler
+    from models.schedulers import SchedulerSpec
+
+    p, s = cfg.policy, cfg.safety
+    sched = SchedulerSpec.from_dict(spec.scheduler)
+    if p.sampler is not None and p.sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
+        sched = dataclasses.replace(sched, kind=p.sampler, eta=sched.eta if p.sampler == "ddim" else 0.0)
+    try:
+        Sampler(nn.Identity(), sched, p.steps, warm_start_level=p.warm_start_level if p.warm_start else None,
+                inpaint=s.inpaint_form if s.join == "inpaint" else None)
+    except ValueError as exc:
+        raise UserError(f"policy.sampler: {exc}") from None
+
+
+def _check_scene(cfg: RunConfig, n_joints: int, shapes: dict[str, tuple]) -> None:
+    """What the simulated scene needs from the rest of the config (Push-T: gym-pusht, a 2-joint gantry, its
+    keypoint feature's shape); the scene itself is built by build_devices."""
+    if cfg.scene is None or cfg.scene.task != "pusht" or cfg.robot.bus.port != "emulator":
+        return
+    try:
+        from firmware_bridge.sim.pusht import KEYPOINT_KEY
+    except ImportError as exc:
+        raise UserError(f"scene.task: pusht needs gym-pusht: {exc}") from None
+    if n_joints != 2:
+        raise UserError(f"robot.joints: the Push-T gantry has 2 joints (x, y), the config has {n_joints}")
+    if KEYPOINT_KEY in shapes and tuple(shapes[KEYPOINT_KEY]) != (16,):
+        raise UserError(f"policy.checkpoint: feature '{KEYPOINT_KEY}' has shape {shapes[KEYPOINT_KEY]}, "
+                        f"the Push-T keypoints are (16,)")
+
+
 def _map_cameras(cfg: RunConfig, image_keys: list[str]) -> dict[str, CameraConfig]:
     """Cameras feed image features: by policy_key, or in order."""
     mapping: dict[str, CameraConfig] = {}
@@ -314,8 +351,10 @@ def validate(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> RunPl
                             f"(it also needs libusb-1.0)")
         notices.append(f"virtual RealSense unavailable (pyrealsense2: {realsense_missing}); virtual cameras render "
                        f"the scene directly (for the RealSense path: pip install 'edgedp[realsense]', needs libusb-1.0)")
+    _check_scene(cfg, n_joints, shapes)
     _check_backend(cfg)
     _check_steps(spec, p.steps)
+    _check_sampler(spec, cfg)
     settings = RunSettings(duration=cfg.duration, telemetry_path=Path(tel_path) if tel_path is not None else None,
                            plot=cfg.telemetry.plot, live=cfg.telemetry.live)
     return RunPlan(cfg=cfg, joints=joints, joint_sources=sources, calibration_notes=notes, horizon=spec.horizon,

@@ -9,6 +9,7 @@ import copy
 import os
 import pickle
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,6 +184,7 @@ def test_run_hands_the_run_settings_to_the_runtime(tmp_path, monkeypatch):
         def __init__(self, parts, duration, telemetry_path=None, plot=True, live=True, console=None):
             seen.update(duration=duration, path=telemetry_path, plot=plot, live=live)
             self.parts = parts
+            self.tel = SimpleNamespace(servo={})  # what run reads after the run
 
         def run(self):
             for close in reversed(self.parts.closers):

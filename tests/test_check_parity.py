@@ -97,6 +97,12 @@ CASES = [
     ("calibration file not YAML",
      {"robot.calibration_file": lambda t: _write(t, "j.yaml", "joints: [unclosed\n")}, "robot.calibration_file: "),
 ]
+CASES += [
+    ("sampler that does not suit K", {"policy.sampler": "dpmsolver++", "policy.steps": 100}, "policy.sampler: "),
+    ("Push-T gantry with three joints", {"scene": {"task": "pusht"}, "robot.joints": GOOD["robot"]["joints"] + [
+        {"name": "wrist", "id": 3, "model": "xm430-w350", "min": -1.0, "max": 1.0, "max_velocity": 3.0,
+         "max_acceleration": 20.0}]}, "policy.checkpoint: actions have 2 dimensions"),
+]
 if not torch.cuda.is_available():
     CASES += [
         ("tensorrt without a GPU", {"policy.backend": "tensorrt", "policy.precision": "fp16"},

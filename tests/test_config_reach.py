@@ -126,7 +126,7 @@ CHANGES: dict[str, tuple] = {
     "policy.sync": ({}, {}, {"policy.sync": True}),
     "rates.servo_hz": ({}, {}, {"rates.servo_hz": 250}),
     "rates.max_observation_age": ({}, {}, {"rates.max_observation_age": 0.5}),
-    "rates.servo_in_process": ({}, {}, {"rates.servo_in_process": True}),
+    "rates.servo_in_process": ({}, {"rates.servo_in_process": True}, {"rates.servo_in_process": False}),
     "safety.on_stop": ({}, {}, {"safety.on_stop": "torque_off"}),
     "safety.watchdog_failed_ticks": ({}, {}, {"safety.watchdog_failed_ticks": 3}),
     "safety.start_ramp_time": ({}, {}, {"safety.start_ramp_time": 0.5}),
