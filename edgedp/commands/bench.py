@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint path or preset:NAME")
-    p.add_argument("--preset", default=None, help="architecture preset (random weights): small, pusht_paper, real_robot")
+    p.add_argument("--preset", default=None, help="architecture preset (random weights): small, pusht_paper, real_robot, transformer_small, transformer_pusht")
     p.add_argument("--steps", type=int, required=True, help="denoising steps K")
     p.add_argument("--json", required=True, help="where to write the JSON report")
     p.add_argument("--png", default=None, help="bar chart path (default: the JSON path with .png)")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                            args.rmse_samples, args.cache, progress=lambda m: status.update(m))
     report["checkpoint"] = ref
     m = report["machine"]
-    title = (f"{ref}: {report['parameters']['unet'] / 1e6:.1f} M denoiser parameters, K={args.steps}, "
+    title = (f"{ref}: {report['parameters']['denoiser'] / 1e6:.1f} M {policy.spec.denoiser} parameters, K={args.steps}, "
              f"{m['name']} x{m['threads']} threads, {m['bandwidth_gbs']:.1f} GB/s")
     table = Table(title=title)
     for col in TABLE_COLUMNS:
