@@ -85,13 +85,13 @@ def test_one_silent_servo_is_named_alone_as_a_timeout(emu):
 
 
 def test_port_gone_is_named_and_the_safe_stop_says_torque_off_failed(emu):
-    """The emulator (the adapter) disappears: the watchdog says 'port gone'; torque off cannot be sent and
-    the safe stop's record says so (the runtime turns that into stderr and exit 4)."""
+    """The emulator (the adapter) disappears: the watchdog says 'port gone'; neither the deceleration nor
+    torque off can be sent and the safe stop's record says so (the runtime turns that into stderr and exit 4)."""
     report = _fail_with(emu, lambda e: e.stop(), on_stop="torque_off")
     assert "consecutive failed bus ticks: port gone (servo bus on " in report["error"], report["error"]
     stop = report["stop"]
     assert stop["torque_off"] is False and "port gone" in stop["torque_off_error"]
-    assert stop["decelerate_skipped"]  # the bus failed: no deceleration was attempted on it
+    assert stop["decelerated"] is False and "port gone" in stop["decelerate_error"]
 
 
 def test_healthy_bus_stops_by_request_with_a_complete_safe_stop(emu):

@@ -131,6 +131,7 @@ def test_watchdog_on_a_mute_bus_says_loudly_that_torque_off_was_not_confirmed(tm
     assert tel["servo_error"].startswith("5 consecutive failed bus ticks: servo 1 (shoulder), servo 2 (elbow): "
                                          "no reply (timeout)")
     assert "torque off not confirmed by servos 1, 2" in tel["servo_stop"]["torque_off_error"]
+    assert tel["servo_stop"]["decelerated"] is True  # goal writes need no reply: the braking still reached the bus
     err = capsys.readouterr().err.splitlines()
     assert any(line.startswith("edgedp run: servo loop stopped by its watchdog: 5 consecutive failed bus ticks: "
                                "servo 1 (shoulder), servo 2 (elbow): no reply (timeout)") for line in err), err

@@ -358,10 +358,8 @@ class ServoLoop:
             except Exception:
                 pass
         notes["speed_at_stop_rad_s"] = float(np.max(np.abs(self.safety.v))) if self.n else 0.0
-        if self.torque and self.reason != "watchdog":
+        if self.torque:  # also after a watchdog trip: goal writes need no reply, so they often still arrive
             notes.update(self._decelerate())
-        elif self.torque:
-            notes["decelerate_skipped"] = "the bus failed: the servos hold their last goal"
         if self.torque and self.p.on_stop == "torque_off":
             try:
                 self.bus.set_torque(False)
