@@ -1,6 +1,6 @@
 """Hostile checkpoints, each a few hundred bytes, built here: every one is refused with one line
 naming the problem and exit 2 from `edgedp info`, `import`, `check` and `run`, in a subprocess
-with a capped address space (RLIMIT_AS) and a generous timeout, so a hang or a gigabyte
+with a capped address space (RLIMIT_AS, tests/hostile_cli.py) and a generous timeout, so a hang or a gigabyte
 allocation fails the test rather than the machine. No timing assertions.
 
 A valid tiny workspace made the same way loads (the control), so the refusals are not vacuous.
@@ -12,10 +12,7 @@ import io
 import json
 import math
 import pickle
-import resource
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -28,35 +25,11 @@ from models.checkpoint_import.original_ckpt import read_workspace_checkpoint
 from models.unet1d import ConditionalUnet1D
 from tests.test_config import GOOD
 
-MEM_LIMIT = 3 * 1024**3
-TIMEOUT_S = 300  # a guard against hangs for the whole batch, not a timing assertion
-
-_MANY = """
-import contextlib, io, json, sys
-from edgedp.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    out.append([code, err.getvalue()])
-print(json.dumps(out))
-"""
-
-
-def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
+from tests.hostile_cli import cli, cli_many
 
 
 def _cli_many(calls: list[list[str]]) -> list[tuple[int, str]]:
-    """Many `edgedp` invocations through cli.main in one capped subprocess (one torch import, not N)."""
-    res = subprocess.run([sys.executable, "-c", _MANY, json.dumps(calls)], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, preexec_fn=_limits)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [tuple(r) for r in json.loads(res.stdout.strip().splitlines()[-1])]
+    return [(r.returncode, r.stderr) for r in cli_many(calls)]
 
 
 # ---- a tiny valid low-dim workspace (plain dicts stand in for OmegaConf, which to_plain yields) -------
@@ -214,8 +187,7 @@ def test_every_command_refuses_each_hostile_checkpoint_with_one_line(tmp_path):
         if argv[0] == "import":
             assert not (tmp_path / f"{name}_native").exists()  # nothing half-written
     # and once as a real process, for the exit status itself
-    res = subprocess.run([sys.executable, "-m", "edgedp.cli", "info", str(tmp_path / "laughs_cfg.ckpt")],
-                         capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=_limits)
+    res = cli("info", str(tmp_path / "laughs_cfg.ckpt"))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-1500:]
 
 

@@ -1,16 +1,14 @@
 """Run configs as a careless or hostile user writes them: what they mean is accepted, bombs are refused.
 
 Each refusal is one line `field.path: problem` and exit 2 from `edgedp check` and `edgedp run`,
-in a subprocess whose address space is capped (RLIMIT_AS) and with a generous timeout, so a
-hang or an unbounded allocation fails the test instead of the machine.
+in a subprocess whose address space is capped (RLIMIT_AS, tests/hostile_cli.py) and with a
+generous timeout, so a hang or an unbounded allocation fails the test instead of the machine.
 """
 from __future__ import annotations
 
 import copy
 import math
-import resource
 import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -21,44 +19,7 @@ from pydantic import BaseModel
 from edgedp.config import ConfigError, RunConfig, load_config, parse_config
 from tests.test_config import GOOD
 
-MEM_LIMIT = 3 * 1024**3  # far below what the bombs would need, far above what edgedp needs
-TIMEOUT_S = 120  # a guard against hangs, not a timing assertion
-
-
-def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgedp.cli", *args], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, preexec_fn=_limits)
-
-
-_MANY = """
-import contextlib, io, json, sys
-from edgedp.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    out.append([code, err.getvalue()])
-print(json.dumps(out))
-"""
-
-
-def _cli_many(calls: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """Many `edgedp` invocations through cli.main in one capped subprocess (one import of torch, not N)."""
-    import json
-
-    res = subprocess.run([sys.executable, "-c", _MANY, json.dumps(calls)], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, preexec_fn=_limits)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return [subprocess.CompletedProcess(argv, code, "", err) for argv, (code, err)
-            in zip(calls, json.loads(res.stdout.strip().splitlines()[-1]))]
+from tests.hostile_cli import cli as _cli, cli_many as _cli_many
 
 
 def _refused_one_line(res: subprocess.CompletedProcess, command: str, field: str) -> str:
