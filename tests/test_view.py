@@ -103,11 +103,12 @@ def test_rerun_view_logs_camera_joints_and_chunks(tmp_path):
         for col in batch.schema.names:
             if col.endswith("Scalars:scalars"):
                 values.setdefault(name, []).extend(v[0] for v in batch.column(col).to_pylist())
-    for entity in ("/camera/observation.image", "/chunk/boundary", "/chunk/plan/shoulder", "/joints/target/elbow",
+    for entity in ("/camera/observation.image", "/chunk/boundary", "/plan/shoulder", "/joints/target/elbow",
                    "/joints/measured/shoulder", "/joints/commanded/shoulder"):
         assert entity in rows, (entity, sorted(rows))
     assert rows["/camera/observation.image"] == 4 and rows["/chunk/boundary"] == 4
     assert rows["/joints/target/elbow"] == 4 * 4  # the executed slice of every chunk
+    assert sorted(values["/plan/shoulder"]) == sorted(float(a) for ev in events for a in ev.actions[:, 0])
     target = [float(ev.actions[j, 1]) for ev in events for j in range(ev.first, ev.first + ev.executed)]
     assert sorted(values["/joints/target/elbow"]) == sorted(target)
     np.testing.assert_allclose(sorted(values["/joints/commanded/shoulder"]),

@@ -11,8 +11,9 @@ Entity paths (timeline ``time``: seconds since the run's first observation, host
 - ``joints/measured/<joint>``: joint samples the observation used (live), then the servo timeline;
 - ``joints/target/<joint>``: the executed slice of each chunk at its action times;
 - ``joints/commanded/<joint>``: the servo loop's written goals (at stop);
-- ``chunk/boundary``: one text event per chunk (seq, t0, latency); ``chunk/plan/<joint>``: the whole predicted
-  chunk, as a line over its action times (the dropped head and unexecuted tail included).
+- ``chunk/boundary``: one text event per chunk (seq, observation time, latency), ``chunk/seq``: its number;
+- ``plan/<joint>``: every step of every predicted chunk as points at the time it was predicted for (the
+  head before the observation and the unexecuted tail included).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class RerunView:
         self.state_key = state_key
         self.rec = rr.RecordingStream(application_id)
         self.where = self._open(target)
+        self.rec.send_blueprint(layout(self.image_keys))
+        for name in self.joints:  # plans as points, the rest as lines
+            self.rec.log(f"plan/{name}", rr.SeriesPoints(marker_sizes=2.0), static=True)
         self.t_zero: Optional[float] = None
         self.dropped = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=64)
@@ -112,11 +116,11 @@ class RerunView:
         for j in range(ev.first, ev.first + ev.executed):
             self._time(ev.t0 + (j - ev.first) * ev.dt)
             self._log_joints("joints/target", ev.actions[j])
-        self._time(ev.t_publish)
-        ts = [(j - ev.first) * ev.dt for j in range(len(ev.actions))]
-        for i, name in enumerate(self.joints):
-            strip = [[t, float(ev.actions[j, i])] for j, t in enumerate(ts)]
-            self.rec.log(f"chunk/plan/{name}", rr.LineStrips2D([strip]))
+        # The whole prediction (also the steps before the observation and the unexecuted tail), as points at the
+        # times they were predicted for: successive chunks overlap, so one sees how much the plan changes.
+        for j in range(len(ev.actions)):
+            self._time(ev.t0 + (j - ev.first) * ev.dt)
+            self._log_joints("plan", ev.actions[j])
 
     def _log_joints(self, prefix: str, q) -> None:
         for name, v in zip(self.joints, q):
@@ -140,3 +144,17 @@ class RerunView:
                                           columns=rr.Scalars.columns(scalars=values[:, i]))
         self.rec.flush()
         self.rec.disconnect()
+
+
+def layout(image_keys: list[str]):
+    """The viewer's default layout: cameras left; joints over time, the planned chunk and the chunk log right."""
+    import rerun.blueprint as rrb
+
+    cams = [rrb.Spatial2DView(origin=f"camera/{k}", name=k) for k in image_keys] or [rrb.Spatial2DView(origin="camera")]
+    return rrb.Blueprint(rrb.Horizontal(
+        rrb.Vertical(*cams),
+        rrb.Vertical(rrb.TimeSeriesView(origin="joints", name="joints: measured / target / commanded (rad)"),
+                     rrb.TimeSeriesView(origin="plan", name="every predicted step of every chunk (rad)"),
+                     rrb.TextLogView(origin="chunk/boundary", name="chunks"),
+                     row_shares=[3, 2, 1]),
+        column_shares=[1, 2]))
