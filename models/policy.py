@@ -192,17 +192,21 @@ class DiffusionPolicy(nn.Module):
         leaves the policy as it was."""
         import dataclasses
 
-        old = (self._scheduler_spec, self._sampler_options)
-        if kind is not None and kind != self._scheduler_spec.kind:
-            eta = self._scheduler_spec.eta if kind == "ddim" else 0.0
-            self._scheduler_spec = dataclasses.replace(self._scheduler_spec, kind=kind, eta=eta)
-        self._sampler_options = {k: v for k, v in (("warm_start_level", warm_start_level), ("inpaint", inpaint))
-                                 if v is not None}
+        old = (self._scheduler_spec, self._sampler_options, self._num_inference_steps)
         try:
+            if kind is not None and kind != self._scheduler_spec.kind:
+                # The K in use is checked for the new kind when the sampler is built, not the spec's default
+                # (a checkpoint saved with K = 100 may run dpmsolver++ at K = 4).
+                self._num_inference_steps = self.num_inference_steps
+                eta = self._scheduler_spec.eta if kind == "ddim" else 0.0
+                self._scheduler_spec = dataclasses.replace(self._scheduler_spec, kind=kind, eta=eta,
+                                                           num_inference_steps=None)
+            self._sampler_options = {k: v for k, v in (("warm_start_level", warm_start_level), ("inpaint", inpaint))
+                                     if v is not None}
             self._sampler = None
             _ = self.sampler
         except ValueError:
-            self._scheduler_spec, self._sampler_options = old
+            self._scheduler_spec, self._sampler_options, self._num_inference_steps = old
             self._sampler = None
             raise
 
