@@ -47,7 +47,13 @@ class CudaGraphLoop:
         with torch.cuda.graph(self.graph), torch.inference_mode():
             self.out = loop(self.noise, self.cond, self.vnoise)
 
-    def __call__(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None,
+                 **conditioning: torch.Tensor) -> torch.Tensor:
+        if conditioning:
+            # Warm start / inpainting inputs are not in the captured graph: the same loop (same engines), launched
+            # step by step. Not run on the development machine (no GPU).
+            with torch.inference_mode():
+                return self.loop(noise, cond, vnoise, **conditioning)
         self.noise.copy_(noise)
         self.cond.copy_(cond)
         if self.vnoise is not None:
