@@ -171,7 +171,7 @@ def regression_loss(policy, obs: dict[str, torch.Tensor], action: torch.Tensor,
     noise = torch.randn(naction.shape, generator=generator)
     t = int(policy.sampler.scheduler.table.timesteps[0]) if hasattr(policy.sampler.scheduler, "table") else 0
     k = torch.full((naction.shape[0],), t, dtype=torch.int64)
-    return nn.functional.mse_loss(policy.unet(noise, k, cond), naction)
+    return nn.functional.mse_loss(policy.denoiser(noise, k, cond), naction)
 
 
 def make_policy(preset: str, data: InMemoryData, cfg: TrainConfig):
