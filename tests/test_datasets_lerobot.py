@@ -108,3 +108,49 @@ def test_lerobot_opens_an_edgedp_recording_and_every_frame_matches(tmp_path):
             j = min(t + k, 9) + ep * 10
             np.testing.assert_array_equal(z["win_action"][row, k], want_action[j])
             assert bool(z["win_action_is_pad"][row, k]) == (t + k > 9)
+
+
+ORACLE_RUNLOG = r'''
+import json, sys
+import numpy as np
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+root, out = sys.argv[1], sys.argv[2]
+ds = LeRobotDataset("edgedp/run-log", root=root, video_backend="pyav")
+keys = [k for k in ds.meta.features if ds.meta.features[k]["dtype"] != "string"]
+np.savez(out, **{k: np.stack([ds[i][k].numpy() for i in range(len(ds))]) for k in keys})
+print(json.dumps({"len": len(ds), "video_keys": ds.meta.video_keys, "keys": keys}))
+'''
+
+
+@pytest.mark.slow
+def test_lerobot_opens_a_run_log(tmp_path):
+    """What `edgedp run --record` writes (two runs, two camera windows, float64 times) loads in LeRobot too."""
+    from edgedp.datasets.deploy import DeploymentRecorder
+    from tests.test_view import JOINTS, _events
+
+    py = _lerobot_python()
+    root = tmp_path / "log"
+    runs = [_events(5, seed=0), _events(3, seed=1)]
+    for events in runs:
+        rec = DeploymentRecorder(root, {"observation.image": (3, 32, 32)}, "observation.state", JOINTS, 2, 8, 0.1,
+                                 "run sim.yaml")
+        for ev in events:
+            rec(ev)
+        rec.finish(None)
+    script = tmp_path / "oracle_runlog.py"
+    script.write_text(ORACLE_RUNLOG)
+    out = tmp_path / "items.npz"
+    r = subprocess.run([py, str(script), str(root), str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert doc["len"] == 8 and doc["video_keys"] == ["observation.image", "observation.image.prev1"]
+    z = np.load(out)
+    events = runs[0] + runs[1]
+    t_pub = [ev.t_publish - run[0].t_obs for run in runs for ev in run]  # relative to each run's first observation
+    np.testing.assert_allclose(z["chunk.t_publish"], t_pub, atol=1e-6)  # LeRobot hands floats out as float32
+    np.testing.assert_array_equal(z["action.chunk"], np.stack([ev.actions.astype(np.float32).reshape(-1) for ev in events]))
+    np.testing.assert_array_equal(z["observation.state.prev1"], np.stack([ev.obs["observation.state"][0] for ev in events]))
+    for key, k in (("observation.image", -1), ("observation.image.prev1", 0)):
+        theirs = np.round(z[key].transpose(0, 2, 3, 1) * 255).astype(int)
+        want = np.stack([ev.obs["observation.image"][k] for ev in events]).astype(int)
+        assert np.abs(theirs - want).mean() < 6, key

@@ -61,14 +61,17 @@ def test_deployment_recorder_writes_what_the_policy_saw_and_planned(tmp_path):
             assert np.abs(ep[key][i].astype(int) - ev.obs["observation.image"][k]).mean() < 6  # AV1 on 32x32
         np.testing.assert_array_equal(ep["action"][i], ev.actions[ev.first].astype(np.float32))
         np.testing.assert_array_equal(ep["action.chunk"][i], ev.actions.astype(np.float32).reshape(-1))
-        assert ep["chunk.seq"][i] == ev.seq and ep["chunk.t_publish"][i] == ev.t_publish  # float64: exact
-        assert ep["chunk.t0"][i] == ev.t0 and ep["chunk.executed"][i] == 4
+        z = events[0].t_obs  # times relative to the first observation (float64 in the file)
+        assert ep["chunk.seq"][i] == ev.seq and ep["chunk.t_publish"][i] == ev.t_publish - z
+        assert ep["chunk.t0"][i] == ev.t0 - z and ep["chunk.executed"][i] == 4
     # the images really are the window's two steps (the bar of step k is 3*i+4+k wide), not one copied twice
     assert (ep["observation.image"][:, 16, :, 0] > 100).sum(1).tolist() == [5, 8, 11, 14, 17]
     import pyarrow.parquet as pq
 
     servo = pq.read_table(root / "edgedp/servo/episode_000000.parquet")
     np.testing.assert_array_equal(servo.column("cmd.elbow").to_numpy(), _servo_report()["timeline"]["cmd"][:, 1])
+    np.testing.assert_allclose(servo.column("t").to_numpy(), _servo_report()["timeline"]["t"] - events[0].t_obs)
+    assert json.loads(ds.episodes[0]["edgedp/info"])["t_zero_monotonic_s"] == events[0].t_obs
     # A second run appends a second episode; a different policy's rows are refused before anything runs.
     rec2 = DeploymentRecorder(root, {"observation.image": (3, 32, 32)}, "observation.state", JOINTS, 2, 8, 0.1, "run")
     for ev in _events(3, seed=1):

@@ -10,7 +10,8 @@ One row per planned chunk (the policy's decision points):
 - ``action``: the chunk's first executed action (for the observation's time), ``action.chunk``: the whole
   predicted chunk (horizon x joints, flattened, raw units);
 - ``chunk.seq``, ``chunk.t_obs``, ``chunk.t0``, ``chunk.t_plan_start``, ``chunk.t_publish``: host monotonic
-  seconds (what the servo loop timed the chunk by), ``chunk.first``/``chunk.executed``: the executed slice.
+  seconds (what the servo loop timed the chunk by) minus the first observation's (kept in the episode row as
+  ``t_zero_monotonic_s``), ``chunk.first``/``chunk.executed``: the executed slice.
 LeRobot's ``timestamp`` column is the row's place on the video clock (frame_index / fps, fps = 1 / action
 period), not wall time: the real times are the chunk.* columns. The servo loop's commands (safety-filtered
 goal positions), measured positions and plan targets at the telemetry rate go to
@@ -56,6 +57,7 @@ class DeploymentRecorder:
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_queue)
         self.rows: list[dict[str, np.ndarray]] = []
         self.dropped = 0
+        self.t_zero: Optional[float] = None  # the first observation's host time: row times are relative to it
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
@@ -119,8 +121,12 @@ class DeploymentRecorder:
         actions = np.asarray(ev.actions, dtype=np.float32)
         row["action"] = actions[ev.first]
         row["action.chunk"] = actions.reshape(-1)
-        row.update({"chunk.t_obs": ev.t_obs, "chunk.t0": ev.t0, "chunk.t_plan_start": ev.t_plan_start,
-                    "chunk.t_publish": ev.t_publish, "chunk.seq": ev.seq, "chunk.first": ev.first,
+        if self.t_zero is None:
+            self.t_zero = float(ev.t_obs)
+        z = self.t_zero  # relative seconds: LeRobot hands float columns out as float32 (fine for hours, not for
+        # the ~1e5 s of a monotonic clock)
+        row.update({"chunk.t_obs": ev.t_obs - z, "chunk.t0": ev.t0 - z, "chunk.t_plan_start": ev.t_plan_start - z,
+                    "chunk.t_publish": ev.t_publish - z, "chunk.seq": ev.seq, "chunk.first": ev.first,
                     "chunk.executed": ev.executed})
         return row
 
@@ -138,19 +144,21 @@ class DeploymentRecorder:
         else:
             writer = DatasetWriter.create(self.root, self.fps, self.features, robot_type=self.settings.get("robot_type"),
                                           extra={k: v for k, v in self.settings.items() if k != "robot_type"})
-        attachments = {"servo": servo_table(servo_report, self.joints)} if servo_report else None
-        row = writer.add_episode(frames, self.task, extra={"chunks": len(self.rows), "dropped_chunks": self.dropped},
+        attachments = {"servo": servo_table(servo_report, self.joints, self.t_zero)} if servo_report else None
+        row = writer.add_episode(frames, self.task, extra={"chunks": len(self.rows), "dropped_chunks": self.dropped,
+                                                           "t_zero_monotonic_s": self.t_zero},
                                  attachments=attachments)
         return {"episode_index": row["episode_index"], "rows": len(self.rows), "dropped": self.dropped,
                 "total_episodes": writer.num_episodes}
 
 
-def servo_table(report: dict, joints: list[str]):
-    """The servo loop's decimated timeline (telemetry rate): time, command, measurement, plan target per joint."""
+def servo_table(report: dict, joints: list[str], t_zero: float = 0.0):
+    """The servo loop's decimated timeline (telemetry rate): time (relative to the run's first observation, like
+    the rows), command, measurement, plan target per joint."""
     import pyarrow as pa
 
     tl = report.get("timeline") or {}
-    t = np.asarray(tl.get("t", []), dtype=np.float64)
+    t = np.asarray(tl.get("t", []), dtype=np.float64) - t_zero
     cols: dict[str, Any] = {"t": pa.array(t)}
     for name in ("cmd", "meas", "target"):
         a = np.asarray(tl.get(name, np.zeros((0, len(joints)))), dtype=np.float64).reshape(len(t), -1)
