@@ -144,6 +144,8 @@ def test_convert_npz_set_and_info(tmp_path):
     assert doc["bytes"]["videos"] > 0 and doc["codec"] == "av1"
     r = _cli("dataset", "convert", str(old), str(new))
     assert r.returncode == 2 and "not empty" in r.stderr
+    r = _cli("record", "--out", str(old), "--episodes", "1", "--append")  # record writes v3.0 only
+    assert r.returncode == 2 and "old edgedp .npz episode set" in r.stderr and "dataset convert" in r.stderr
     r = _cli("dataset", "convert", str(tmp_path / "nope"), str(tmp_path / "x"))
     assert r.returncode == 2 and "dataset not found" in r.stderr
 

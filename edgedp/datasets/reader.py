@@ -46,6 +46,9 @@ class LeRobotDataset:
         except ValueError as exc:
             raise DatasetError(f"{info_path}: not valid JSON ({exc})") from None
         version = str(self.info.get("codebase_version", ""))
+        if self.info.get("format") == "edgedp-episodes":
+            raise DatasetError(f"{self.root}: an old edgedp .npz episode set; `edgedp dataset convert {self.root} NEW` "
+                               f"makes a LeRobot v3.0 copy (training reads both)")
         if not version.startswith("v3"):
             raise DatasetError(f"{info_path}: codebase_version {version!r}; edgedp reads v3.x (convert older "
                                f"LeRobot sets with lerobot's convert_dataset_v21_to_v30)")
