@@ -77,7 +77,7 @@ def test_check_prints_each_zero_direction_and_where_it_came_from(tmp_path, capsy
 def test_bad_calibration_file_is_one_line(tmp_path):
     cfg = _cfg(tmp_path)
     (tmp_path / "joints.yaml").write_text("joints:\n  - {name: shoulder, id: 1, zero_offset: .nan, direction: 1}\n")
-    with pytest.raises(UserError, match=r"^robot.calibration_file: .*zero_offset must be a finite angle"):
+    with pytest.raises(UserError, match=r"^robot.calibration_file: .*joints\[0\]\.zero_offset: \.nan is not a finite"):
         validate(cfg)
 
 

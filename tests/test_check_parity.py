@@ -94,6 +94,9 @@ CASES = [
      {"robot.calibration_file": lambda t: _write(t, "j.yaml", yaml.safe_dump(
          {"joints": [{"name": "elbow", "id": 2, "zero_offset": 0.1, "direction": 2}]}))},
      "robot.calibration_file: "),
+    ("calibration file with a YAML alias (anchor bomb)",
+     {"robot.calibration_file": lambda t: _write(t, "j.yaml", "a: &x [1, 2]\njoints: [*x, *x]\n")},
+     "robot.calibration_file: "),
     ("calibration file not YAML",
      {"robot.calibration_file": lambda t: _write(t, "j.yaml", "joints: [unclosed\n")}, "robot.calibration_file: "),
 ]

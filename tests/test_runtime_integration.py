@@ -129,7 +129,7 @@ def test_time_offset_file_is_read_and_checked(tmp_path):
     cases = {
         "not_offsets.yaml": ("joints: []\n", "no camera_delay_s"),
         "text.yaml": ("camera_delay_s: soon\n", "camera_delay_s must be a number"),
-        "nan.yaml": ("camera_delay_s: .nan\n", "camera_delay_s must be a number"),
+        "nan.yaml": ("camera_delay_s: .nan\n", "camera_delay_s: .nan is not a finite number"),
         "huge.yaml": ("camera_delay_s: 0.01\ncommand_delay_s: 3.0\n", "command_delay_s = 3 s is implausible"),
         "broken.yaml": ("camera_delay_s: [\n", "cannot read it"),
     }
