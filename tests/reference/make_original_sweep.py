@@ -171,6 +171,11 @@ CASES = [
          both(lowdim(n_groups=2, down=(8, 16)), flat(ddim(10, **{"policy.noise_scheduler.steps_offset": 1,
                                                                   "policy.noise_scheduler.set_alpha_to_one": False}))),
          "lowdim, n_groups 2, DDIM steps_offset 1, set_alpha_to_one False", seed=10),
+    case("orig_lowdim_no_ema_obs1_ddpm7", LOW, True,
+         both(lowdim(kernel=7, n_obs_steps=1, horizon=8, n_action_steps=8),
+              sets(training__use_ema=False, policy__num_inference_steps=7)),
+         "lowdim, no EMA (weights from model), n_obs 1, horizon 8, kernel 7, DDPM K=7 (0.11.1 runs 8 steps)",
+         seed=11),
     # ---- image policies (robomimic / torchvision ResNet-18 per encoder): slow test only
     case("orig_hybrid_2cam_sizes_gn_ddim", HYB, False,
          both(cams({"wrist": (3, 80, 88)}), unet(n_groups=4),
