@@ -233,3 +233,22 @@ def test_start_ramp_never_jumps():
     assert np.allclose(series[0], q0)
     assert np.abs(np.diff(series, axis=0)).max() < 1.5 * 1.4 * 0.002 / 1.0 * 1.5 + 1e-9
     assert isinstance(plan, Crossfade)
+
+
+# ---------------------------------------------------------------- live status (control block)
+def test_live_status_travels_by_name_through_shared_memory():
+    """Every counter comes back under its own name (a positional mix-up would swap them)."""
+    from edgedp.runtime.control import LIVE, Control, LiveStatus
+
+    values = {name: (i + 1) * (1.5 if name.endswith("_us") else 1) for i, name in enumerate(LIVE)}
+    sent = LiveStatus(**{k: (float(v) if k.endswith("_us") else int(v)) for k, v in values.items()})
+    writer = Control.create()
+    reader = Control.attach(writer.name)
+    try:
+        writer.write_live(sent)
+        got = reader.read_live()
+        assert got == sent
+        assert isinstance(got.ticks, int) and isinstance(got.period_error_us, float)
+    finally:
+        reader.close()
+        writer.close()
