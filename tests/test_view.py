@@ -50,7 +50,7 @@ def test_deployment_recorder_writes_what_the_policy_saw_and_planned(tmp_path):
     for ev in events:
         rec(ev)  # what the planner thread does: a queue put
     done = rec.finish(_servo_report())
-    assert done == {"episode_index": 0, "rows": 5, "dropped": 0, "total_episodes": 1}
+    assert done == {"episode_index": 0, "rows": 5, "dropped": 0, "total_episodes": 1, "episodes": 1}
     ds = LeRobotDataset(root)
     ep = ds.load_episode(0)
     assert ds.fps == 10 and ds.tasks == ["run sim.yaml"]
@@ -83,6 +83,25 @@ def test_deployment_recorder_writes_what_the_policy_saw_and_planned(tmp_path):
         DeploymentRecorder(root, {"observation.image": (3, 32, 32)}, "observation.state", JOINTS, 2, 16, 0.1, "run")
     with pytest.raises(DatasetError, match="1/whole-number"):
         DeploymentRecorder(tmp_path / "x", {}, "observation.state", JOINTS, 2, 8, 0.3, "run")
+
+
+def test_long_runs_are_written_in_parts_to_bound_memory(tmp_path):
+    from edgedp.datasets.deploy import DeploymentRecorder
+    from edgedp.datasets.reader import LeRobotDataset
+
+    rec = DeploymentRecorder(tmp_path / "log", {"observation.image": (3, 32, 32)}, "observation.state", JOINTS, 2, 8,
+                             0.1, "run", max_rows=2)
+    events = _events(5)
+    for ev in events:
+        rec(ev)
+    done = rec.finish(_servo_report())
+    assert done["episodes"] == 3 and done["rows"] == 5 and done["total_episodes"] == 3
+    ds = LeRobotDataset(tmp_path / "log")
+    assert [int(e["length"]) for e in ds.episodes] == [2, 2, 1]
+    seqs = np.concatenate([ds.load_episode(i)["chunk.seq"] for i in range(3)])
+    assert seqs.tolist() == [ev.seq for ev in events]  # nothing lost or repeated at the part boundaries
+    assert [json.loads(e["edgedp/info"])["part"] for e in ds.episodes] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "log/edgedp/servo").iterdir()) == ["episode_000002.parquet"]
 
 
 def test_rerun_view_logs_camera_joints_and_chunks(tmp_path):

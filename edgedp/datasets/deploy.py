@@ -38,7 +38,7 @@ class DeploymentRecorder:
 
     def __init__(self, root: str | Path, image_shapes: dict[str, tuple[int, int, int]], state_key: str,
                  joint_names: list[str], n_obs_steps: int, horizon: int, action_period: float, task: str,
-                 settings: Optional[dict] = None, max_queue: int = 256):
+                 settings: Optional[dict] = None, max_queue: int = 256, max_rows: int = 300):
         fps = 1.0 / action_period
         if abs(fps - round(fps)) > 1e-6:
             raise DatasetError(f"--record: the action period {action_period} s is not 1/whole-number; LeRobot "
@@ -56,7 +56,10 @@ class DeploymentRecorder:
         self._check_target()
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_queue)
         self.rows: list[dict[str, np.ndarray]] = []
+        self.error: Optional[BaseException] = None
         self.dropped = 0
+        self.max_rows = int(max_rows)  # memory bound: a long run is written as consecutive episodes of this many rows
+        self.parts: list[dict] = []
         self.t_zero: Optional[float] = None  # the first observation's host time: row times are relative to it
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
@@ -111,6 +114,12 @@ class DeploymentRecorder:
             if event is None:
                 return
             self.rows.append(self._row(event))
+            if len(self.rows) >= self.max_rows:
+                try:
+                    self._write_part(None)
+                except Exception as exc:  # keep collecting; finish() reports the failure
+                    self.error = exc
+                    self.rows = []
 
     def _row(self, ev) -> dict[str, np.ndarray]:
         row: dict[str, Any] = {}
@@ -131,11 +140,21 @@ class DeploymentRecorder:
         return row
 
     def finish(self, servo_report: Optional[dict]) -> Optional[dict]:
-        """Stop collecting and write the episode (None when no chunk was planned). Runs after the robot stopped."""
+        """Stop collecting and write the (last) episode; None when no chunk was planned. Runs after the robot
+        stopped; the servo timeline goes with the last episode of the run."""
         self._q.put(None)
         self._thread.join()
-        if not self.rows:
+        if self.error is not None:
+            raise DatasetError(f"--record {self.root}: writing a part of the run failed: {self.error}")
+        if self.rows:
+            self._write_part(servo_report)
+        if not self.parts:
             return None
+        last = self.parts[-1]
+        return {"episode_index": last["episode_index"], "rows": sum(p["rows"] for p in self.parts),
+                "dropped": self.dropped, "total_episodes": last["total_episodes"], "episodes": len(self.parts)}
+
+    def _write_part(self, servo_report: Optional[dict]) -> None:
         from edgedp.datasets.writer import DatasetWriter
 
         frames = {k: np.stack([r[k] for r in self.rows]) for k in self.features}
@@ -146,10 +165,11 @@ class DeploymentRecorder:
                                           extra={k: v for k, v in self.settings.items() if k != "robot_type"})
         attachments = {"servo": servo_table(servo_report, self.joints, self.t_zero)} if servo_report else None
         row = writer.add_episode(frames, self.task, extra={"chunks": len(self.rows), "dropped_chunks": self.dropped,
-                                                           "t_zero_monotonic_s": self.t_zero},
+                                                           "t_zero_monotonic_s": self.t_zero, "part": len(self.parts)},
                                  attachments=attachments)
-        return {"episode_index": row["episode_index"], "rows": len(self.rows), "dropped": self.dropped,
-                "total_episodes": writer.num_episodes}
+        self.parts.append({"episode_index": row["episode_index"], "rows": len(self.rows),
+                           "total_episodes": writer.num_episodes})
+        self.rows = []
 
 
 def servo_table(report: dict, joints: list[str], t_zero: float = 0.0):

@@ -31,7 +31,8 @@ class Observers:
             if done is None:
                 self._say(f"record: no chunk was planned; nothing written to {self.recorder.root}")
             else:
-                self._say(f"record: {self.recorder.root}: episode {done['episode_index']} ({done['rows']} chunks, "
+                parts = f" in {done['episodes']} parts" if done["episodes"] > 1 else ""
+                self._say(f"record: {self.recorder.root}: episode {done['episode_index']} ({done['rows']} chunks{parts}, "
                           f"{done['dropped']} dropped), {done['total_episodes']} episode(s) in the dataset")
         return code
 
