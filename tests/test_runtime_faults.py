@@ -108,3 +108,20 @@ def test_healthy_bus_stops_by_request_with_a_complete_safe_stop(emu):
     stop = report["stop"]
     assert stop["decelerated"] is True and stop["torque_off"] is True and stop["closed"] is True
     assert not emu.servo(1).torque and not emu.servo(2).torque
+
+
+def test_safe_stop_verdict_names_every_missing_step():
+    """What the runtime turns into `SAFE STOP INCOMPLETE: ...` lines (stderr) and exit 4."""
+    from edgedp.runtime.lifecycle import safe_stop_problems
+
+    complete = {"stop": {"decelerated": True, "torque_off": True, "closed": True, "torque_was_on": True}}
+    assert safe_stop_problems(complete, True, "torque_off") == []
+    assert safe_stop_problems(None, False, "torque_off") == []  # never started: nothing was opened
+    assert "did not report a safe stop" in safe_stop_problems(None, True, "hold")[0]
+    failed = {"stop": {"decelerated": False, "decelerate_error": "port gone (x)", "torque_off": False,
+                       "torque_off_error": "port gone (x)", "closed": True, "torque_was_on": True}}
+    assert safe_stop_problems(failed, True, "torque_off") == ["deceleration failed: port gone (x)",
+                                                               "torque off failed: port gone (x)"]
+    silent = {"stop": {"decelerated": True, "torque_off": False, "closed": True, "torque_was_on": True}}
+    assert safe_stop_problems(silent, True, "torque_off") == ["torque off was not confirmed"]
+    assert safe_stop_problems(silent, True, "hold") == []  # hold keeps torque on by design

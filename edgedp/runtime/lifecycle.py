@@ -372,8 +372,8 @@ def safe_stop_problems(report: Optional[dict], servo_started: bool, on_stop: str
     if not servo_started:
         return []
     if not report:
-        return ["the servo loop ended without a report (its process died?): the arm was not brought to a "
-                "controlled stop and torque may still be on"]
+        return ["the servo loop did not report a safe stop (it did not stop in time, or its process died): the "
+                "arm may not have been brought to a controlled stop and torque may still be on"]
     notes = report.get("stop") or {}
     if not notes:
         return ["the servo loop reported no safe stop: the arm's state is unknown"]
@@ -382,6 +382,8 @@ def safe_stop_problems(report: Optional[dict], servo_started: bool, on_stop: str
         problems.append(f"deceleration failed: {notes['decelerate_error']}")
     if on_stop == "torque_off" and notes.get("torque_off_error"):
         problems.append(f"torque off failed: {notes['torque_off_error']}")
+    elif on_stop == "torque_off" and notes.get("torque_was_on") and not notes.get("torque_off"):
+        problems.append("torque off was not confirmed")
     if notes.get("close_error"):
         problems.append(f"closing the bus failed: {notes['close_error']}")
     return problems

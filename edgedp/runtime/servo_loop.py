@@ -348,7 +348,7 @@ class ServoLoop:
         Returns what it achieved; the runtime reports any part that failed loudly (stderr, exit code)."""
         t_start = self.clock()
         notes: dict[str, Any] = {"decelerated": False, "torque_off": False, "closed": False,
-                                 "on_stop": self.p.on_stop}
+                                 "on_stop": self.p.on_stop, "torque_was_on": self.torque}
         if not self.connected:
             return notes
         stats = getattr(self.bus, "stats", None)
