@@ -37,21 +37,29 @@ def solver_timesteps(spacing: str, num_train_timesteps: int, k: int, steps_offse
     Raises ValueError when the spacing gives repeated timesteps (a zero-length step), e.g. K = N with
     "linspace" or "leading".
     """
-    n = num_train_timesteps
-    if spacing == "linspace":
-        ts = np.linspace(0, n - 1, k + 1).round()[::-1][:-1].copy().astype(np.int64)
-    elif spacing == "leading":
-        ratio = n // (k + 1)
-        ts = (np.arange(0, k + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
-    elif spacing == "trailing":
-        ts = np.arange(n, 0, -n / k).round().copy().astype(np.int64) - 1
-    else:
-        raise ValueError(f"timestep_spacing must be linspace, leading or trailing, got {spacing!r}")
-    if len(ts) != k or np.any(np.diff(ts) >= 0) or ts.min() < 0 or ts.max() >= n:
-        raise ValueError(f"num_inference_steps {k} with timestep_spacing '{spacing}' and {n} train steps gives "
-                         f"repeated or out-of-range timesteps {ts.tolist()[:6]}...; use fewer steps or "
-                         f"timestep_spacing 'trailing'")
+    ts = _spaced(spacing, num_train_timesteps, k, steps_offset)
+    if not _valid(ts, num_train_timesteps, k):
+        most = max((j for j in range(1, num_train_timesteps + 1)
+                    if _valid(_spaced(spacing, num_train_timesteps, j, steps_offset), num_train_timesteps, j)),
+                   default=0)
+        raise ValueError(f"num_inference_steps {k} with timestep_spacing '{spacing}' and {num_train_timesteps} train "
+                         f"steps repeats timesteps (a zero-length step); this schedule allows at most {most} steps")
     return ts
+
+
+def _spaced(spacing: str, n: int, k: int, steps_offset: int) -> np.ndarray:
+    if spacing == "linspace":
+        return np.linspace(0, n - 1, k + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = n // (k + 1)
+        return (np.arange(0, k + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
+    if spacing == "trailing":
+        return np.arange(n, 0, -n / k).round().copy().astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing must be linspace, leading or trailing, got {spacing!r}")
+
+
+def _valid(ts: np.ndarray, n: int, k: int) -> bool:
+    return len(ts) == k and not np.any(np.diff(ts) >= 0) and ts.min() >= 0 and ts.max() < n
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_compiled_sampler_does_warm_start_and_inpainting_like_eager(backend, pre
 
 def test_configure_sampler_rejects_a_k_the_kind_cannot_do_and_keeps_the_old_one():
     policy = tiny_policy(100)
-    with pytest.raises(ValueError, match="repeated"):
+    with pytest.raises(ValueError, match="repeats"):
         policy.configure_sampler("dpmsolver++")  # 'leading' spacing: at most K = 99
     assert policy.scheduler_spec.kind == "ddim" and policy.sampler.num_steps == 100
     policy.set_num_inference_steps(4)

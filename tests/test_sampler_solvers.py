@@ -92,9 +92,9 @@ def test_unipc_is_dpmsolver_plus_a_corrector():
 
 
 def test_spacing_limits_and_k_100():
-    with pytest.raises(ValueError, match="repeated"):
+    with pytest.raises(ValueError, match="repeats"):
         solver_timesteps("leading", 100, 100)
-    with pytest.raises(ValueError, match="repeated"):
+    with pytest.raises(ValueError, match="repeats"):
         SchedulerSpec(kind="unipc", num_inference_steps=100, timestep_spacing="linspace")
     assert solver_timesteps("trailing", 100, 100).tolist() == list(range(99, -1, -1))
     SchedulerSpec(kind="dpmsolver++", num_inference_steps=99)  # leading allows up to N - 1
