@@ -112,6 +112,11 @@ CASES = [
     case("lr044_img1_env_nocrop_bn", "0.4", False, dict(IMG, crop_shape=None, use_group_norm=False, horizon=16,
                                                         kernel_size=3, **DDIM10),
          cams={"observation.image": (3, 48, 48)}, state=2, env=5, seed=33),
+    case("lr044_img2_resize_only_minmax_img", "0.4", False, dict(IMG, resize_shape=(56, 72), use_group_norm=False,
+                                                                 use_separate_rgb_encoder_per_camera=True,
+                                                                 spatial_softmax_num_keypoints=12, horizon=16, **DDPM10),
+         cams={"observation.images.left": (3, 60, 80), "observation.images.right": (3, 60, 80)}, state=3, seed=34,
+         norm={"VISUAL": "MIN_MAX", "STATE": "MEAN_STD"}),
     # LeRobot 0.6 defaults: horizon 64, n_action_steps 32, ResNet-18 with BatchNorm, one encoder per camera,
     # DDPM with num_inference_steps None (100 steps). Only down_dims is smaller than the default
     # (512, 1024, 2048) to keep the file and the run small; the checkpoint's config.json is then set back to
