@@ -104,6 +104,26 @@ def test_long_runs_are_written_in_parts_to_bound_memory(tmp_path):
     assert sorted(p.name for p in (tmp_path / "log/edgedp/servo").iterdir()) == ["episode_000002.parquet"]
 
 
+def test_other_low_dim_policy_inputs_are_recorded_too(tmp_path):
+    """A policy with more state inputs than the joints (Push-T's keypoints) gets them logged, window included."""
+    from dataclasses import replace
+
+    from edgedp.datasets.deploy import DeploymentRecorder
+    from edgedp.datasets.reader import LeRobotDataset
+
+    key = "observation.environment_state"
+    rec = DeploymentRecorder(tmp_path / "log", {"observation.image": (3, 32, 32)}, "observation.state", JOINTS, 2, 8,
+                             0.1, "run", extra_state={key: 4})
+    events = [replace(e, obs={**e.obs, key: np.arange(8, dtype=np.float32).reshape(2, 4) + 10 * i})
+              for i, e in enumerate(_events(3))]
+    for ev in events:
+        rec(ev)
+    rec.finish(None)
+    ep = LeRobotDataset(tmp_path / "log").load_episode(0)
+    np.testing.assert_array_equal(ep[key], np.stack([ev.obs[key][-1] for ev in events]))
+    np.testing.assert_array_equal(ep[key + ".prev1"], np.stack([ev.obs[key][0] for ev in events]))
+
+
 def test_rerun_view_logs_camera_joints_and_chunks(tmp_path):
     rr = pytest.importorskip("rerun")
     from rerun.chunk import RrdReader

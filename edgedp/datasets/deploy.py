@@ -38,7 +38,8 @@ class DeploymentRecorder:
 
     def __init__(self, root: str | Path, image_shapes: dict[str, tuple[int, int, int]], state_key: str,
                  joint_names: list[str], n_obs_steps: int, horizon: int, action_period: float, task: str,
-                 settings: Optional[dict] = None, max_queue: int = 256, max_rows: int = 300):
+                 settings: Optional[dict] = None, max_queue: int = 256, max_rows: int = 300,
+                 extra_state: Optional[dict[str, int]] = None):
         fps = 1.0 / action_period
         if abs(fps - round(fps)) > 1e-6:
             raise DatasetError(f"--record: the action period {action_period} s is not 1/whole-number; LeRobot "
@@ -52,6 +53,7 @@ class DeploymentRecorder:
         self.horizon = int(horizon)
         self.task = task
         self.settings = settings or {}
+        self.extra_state = dict(extra_state or {})  # other low-dim policy inputs (Push-T keypoints): key -> size
         self.features = self._features()
         self._check_target()
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_queue)
@@ -74,6 +76,9 @@ class DeploymentRecorder:
         for k in range(self.n_obs):
             feats[self.state_key if k == 0 else prev_key(self.state_key, k)] = {
                 "dtype": "float32", "shape": [j], "names": self.joints}
+        for key, size in self.extra_state.items():
+            for k in range(self.n_obs):
+                feats[key if k == 0 else prev_key(key, k)] = {"dtype": "float32", "shape": [int(size)], "names": None}
         feats["action"] = {"dtype": "float32", "shape": [j], "names": self.joints}
         feats["action.chunk"] = {"dtype": "float32", "shape": [self.horizon * j],
                                  "names": [f"{s}.{n}" for s in range(self.horizon) for n in self.joints]}
@@ -123,7 +128,7 @@ class DeploymentRecorder:
 
     def _row(self, ev) -> dict[str, np.ndarray]:
         row: dict[str, Any] = {}
-        for key in list(self.image_shapes) + [self.state_key]:
+        for key in list(self.image_shapes) + [self.state_key] + list(self.extra_state):
             window = np.asarray(ev.obs[key])
             for k in range(self.n_obs):
                 row[key if k == 0 else prev_key(key, k)] = window[self.n_obs - 1 - k]

@@ -56,7 +56,8 @@ def attach_observers(parts: Any, cfg: Any, config_path: str, record: Optional[Pa
                 record, parts.image_shapes, parts.state_key, joints, parts.policy.n_obs_steps, parts.policy.horizon,
                 parts.action_period, task=f"edgedp run {Path(config_path).name}",
                 settings={"robot_type": getattr(cfg.robot, "name", None) or "edgedp", "config": str(config_path),
-                          "checkpoint": str(getattr(cfg.policy, "checkpoint", ""))})
+                          "checkpoint": str(getattr(cfg.policy, "checkpoint", ""))},
+                extra_state=_extra_state(parts))
         except DatasetError as exc:
             raise UserError(str(exc)) from None
         parts.chunk_listeners.append(recorder)
@@ -68,3 +69,10 @@ def attach_observers(parts: Any, cfg: Any, config_path: str, record: Optional[Pa
         if console is not None:
             console.print(f"view: {viewer.where}", highlight=False)
     return Observers(recorder, viewer, console)
+
+
+def _extra_state(parts: Any) -> dict[str, int]:
+    """Low-dim policy inputs besides the joint state (e.g. Push-T's observation.environment_state)."""
+    spec = getattr(parts.policy, "spec", None)
+    feats = getattr(spec, "state_features", None) or {}
+    return {k: int(shape[0]) for k, shape in feats.items() if k != parts.state_key}
