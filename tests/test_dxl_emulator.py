@@ -232,16 +232,33 @@ def test_broadcast_write_changes_every_servo_without_reply(emu, link):
     assert port.getBytesAvailable() == 0
 
 
-def test_status_return_level_and_return_delay(link):
+def test_status_return_level_and_return_delay(emu, link):
     port, ph = link
     ph.write1ByteTxRx(port, 1, 68, 1)  # answer reads and pings only
     assert ph.write1ByteTxRx(port, 1, 65, 1)[0] == sdk.COMM_RX_TIMEOUT
     assert ph.read1ByteTxRx(port, 1, 65)[:2] == (1, sdk.COMM_SUCCESS)
     ph.write1ByteTxRx(port, 2, 9, 254)  # 508 us return delay
-    t = time.perf_counter()
-    for _ in range(10):
-        ph.ping(port, 2)
-    assert (time.perf_counter() - t) / 10 >= 0.0005
+    # When each reply is scheduled, relative to the instruction's arrival: read from the emulator's own bus
+    # schedule, not from the wall clock (a slow machine can only make replies later, never show them early).
+    delays = []
+    real_send, real_sleep = emu._send, emu._sleep_until
+    arrival = {}
+
+    def send(packets, t_rx, instr_len):
+        arrival["t"] = t_rx
+        return real_send(packets, t_rx, instr_len)
+
+    def sleep_until(t):
+        delays.append(t - arrival["t"])
+        real_sleep(t)
+
+    emu._send, emu._sleep_until = send, sleep_until
+    try:
+        for _ in range(10):
+            assert ph.ping(port, 2)[1] == sdk.COMM_SUCCESS
+    finally:
+        emu._send, emu._sleep_until = real_send, real_sleep
+    assert len(delays) == 10 and min(delays) >= 254 * 2e-6 - 1e-12
 
 
 def test_servo_at_another_baud_is_silent(emu, link):
