@@ -126,7 +126,7 @@ print(json.dumps({"len": len(ds), "video_keys": ds.meta.video_keys, "keys": keys
 def test_lerobot_opens_a_run_log(tmp_path):
     """What `edgedp run --record` writes (two runs, two camera windows, float64 times) loads in LeRobot too."""
     from edgedp.datasets.deploy import DeploymentRecorder
-    from tests.test_view import JOINTS, _events
+    from test_view import JOINTS, _events  # pytest puts tests/ on sys.path (no __init__.py)
 
     py = _lerobot_python()
     root = tmp_path / "log"
