@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="compiled-sampler cache directory")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every backend and the reference (default: torch's choice; 1 is steadier on a shared machine)")
+    p.add_argument("--vs-lerobot", action="store_true",
+                   help="also time LeRobot's own DiffusionPolicy (select_action, same weights) in its venv, "
+                        "alternating with edgedp's backends; threads default to 1 on both sides")
+    p.add_argument("--lerobot-python", default=None,
+                   help="python of a venv with lerobot installed (default: $EDGEDP_LEROBOT_PYTHON or "
+                        "/work/venvs/lerobot044/bin/python)")
 
 
 def parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
@@ -55,6 +61,27 @@ def parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
     return out
 
 
+def _start_lerobot(args: argparse.Namespace, ref: str, policy, err):
+    """LeRobot's process over the same weights; edgedp's policy re-imported from that directory when LeRobot
+    had to write it (a preset), so both sides hold identical tensors."""
+    from edgedp.compile import lerobot_ref
+    from edgedp.compile.cache import default_cache_dir
+    from edgedp.policy_loading import load_policy
+
+    if args.device != "cpu":
+        raise UserError("--vs-lerobot compares on cpu (LeRobot's venv here has no GPU path set up)")
+    python = args.lerobot_python or lerobot_ref.default_python()
+    lerobot_ref.check_python(python)
+    lerobot_ref.lerobot_config(policy.spec, args.steps)  # refuse architectures LeRobot cannot build, first
+    cache = (Path(args.cache) if args.cache else default_cache_dir()).parent / "lerobot_ref"
+    with err.status("LeRobot: preparing the same weights"):
+        model_dir = lerobot_ref.resolve(ref, policy, args.steps, python, cache)
+        if str(model_dir) != str(ref):
+            policy = load_policy(str(model_dir))
+    with err.status("LeRobot: loading its policy in its venv"):
+        return lerobot_ref.LeRobotReference(python, model_dir, args.steps, args.threads or 1), policy
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -63,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from edgedp.console import make_console
     from edgedp.policy_loading import load_policy
 
+    if args.vs_lerobot and args.threads is None:
+        args.threads = 1  # the headline ratio is taken at LeRobot's and edgedp's same thread count
+    if args.lerobot_python and not args.vs_lerobot:
+        raise UserError("--lerobot-python needs --vs-lerobot")
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -88,9 +119,16 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     err = make_console(stderr=True)
     policy = load_policy(ref)
-    with err.status("benchmarking") as status:
-        report = run_bench(policy, args.steps, pairs, args.device, args.repeats, args.warmup, args.loop_repeats,
-                           args.rmse_samples, args.cache, progress=lambda m: status.update(m))
+    lerobot = None
+    if args.vs_lerobot:
+        lerobot, policy = _start_lerobot(args, ref, policy, err)
+    try:
+        with err.status("benchmarking") as status:
+            report = run_bench(policy, args.steps, pairs, args.device, args.repeats, args.warmup, args.loop_repeats,
+                               args.rmse_samples, args.cache, progress=lambda m: status.update(m), lerobot=lerobot)
+    finally:
+        if lerobot is not None:
+            lerobot.close()
     report["checkpoint"] = ref
     m = report["machine"]
     title = (f"{ref}: {report['parameters']['denoiser'] / 1e6:.1f} M {policy.spec.denoiser} parameters, K={args.steps}, "
@@ -103,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if "reference_chunk_ms" in report:
         console.print(f"reference ({report['reference']}): {report['reference_chunk_ms']:.1f} ms per chunk")
+    if "lerobot_chunk_ms" in report:
+        lr = report["lerobot"]
+        console.print(f"LeRobot {lr['lerobot']} (torch {lr['torch']}, {lr['scheduler']}, select_action, "
+                      f"{lr['threads']} thread(s)): {report['lerobot_chunk_ms']:.1f} ms per chunk, same weights")
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     write_chart(report, png_path, title=f"{ref}, K={args.steps}")
     console.print(f"wrote {json_path} and {png_path}")

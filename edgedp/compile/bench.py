@@ -81,7 +81,13 @@ def reference_chunk(policy: Any, sched: Any, obs: dict, noise: torch.Tensor) -> 
 
 def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = None, device: str = "cpu",
               repeats: int = 10, warmup: int = 2, loop_repeats: int | None = None, rmse_samples: int = 2,
-              cache_dir: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+              cache_dir: str | Path | None = None, progress: Progress | None = None,
+              lerobot: Any = None) -> dict[str, Any]:
+    """Every backend's stages, then whole chunks round-robin with the references.
+
+    ``lerobot``: a running :class:`edgedp.compile.lerobot_ref.LeRobotReference` over the same weights; its
+    chunks (LeRobot's ``select_action``, timed in its own process) join the round-robin and every
+    backend gets ``speedup_vs_lerobot``."""
     from edgedp.compile.api import compile_policy, parse_device
     from edgedp.compile.backends import get_backend
     from edgedp.compile.roofline import machine_roofline, roofline_ms, step_flops
@@ -144,37 +150,54 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
             "cache": rep.state, "build_s": rep.build_s,
         }
 
-    # Whole chunks, round-robin over every backend and the reference, so that a neighbour's
-    # burst of load on a shared machine hits all of them alike and the ratios stay honest.
-    say("timing whole chunks (round-robin over backends and the reference)")
+    # Whole chunks, round-robin over every backend and the references, the order reversed on every
+    # other round: a neighbour's burst of load on a shared machine hits all of them alike and no one
+    # always runs right after another's cache-flushing chunk, so the ratios stay honest.
+    say("timing whole chunks (round-robin over backends and the references)")
     runners: dict[str, Callable[[], Any]] = {}
     for label, (cs, g, x) in built.items():
         runners[label + "#chunk"] = (lambda cs=cs, x=x: _sync(dev, cs(cs.encode(obs), x)))
     if sched is not None:
         runners["#reference"] = lambda: reference_chunk(policy, sched, obs, noise)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(min(warmup, 1)):
-        for fn in runners.values():
-            fn()  # warm-up (the stage timings above already ran every path at least once)
-    for _ in range(max(1, loop_repeats)):
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+    if lerobot is not None:
+        runners["#lerobot"] = lambda: lerobot.time_chunks(1)[0]  # timed inside LeRobot's process
+        report["lerobot"] = dict(lerobot.info)
+    times = round_robin(runners, loop_repeats, warmup=min(warmup, 1))
     for label in built:
         res = report["results"][label]
-        for part in ("chunk",):
-            a = np.asarray(times[f"{label}#{part}"])
-            res[f"{part}_ms"] = float(np.median(a))
-            res[f"{part}_p99_ms"] = float(np.percentile(a, 99))
-    if sched is not None:
-        a = np.asarray(times["#reference"])
-        report["reference_chunk_ms"] = float(np.median(a))
-        report["reference_chunk_p99_ms"] = float(np.percentile(a, 99))
+        a = np.asarray(times[f"{label}#chunk"])
+        res["chunk_ms"] = float(np.median(a))
+        res["chunk_p99_ms"] = float(np.percentile(a, 99))
+    for key, name in (("#reference", "reference"), ("#lerobot", "lerobot")):
+        if key not in times:
+            continue
+        a = np.asarray(times[key])
+        report[f"{name}_chunk_ms"] = float(np.median(a))
+        report[f"{name}_chunk_p99_ms"] = float(np.percentile(a, 99))
+        report[f"{name}_chunk_all_ms"] = [float(v) for v in a]
         for res in report["results"].values():
-            res["speedup_vs_reference"] = report["reference_chunk_ms"] / res["chunk_ms"]
+            res[f"speedup_vs_{name}"] = report[f"{name}_chunk_ms"] / res["chunk_ms"]
     report["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
+
+
+def round_robin(runners: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per runner over `repeats` rounds, order reversed every other round.
+
+    A runner that returns a float has timed itself (LeRobot's chunks, timed in its own process, so the
+    pipe round trip is not counted); otherwise the wall time of the call is taken."""
+    names = list(runners)
+    for _ in range(max(0, warmup)):
+        for fn in runners.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(max(1, repeats)):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            out = runners[name]()
+            wall = (time.perf_counter() - t0) * 1e3
+            times[name].append(float(out) if isinstance(out, float) else wall)
+    return times
 
 
 def _fp32_copy(policy: Any) -> torch.nn.Module:
@@ -197,12 +220,13 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             f"{r['encoder_ms']:.2f}", f"{r['scheduler_ms']:.3f}", f"{r['roofline_step_ms']:.2f}",
             f"{100 * r['roofline_fraction']:.0f}%", f"{r['action_rmse_vs_fp32']:.4f}",
             f"{r.get('speedup_vs_reference', float('nan')):.2f}x",
+            f"{r['speedup_vs_lerobot']:.2f}x" if "speedup_vs_lerobot" in r else "-",
         ])
     return rows
 
 
 TABLE_COLUMNS = ["backend/precision", "chunk ms", "p99", "step ms", "p99", "encoder ms", "sched ms",
-                 "roofline ms", "of roofline", "RMSE vs fp32", "vs reference"]
+                 "roofline ms", "of roofline", "RMSE vs fp32", "vs reference", "vs LeRobot"]
 
 
 def write_chart(report: dict[str, Any], path: str | Path, title: str = "") -> None:
