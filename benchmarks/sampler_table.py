@@ -80,8 +80,8 @@ def _episode(session, i: int, seed: int, lat: float, timeout: float, errors: lis
     for _ in range(tries):
         try:
             return session.run_episode(i, seed, Condition(latency_ms=lat), timeout)
-        except RuntimeError as exc:
-            msg = str(exc).splitlines()[0]
+        except Exception as exc:  # RuntimeError from the runtime, BusConfigError from homing
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             errors.append(msg)
             log(f"      retry after runtime error: {msg}")
     return None
@@ -121,9 +121,10 @@ def sampler_ms(policy, warm: bool, repeats: int = 15) -> float:
     return round(statistics.median(times), 2)
 
 
-def joins_table(args, log) -> list[dict]:
+def joins_table(args, log, save=lambda rows: None) -> list[dict]:
     out = []
-    for join, form in JOINS:
+    names = {(j if f is None else f"{j}-{f}"): (j, f) for j, f in JOINS}
+    for join, form in [names[n] for n in args.joins]:  # in the order asked for
         cfg = load_config(args.config)
         cfg.safety.join = join
         if form:
@@ -133,6 +134,7 @@ def joins_table(args, log) -> list[dict]:
         log(f"[joins] {label}")
         for row in run_session(cfg, args.latencies, args.seeds, args.timeout, log):
             out.append({"join": label, **row})
+        save(out)
     return out
 
 
@@ -147,7 +149,7 @@ def sampler_cells(args) -> list[tuple[str, int, bool]]:
     return [(s, k, w) for s in args.samplers for k in args.ks for w in (False, True) if not w or k in args.warm_ks]
 
 
-def samplers_table(args, log) -> list[dict]:
+def samplers_table(args, log, save=lambda rows: None) -> list[dict]:
     out = []
     for sampler, k, warm in sampler_cells(args):
         cfg = load_config(args.config)
@@ -171,6 +173,7 @@ def samplers_table(args, log) -> list[dict]:
         out.append({"sampler": sampler, "k": k, "warm": warm,
                     "denoiser_calls": pol.sampler.num_warm_steps if warm else pol.sampler.num_steps,
                     "sampler_ms_1thread": ms, **rows[0]})
+        save(out)
     return out
 
 
@@ -225,6 +228,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per episode")
     ap.add_argument("--latencies", default="0,100,200,300")
+    ap.add_argument("--joins", default="crossfade,ensemble,inpaint-replace,inpaint-guided")
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--ks", default="1,2,4,10")
     ap.add_argument("--warm-ks", default="4,10", help="K values that also get a warm-start row")
@@ -235,6 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sampler_table")
     args = ap.parse_args(argv)
     args.latencies = [float(x) for x in args.latencies.split(",")]
+    args.joins = [j.strip() for j in args.joins.split(",")]
     args.ks = [int(x) for x in args.ks.split(",")]
     args.warm_ks = [int(x) for x in args.warm_ks.split(",")]
     args.samplers = [s.strip() for s in args.samplers.split(",")]
@@ -250,12 +255,16 @@ def main(argv=None) -> int:
         args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
         args.out.with_suffix(".md").write_text(markdown(doc))
 
+    def keep(key: str):
+        def fn(rows: list[dict]) -> None:  # after every cell: an interrupted run keeps what it measured
+            doc[key] = rows
+            save()
+        return fn
+
     if args.only in (None, "joins"):
-        doc["joins"] = joins_table(args, log)
-        save()
+        joins_table(args, log, keep("joins"))
     if args.only in (None, "samplers"):
-        doc["samplers"] = samplers_table(args, log)
-        save()
+        samplers_table(args, log, keep("samplers"))
     print(markdown(doc))
     return 0
 
