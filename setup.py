@@ -24,7 +24,8 @@ CORE = [
 EXTRAS = {
     # pyrealsense2 wheels exist for x86_64/aarch64 Linux on PyPI; on a Jetson, build librealsense.
     "realsense": ["pyrealsense2>=2.54"],
-    "tensorrt": ["torch-tensorrt>=2.2", "nvidia-modelopt"],
+    # torch-tensorrt 2.8 is the JetPack 6 (TensorRT 10.3) wheel; newer stacks build strongly typed (compile/trt_versions.py).
+    "tensorrt": ["torch-tensorrt>=2.8", "nvidia-modelopt"],
     "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     # LeRobot v3.0 datasets (edgedp record / train / dataset, eval --video): parquet files and AV1 mp4 video.
     "datasets": ["pyarrow>=14", "av>=12"],

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgedp.compile import trt_versions
 from edgedp.compile.backends import Backend, _noop, cuda_reason
 from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
 
-_PREC = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
 
 
 class CudaGraphLoop:
@@ -93,7 +93,10 @@ class TensorRTBackend(Backend):
             return reason
         if importlib.util.find_spec("torch_tensorrt") is None:
             return "backend tensorrt needs torch-tensorrt (pip install 'edgedp[tensorrt]'; on Jetson use NVIDIA's wheel)"
-        return None
+        found = trt_versions.installed_versions()
+        if found is None:
+            return "backend tensorrt needs TensorRT's Python module next to torch-tensorrt"
+        return trt_versions.unsupported_reason(*found)
 
     def library_versions(self) -> dict[str, str]:
         out = super().library_versions()
@@ -116,21 +119,21 @@ class TensorRTBackend(Backend):
         import torch_tensorrt  # type: ignore
 
         entry.mkdir(parents=True, exist_ok=True)
-        unet = float_unet_copy(policy, device, "fp16" if precision == "fp16" else "fp32")
+        settings = self._plan(precision)
+        progress(f"TensorRT {settings.note}")
+        unet = float_unet_copy(policy, device, settings.cast_network_to)
         den = FloatOut(unet).eval()
         inputs = self._example(policy, device)
-        enabled = {torch.float32, _PREC[precision]} if precision != "fp32" else {torch.float32}
         if precision == "int8":
             den = self._quantize_int8(den, policy, calib, steps, device, progress)
         progress(f"building TensorRT {precision} engine for the denoiser")
         with self._export_mode(precision):
             ep = torch.export.export(den, inputs)
-        trt_den = torch_tensorrt.dynamo.compile(ep, arg_inputs=list(inputs), enabled_precisions=enabled,
-                                                use_explicit_typing=False)
+        trt_den = torch_tensorrt.dynamo.compile(ep, arg_inputs=list(inputs), **self._kwargs(settings))
         torch_tensorrt.save(trt_den, str(entry / "denoiser.ep"), arg_inputs=list(inputs))
         if policy.image_keys or policy.state_keys:
             progress("building TensorRT engine for the observation encoder")
-            self._build_encoder(policy, device, entry, enabled)
+            self._build_encoder(policy, device, entry, self._plan("fp16" if precision == "fp16" else "fp32"))
         return self.load(policy, precision, steps, device, entry, progress)
 
     @staticmethod
@@ -159,15 +162,38 @@ class TensorRTBackend(Backend):
 
         return mtq.quantize(den, mtq.INT8_DEFAULT_CFG, forward_loop)
 
-    def _build_encoder(self, policy, device, entry: Path, enabled) -> None:
+    @staticmethod
+    def _plan(precision: str) -> trt_versions.TrtPlan:
+        """The build settings for the torch-tensorrt / TensorRT installed here (see trt_versions)."""
+        import inspect
+
+        import torch_tensorrt  # type: ignore
+
+        found = trt_versions.installed_versions()
+        if found is None:
+            raise RuntimeError("TensorRT's Python module is not importable next to torch-tensorrt")
+        params = inspect.signature(torch_tensorrt.dynamo.compile).parameters
+        names = None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else list(params)
+        return trt_versions.plan(found[0], found[1], precision, names)
+
+    @staticmethod
+    def _kwargs(settings: trt_versions.TrtPlan) -> dict[str, Any]:
+        kw = dict(settings.compile_kwargs)
+        if "enabled_precisions" in kw:
+            kw["enabled_precisions"] = trt_versions.torch_dtypes(kw["enabled_precisions"])
+        return kw
+
+    def _build_encoder(self, policy, device, entry: Path, settings: trt_versions.TrtPlan) -> None:
         import torch_tensorrt  # type: ignore
 
         keys = list(policy.image_keys) + list(policy.state_keys)
         shapes = policy.feature_shapes
+        # The encoder stays float32 in the graph (its spatial softmax is range-sensitive); weakly typed
+        # builds may still pick fp16 kernels for the convolutions when fp16 is enabled.
         enc = _EncoderFromPrepared(policy, keys).to(device).eval()
         inputs = [torch.zeros((1, policy.n_obs_steps, *shapes[k]), device=device) for k in keys]
         ep = torch.export.export(enc, tuple(inputs))
-        trt_enc = torch_tensorrt.dynamo.compile(ep, arg_inputs=inputs, enabled_precisions=enabled)
+        trt_enc = torch_tensorrt.dynamo.compile(ep, arg_inputs=inputs, **self._kwargs(settings))
         torch_tensorrt.save(trt_enc, str(entry / "encoder.ep"), arg_inputs=inputs)
 
     # ------------------------------------------------------------------ load
