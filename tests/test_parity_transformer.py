@@ -34,7 +34,7 @@ GENERATOR = ROOT / "tests" / "reference" / "make_original_transformer.py"
 REFERENCE_PYTHON = os.environ.get("EDGEDP_DP_ORIG_PYTHON", "/work/venvs/dp_orig/venv/bin/python")
 NORM_TOL = 1e-5
 RUNS = {"ddim10": ("ddim", 10), "ddpm100": ("ddpm", 100)}
-LOWDIM = ["lowdim_causal", "lowdim_condenc_noncausal"]
+LOWDIM = ["lowdim_causal", "lowdim_condenc_noncausal", "lowdim_sample_to1"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,6 +62,8 @@ class Case:
         self.exp = dict(np.load(need(directory / "expected.npz")))
         self.policies = {}
         for run, (kind, k) in RUNS.items():
+            if f"{run}_noise" not in self.exp:  # sample prediction: only DDPM (0.11.1's DDIM mistreats it)
+                continue
             imp = copy.copy(self.imp)
             # The generator swapped in diffusers' DDIMScheduler (set_alpha_to_one, steps_offset 0) for ddim10.
             imp.scheduler = dict(self.imp.scheduler, kind=kind, num_inference_steps=k)
@@ -86,13 +88,13 @@ def test_import_reads_the_transformer_from_the_cfg(case):
         assert imp.denoiser_kwargs[key] == cfg["model"][key], key
     assert imp.action_start == imp.n_obs_steps - 1
     # Rename-free: the checkpoint's model.* keys are the denoiser's own keys (masks included when causal).
-    pol = case.policies["ddim10"]
+    pol = next(iter(case.policies.values()))
     assert set(pol.transformer.state_dict()) == set(imp.unet_state)
     assert ("mask" in imp.unet_state) == cfg["model"]["causal_attn"]
 
 
 def test_probes_and_ema(case):
-    pol, e = case.policies["ddim10"], case.exp
+    pol, e = next(iter(case.policies.values())), case.exp
     gc = torch.from_numpy(e["global_cond"])
     with torch.inference_mode():
         np.testing.assert_allclose(pol.encode(case.obs()).numpy(), e["global_cond"], rtol=0, atol=NORM_TOL)
@@ -104,6 +106,8 @@ def test_probes_and_ema(case):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_per_step_denoiser_and_scheduler(case, run):
+    if run not in case.policies:
+        pytest.skip(f"{run} not recorded for this case (sample prediction: DDPM only)")
     pol, e = case.policies[run], case.exp
     np.testing.assert_array_equal(pol.sampler.timesteps.numpy(), e[f"{run}_timesteps"])
     gc = torch.from_numpy(e["global_cond"])
@@ -123,6 +127,8 @@ def test_per_step_denoiser_and_scheduler(case, run):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_full_trajectory_from_recorded_noise(case, run):
+    if run not in case.policies:
+        pytest.skip(f"{run} not recorded for this case (sample prediction: DDPM only)")
     pol, e = case.policies[run], case.exp
     vn = e.get(f"{run}_variance_noise")
     with torch.inference_mode():
@@ -135,8 +141,8 @@ def test_full_trajectory_from_recorded_noise(case, run):
     if vn is None:  # the runtime entry point
         chunk = pol.predict_chunk(case.obs(), noise=e[f"{run}_noise"][0])
         np.testing.assert_allclose(chunk[pol.action_slice], e[f"{run}_action"][0], rtol=0, atol=tol)
-    if run == "ddim10":
-        assert np.abs(action - e["nonema_ddim10_action_pred"]).max() > 1.0
+    if f"nonema_{run}_action_pred" in e:
+        assert np.abs(action - e[f"nonema_{run}_action_pred"]).max() > 1.0
 
 
 @pytest.mark.parametrize("name, field", [("refuse_obs_inpainting", "obs_as_cond=False"),
