@@ -38,18 +38,31 @@ def _cfg(**changes):
     return parse_config(data, base=EXAMPLE.parent)
 
 
+ENOUGH = "enough chunks"  # the stop reason tests give once they have what they count
+
+
 def _threads():
     return {t for t in threading.enumerate() if t.is_alive()}
 
 
-def _run(cfg, duration, tmp_path, during=None):
+def _run(cfg, duration, tmp_path, during=None, chunks=None):
     """Run the sim; `during(parts)` is called once the first chunk was published (the servo loop holds the
-    arm and follows a plan), whatever the start-up took."""
+    arm and follows a plan), whatever the start-up took. `chunks`: stop once that many chunks were published
+    (then `duration` is only a guard), so what a test counts does not depend on how fast this machine is."""
     parts = build(cfg)
     before = _threads()
     rt = Runtime(parts, duration, tmp_path / "tel.json", plot=True, live=False, console=None)
     helper = None
-    if during is not None:
+    if chunks is not None:
+        def stop_when_enough():
+            deadline = time.monotonic() + duration
+            while len(rt.tel.chunk_log) < chunks and time.monotonic() < deadline:
+                time.sleep(0.02)
+            rt.request_stop(ENOUGH)
+
+        helper = threading.Thread(target=stop_when_enough, daemon=True)
+        helper.start()
+    elif during is not None:
         def when_running():
             deadline = time.monotonic() + 120  # a guard against hanging, not a timing assertion
             while not rt.tel.chunk_log and time.monotonic() < deadline:
@@ -70,9 +83,9 @@ def _run(cfg, duration, tmp_path, during=None):
 
 
 def test_sim_loop_thread_mode_executes_chunks_and_follows_commands(tmp_path):
-    code, rt, parts, tel, left = _run(_cfg(**{"rates.servo_in_process": False}), 3.0, tmp_path)
+    code, rt, parts, tel, left = _run(_cfg(**{"rates.servo_in_process": False}), 120.0, tmp_path, chunks=4)
     assert code == 0, tel["notes"]
-    assert tel["stopped_by"] == "duration"
+    assert tel["stopped_by"] == ENOUGH
     for key in SCHEMA_KEYS:
         assert key in tel
     assert tel["chunks"] >= 3 and tel["chunks_executed"] >= 3
@@ -164,7 +177,7 @@ def test_watchdog_names_the_overloaded_servo_and_torque_off_succeeds(tmp_path, c
 @pytest.mark.parametrize("join", ["ensemble"])
 def test_sim_loop_process_mode(tmp_path, join):
     cfg = _cfg(**{"rates.servo_in_process": True, "safety.join": join, "safety.interpolation": "linear"})
-    code, rt, parts, tel, left = _run(cfg, 3.0, tmp_path)
+    code, rt, parts, tel, left = _run(cfg, 120.0, tmp_path, chunks=3)
     assert code == 0, (tel["notes"], tel.get("servo_error"))
     assert tel["mode"] == "process" and "planner cannot delay" in tel["mode_reason"]
     assert tel["chunks_executed"] >= 2 and tel["servo_ticks"] > 50
@@ -198,7 +211,7 @@ def test_cli_run_rejects_bad_config_before_opening_anything(tmp_path, capsys):
 def test_late_chunks_make_the_arm_hold_and_decelerate(tmp_path):
     """Chunks of 2 actions (0.1 s) arriving 0.4 s late: the servo loop runs out of plan, decelerates, holds."""
     cfg = _cfg(**{"policy.n_action_steps": 2, "policy.extra_latency_ms": 400.0})
-    code, rt, parts, tel, left = _run(cfg, 3.0, tmp_path)
+    code, rt, parts, tel, left = _run(cfg, 120.0, tmp_path, chunks=3)
     assert code == 0
     assert tel["uncovered_ticks"] > 0
     assert tel["chunks_executed"] >= 2
