@@ -36,7 +36,6 @@ so reshaping it to (B, n_obs_steps, cond_dim) gives exactly the reference's obse
 """
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
@@ -282,14 +281,3 @@ class TransformerForDiffusion(nn.Module):
             x = self.decoder(x, memory, self.mask, self.memory_mask)
         return self.head(self.ln_f(x))
 
-
-def transformer_param_count(input_dim: int, cond_dim: int, horizon: int, n_obs_steps: int, n_layer: int,
-                            n_emb: int, n_cond_layers: int = 0) -> int:
-    """Parameters of an obs-conditioned TransformerForDiffusion (for sizing presets without building one)."""
-    e = n_emb
-    attn = 3 * e * e + 3 * e + e * e + e
-    ff = e * 4 * e + 4 * e + 4 * e * e + e
-    dec = n_layer * (2 * attn + ff + 3 * 2 * e)
-    enc = n_cond_layers * (attn + ff + 2 * 2 * e) if n_cond_layers else (e * 4 * e + 4 * e + 4 * e * e + e)
-    emb = input_dim * e + e + horizon * e + cond_dim * e + e + (1 + n_obs_steps) * e
-    return dec + enc + emb + 2 * e + e * input_dim + input_dim
