@@ -56,7 +56,8 @@ def _lerobot_python() -> str:
 
 
 @pytest.mark.slow
-def test_lerobot_opens_an_edgedp_recording_and_every_frame_matches(tmp_path):
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec"])  # torchcodec is LeRobot's default decoder
+def test_lerobot_opens_an_edgedp_recording_and_every_frame_matches(tmp_path, backend):
     from edgedp.datasets.reader import LeRobotDataset as EdgedpReader
     from edgedp.sim_task.expert import ExpertConfig, TaskConfig, record_episode
 
@@ -69,7 +70,7 @@ def test_lerobot_opens_an_edgedp_recording_and_every_frame_matches(tmp_path):
     script = tmp_path / "oracle.py"
     script.write_text(ORACLE)
     out = tmp_path / "lerobot_items.npz"
-    r = subprocess.run([py, str(script), str(root), str(out), "pyav"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([py, str(script), str(root), str(out), backend], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     assert doc["len"] == 50 and doc["episodes"] == 5 and doc["fps"] == 10
