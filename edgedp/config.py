@@ -199,7 +199,7 @@ class SafetyConfig(_Strict):
     interpolation: Literal["linear", "cubic"] = "linear"
     join: Literal["crossfade", "ensemble", "inpaint"] = "crossfade"
     inpaint_form: Literal["replace", "guided"] = Field(
-        "replace", description="join: inpaint: RePaint replacement or RTC-style guided soft mask (docs/samplers.md)")
+        "guided", description="join: inpaint: RTC-style guided soft mask, or RePaint replacement (docs/samplers.md)")
     crossfade_steps: int = Field(3, ge=0)
     ensemble_decay: float = Field(0.01, ge=0, description="ACT temporal-ensembling weight exp(-decay*i)")
 
