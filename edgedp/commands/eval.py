@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if videos is not None:
             videos.cut(c.label, r.index, r.seed, r.success)
         if r.max_coverage is not None:  # Push-T
-            what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success else "[red]timeout[/]") + \
+            what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success else
+                    "[red]watchdog stop[/]" if r.stopped_by == "watchdog" else "[red]timeout[/]") + \
                 f" (max coverage {r.max_coverage:.3f}, T {r.final_distance_m * 1000:.0f} mm from the goal)"
         else:
             what = (f"[green]success[/] in {r.time_to_success_s:.2f} s" if r.success

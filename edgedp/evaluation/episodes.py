@@ -20,7 +20,7 @@ from edgedp.config import RunConfig
 from edgedp.errors import UserError
 from edgedp.evaluation.homing import home_pose, move_home
 from edgedp.evaluation.judge import CoverageJudge, SuccessJudge, nearest_target
-from edgedp.runtime.lifecycle import Runtime
+from edgedp.runtime.lifecycle import EXIT_WATCHDOG, Runtime
 
 INTERRUPTED = ("ctrl-c", "sigterm")
 
@@ -181,6 +181,8 @@ class EvalSession:
         tel = rt.tel.to_dict()
         if tel["stopped_by"] in INTERRUPTED:
             raise KeyboardInterrupt
+        if code == EXIT_WATCHDOG:  # the servo loop stopped the arm safely (bus timeouts): a failed episode,
+            return tel             # counted in the results (stopped_by "watchdog"), not the end of the evaluation
         if code != 0:
             err = tel.get("servo_error") or "; ".join(tel.get("planner_errors") or []) or "; ".join(
                 n for n in tel.get("notes", []) if n.startswith("runtime error")) or tel["stopped_by"]

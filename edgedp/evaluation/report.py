@@ -55,6 +55,7 @@ def summarize(results: Sequence[EpisodeResult], conditions: dict, per_episode: b
         "final_distance_m": _stats([r.final_distance_m for r in results]),
         "inference_ms_p50": _stats([r.inference_ms_p50 for r in results])["median"],
         "dropped_steps": int(sum(r.dropped_steps for r in results)),
+        "watchdog_stops": sum(r.stopped_by == "watchdog" for r in results),  # failed episodes: bus timeouts
         "chosen_target_counts": _counts([r.chosen_target for r in results]),
         "conditions": conditions,
     }
