@@ -21,7 +21,7 @@ SOURCE_DEFAULT = "default"
 MAX_DELAY_S = 1.0  # a measured stream delay beyond a second is a wrong file or a failed calibration
 
 
-def _read_small_yaml(path: Path, where: str, what: str) -> Any:
+def read_small_yaml(path: Path, where: str, what: str) -> Any:
     """A YAML file one of our calibrate commands wrote, through the project's hardened reader (no aliases, no
     duplicate keys, no non-finite numbers, bounded size and depth): one line when it cannot be read."""
     from models.safe_yaml import YamlInputError, read_yaml_file
@@ -41,7 +41,7 @@ def load_time_offsets(path) -> tuple[float, float]:
     where = f"robot.time_offset_file: {path}"
     if not Path(path).is_file():
         raise UserError(f"{where}: file not found (write one with edgedp calibrate time-offset)")
-    data = _read_small_yaml(Path(path), where, "time-offset")
+    data = read_small_yaml(Path(path), where, "time-offset")
     if not isinstance(data, dict) or "camera_delay_s" not in data:
         raise UserError(f"{where}: not a time-offset file (no camera_delay_s key; write one with "
                         f"edgedp calibrate time-offset)")
@@ -69,7 +69,7 @@ def load_joint_calibration(path) -> dict[str, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{where}: file not found (write one with edgedp calibrate joints)")
-    data = _read_small_yaml(path, where, "joint calibration")
+    data = read_small_yaml(path, where, "joint calibration")
     rows = data.get("joints") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{where}: not a joint calibration file (no joints list; write one with edgedp calibrate joints)")

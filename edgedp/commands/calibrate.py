@@ -239,12 +239,12 @@ def _render_board(args) -> int:
 def _read_pose_list(path: Optional[str], n: int, what: str) -> Optional[np.ndarray]:
     if path is None:
         return None
-    import yaml
+    from edgedp.calibration_files import read_small_yaml
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
-    data = yaml.safe_load(p.read_text())
+    data = read_small_yaml(p, str(p), what)  # hardened reader: no aliases/bombs, one line when unreadable
     try:
         arr = np.asarray(data, dtype=float)
     except (TypeError, ValueError):
