@@ -16,6 +16,9 @@ planner and servo loop in real time), same scene seeds in every cell:
     python benchmarks/sampler_table.py --only joins --latencies 0,200 --episodes 4
     python benchmarks/sampler_table.py --config examples/pusht.yaml --only samplers --ks 4,10
 
+  boundary: offline, no episodes: the largest step inside the executed slice of a chunk inpainted onto a
+            previous one (replace vs guided vs unconditioned), on simulated-scene observations.
+
 Writes benchmarks/results/sampler_table.json (every cell with its per-episode rows) and sampler_table.md.
 Episodes run in real time: on a shared machine timings (and so success under latency) move with the load;
 the CPU model and the load average are recorded with the results.
@@ -177,6 +180,49 @@ def samplers_table(args, log, save=lambda rows: None) -> list[dict]:
     return out
 
 
+def boundary_table(args, log) -> list[dict]:
+    """Offline: how much each inpainting form makes the new chunk step at the edge of its decided part.
+
+    Pairs of nearby simulated-scene observations (the second 30 % of the way to another scene): chunk A from
+    the first, then chunk B from the second conditioned on A shifted by 3 steps with 7 decided indices and
+    the overlap to 13 (what the planner passes at ~0.4 s latency). Reported: the largest step between
+    consecutive actions in B's executed slice, mean over pairs, in normalized action units."""
+    import torch
+
+    from edgedp.compile.quantize import observation_sets
+    from edgedp.policy_loading import load_policy
+    from models.inpainting import shift_chunk
+
+    cfg = load_config(args.config)
+    pol = load_policy(cfg.policy.checkpoint, "cpu", cfg.policy.steps, 0)
+    conds = observation_sets(pol, None, n_calib=2 * args.pairs, n_heldout=1).calib
+    out = []
+    for kind, k in (("ddim", 10), ("dpmsolver++", 4)):
+        for form in (None, "replace", "guided"):
+            pol.configure_sampler(kind, inpaint=form)
+            pol.set_num_inference_steps(k)
+            steps = []
+            for i in range(args.pairs):
+                g1 = conds[2 * i: 2 * i + 1]
+                g2 = g1 + 0.3 * (conds[2 * i + 1: 2 * i + 2] - g1)
+                n1 = torch.randn(1, pol.horizon, pol.action_dim, generator=torch.Generator().manual_seed(i))
+                n2 = torch.randn(1, pol.horizon, pol.action_dim, generator=torch.Generator().manual_seed(100 + i))
+                with torch.inference_mode():
+                    a = pol.sample(g1, n1)
+                    kw = {}
+                    if form:
+                        pre = torch.from_numpy(shift_chunk(a[0].numpy(), 3)).float()[None]
+                        kw = dict(prefix=pre, n_fixed=torch.tensor([7]), n_overlap=torch.tensor([13]))
+                    b = pol.sample(g2, n2, **kw)[0]
+                first = pol.n_obs_steps - 1
+                ex = b[first: first + pol.n_action_steps]
+                steps.append(float((ex[1:] - ex[:-1]).abs().max()))
+            out.append({"sampler": kind, "k": k, "form": form or "none (unconditioned)",
+                        "largest_step_mean": round(sum(steps) / len(steps), 4), "pairs": args.pairs})
+            log(f"[boundary] {kind} K={k} {form}: {out[-1]['largest_step_mean']}")
+    return out
+
+
 class _threads:
     def __init__(self, n: int):
         self.n = n
@@ -218,6 +264,11 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {r['sampler']} | {r['k']} | {'yes' if r['warm'] else 'no'} | {r['denoiser_calls']} | "
                          f"{r['successes']}/{r['episodes']} | {t} | {r['inference_ms_p50']} ms | "
                          f"{r['sampler_ms_1thread']} ms |")
+    if doc.get("boundary"):
+        lines += ["", "| sampler | K | inpainting form | largest step in the executed slice (normalized, mean of "
+                  f"{doc['boundary'][0]['pairs']} pairs) |", "|---|---|---|---|"]
+        for r in doc["boundary"]:
+            lines.append(f"| {r['sampler']} | {r['k']} | {r['form']} | {r['largest_step_mean']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default=None, help="sampler rows as NAME:K or NAME:Kw (warm), comma-separated "
                                                   "(instead of every sampler x --ks)")
     ap.add_argument("--warm-level", type=float, default=0.5, help="policy.warm_start_level for the warm rows")
-    ap.add_argument("--only", choices=("joins", "samplers"), default=None)
+    ap.add_argument("--only", choices=("joins", "samplers", "boundary"), default=None)
+    ap.add_argument("--pairs", type=int, default=6, help="observation pairs for the offline boundary table")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sampler_table")
     args = ap.parse_args(argv)
     args.latencies = [float(x) for x in args.latencies.split(",")]
@@ -265,6 +317,8 @@ def main(argv=None) -> int:
         joins_table(args, log, keep("joins"))
     if args.only in (None, "samplers"):
         samplers_table(args, log, keep("samplers"))
+    if args.only in (None, "boundary"):
+        keep("boundary")(boundary_table(args, log))
     print(markdown(doc))
     return 0
 
