@@ -35,8 +35,13 @@ EXTRAS = {
     # to keep the headless build: pip install --no-deps 'gym-pusht>=0.1.8,<0.2' and then 'edgedp[pusht]'.
     "pusht": ["gym-pusht>=0.1.8,<0.2", "gymnasium>=0.29.1,<2", "pygame>=2.5.2,<2.7", "pymunk>=6.6,<7",
               "shapely>=2.0.3,<3"],
+    # edgedp serve / policy.remote: the policy on a server (Ray Serve); msgpack is the wire format (docs/serve.md).
+    # A board that only talks to a server needs msgpack alone: pip install msgpack.
+    "serve": ["ray[serve]>=2.40,<3", "msgpack>=1.0"],
     "test": [
         "pytest>=7",
+        "ray[serve]>=2.40,<3",
+        "msgpack>=1.0",
         "pyrealsense2>=2.54",
         "diffusers>=0.25",
         "onnxruntime>=1.17",

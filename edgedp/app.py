@@ -67,6 +67,7 @@ class RunPlan:
     command_delay: float
     settings: RunSettings
     notices: list[str] = field(default_factory=list)
+    remote: Optional["RemoteServer"] = None  # policy.remote: the checked server, its token and spec
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -140,6 +141,59 @@ def _check_sampler(spec, cfg: RunConfig) -> None:
                 inpaint=s.inpaint_form if s.join == "inpaint" else None)
     except ValueError as exc:
         raise UserError(f"policy.sampler: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    """policy.remote after validate: the server answered /health with this token, serving a matching policy."""
+
+    url: str
+    token: str = field(repr=False)
+    timeout_s: float
+    fallback: str
+    spec: dict
+
+    def client(self):
+        from edgedp.serve.client import PolicyClient
+
+        return PolicyClient(self.url, self.token, self.timeout_s)
+
+
+def _check_remote(cfg: RunConfig, spec) -> Optional[RemoteServer]:
+    """policy.remote: token present, server reachable, token accepted, and the served policy fits the checkpoint
+    this config was checked against (shapes, sampler options). One line and exit 2 otherwise, before any port
+    opens (a run never powers the arm without a policy that answers)."""
+    r = cfg.policy.remote
+    if r is None:
+        return None
+    try:
+        from edgedp.serve.client import PolicyClient, RemoteRefused, RemoteUnavailable, read_token
+    except ImportError as exc:  # msgpack missing
+        raise UserError(f"policy.remote: {exc}; pip install 'edgedp[serve]'") from None
+    token = read_token(r.token, r.token_file, r.token_env)
+    client = PolicyClient(r.url, token, r.timeout_ms / 1000.0)
+    try:
+        served = client.health(timeout=max(2.0, r.timeout_ms / 1000.0))
+    except RemoteUnavailable as exc:
+        raise UserError(f"policy.remote.url: policy server unreachable: {exc} (start it with "
+                        f"`edgedp serve CHECKPOINT`; nothing was powered)") from None
+    except RemoteRefused as exc:
+        raise UserError(f"policy.remote: the server refused us: {exc}") from None
+    finally:
+        client.close()
+    mine = {"horizon": spec.horizon, "n_obs_steps": spec.n_obs_steps, "action_dim": spec.action_dim,
+            "features": {k: list(v) for k, v in {**spec.image_features, **spec.state_features}.items()}}
+    for key, want in mine.items():
+        if served.get(key) != want:
+            raise UserError(f"policy.remote: the server's policy has {key} {served.get(key)}, policy.checkpoint has "
+                            f"{want} (serve the same checkpoint)")
+    p, s = cfg.policy, cfg.safety
+    asked = {k: v for k, v in (("warm_start_level", p.warm_start_level if p.warm_start else None),
+                               ("inpaint", s.inpaint_form if s.join == "inpaint" else None)) if v is not None}
+    if (served.get("sampler_options") or {}) != asked:
+        raise UserError(f"policy.remote: the server samples with {served.get('sampler_options') or 'no options'}, "
+                        f"this config needs {asked or 'none'} (edgedp serve --warm-start-level / --inpaint)")
+    return RemoteServer(r.url, token, r.timeout_ms / 1000.0, r.fallback, served)
 
 
 def _check_scene(cfg: RunConfig, n_joints: int, shapes: dict[str, tuple]) -> None:
@@ -230,13 +284,14 @@ def validate(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> RunPl
     _check_backend(cfg)
     _check_steps(spec, p.steps)
     _check_sampler(spec, cfg)
+    remote = _check_remote(cfg, spec)
     settings = RunSettings(duration=cfg.duration, telemetry_path=Path(tel_path) if tel_path is not None else None,
                            plot=cfg.telemetry.plot, live=cfg.telemetry.live)
     return RunPlan(cfg=cfg, joints=joints, joint_sources=sources, calibration_notes=notes, horizon=spec.horizon,
                    n_obs_steps=spec.n_obs_steps, n_action_steps=p.n_action_steps or spec.n_action_steps,
                    action_period=action_period, state_key=state_key, image_keys=image_keys, feature_shapes=shapes,
                    cameras=mapping, camera_delay=camera_delay, command_delay=command_delay, settings=settings,
-                   notices=notices)
+                   notices=notices, remote=remote)
 
 
 # ------------------------------------------------------------------------------------------------- bus
@@ -479,6 +534,10 @@ def summary(plan: RunPlan, steps: int) -> dict:
                               for j, src in zip(plan.joints, plan.joint_sources)},
         "cameras": {k: c.name for k, c in plan.cameras.items()},
         "camera_delay_s": plan.camera_delay, "command_delay_s": plan.command_delay,
+        "remote": None if plan.remote is None else {"url": plan.remote.url, "timeout_ms": p.remote.timeout_ms,
+                                                    "fallback": plan.remote.fallback,
+                                                    "server": {k: plan.remote.spec.get(k) for k in (
+                                                        "backend", "precision", "steps", "batch_mode")}},
     }
 
 
@@ -519,7 +578,15 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
     configure_sampler(policy, cfg)
     steps = p.steps or policy.num_inference_steps
-    sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
+    sampler = None
+    if plan.remote is None or plan.remote.fallback == "local":
+        sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
+    if plan.remote is not None:
+        from edgedp.runtime.remote_policy import RemotePolicy
+
+        # The server's K is what the chunks are denoised with (telemetry's per-step time is sample / K).
+        steps = int(plan.remote.spec.get("steps") or steps)
+        policy = RemotePolicy(plan.remote.client(), policy, plan.remote.fallback, local_sampler=sampler)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # leave a core to the servo loop
     dev = build_devices(plan, run_bus_tuning(cfg))
     parts = RunParts(

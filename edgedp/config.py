@@ -159,6 +159,33 @@ class CameraConfig(_Strict):
         return self
 
 
+class RemoteConfig(_Strict):
+    """policy.remote: chunks come from a policy server (`edgedp serve`, docs/serve.md) instead of this machine."""
+
+    url: str = Field(description="http://HOST:PORT of the server")
+    timeout_ms: float = Field(1000.0, gt=0, le=60000, description="deadline per chunk; later = no chunk (arm holds)")
+    token: Optional[str] = Field(None, description="shared token (prefer token_file or the environment variable)")
+    token_file: Optional[Path] = Field(None, description="file whose first line is the shared token")
+    token_env: str = Field("EDGEDP_REMOTE_TOKEN", description="environment variable read when token/token_file are unset")
+    fallback: Literal["none", "local"] = Field(
+        "none", description="when the server stops answering mid-run: none = hold and retry; local = run the "
+                            "checkpoint on this machine for the rest of the run")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise ValueError(f"expected http://HOST:PORT (or https://), got '{v}'")
+        return v.rstrip("/")
+
+
 class PolicyConfig(_Strict):
     checkpoint: str = Field(description="native/LeRobot/.ckpt path, or 'preset:NAME' for a random policy")
     backend: Literal[BACKENDS] = "eager"  # type: ignore[valid-type]
@@ -176,6 +203,7 @@ class PolicyConfig(_Strict):
         None, description="denoising method over the same weights (docs/samplers.md); None = checkpoint's")
     warm_start: bool = Field(False, description="start each chunk from the previous one, noised part-way (Falcon)")
     warm_start_level: float = Field(0.5, gt=0, le=1, description="warm start: fraction of the K steps that run")
+    remote: Optional[RemoteConfig] = Field(None, description="run the policy on a server (edgedp serve)")
 
     @field_validator("device")
     @classmethod
@@ -343,6 +371,11 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> list[str]:
         cfg.telemetry.path = fix(cfg.telemetry.path)
     if cfg.policy.cache_dir is not None:
         cfg.policy.cache_dir = fix(cfg.policy.cache_dir)
+    remote = cfg.policy.remote
+    if remote is not None and remote.token_file is not None:
+        remote.token_file = fix(remote.token_file)
+        if not remote.token_file.is_file():
+            problems.append(f"policy.remote.token_file: file not found: {remote.token_file}")
     return problems
 
 

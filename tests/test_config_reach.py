@@ -155,6 +155,12 @@ ALLOWED = {
                         "a wrong one is refused by check and run (test_check_parity: bad state_key) and the chosen "
                         "key reaches RunParts (test_state_key_reaches_the_parts)",
     "source": "not a setting: where the loader read the file (excluded from the schema's dump)",
+    # policy.remote: building needs a live policy server (Ray Serve); tests/test_serve.py starts one and shows
+    # each key reaching the RemotePolicy / the check that uses it.
+    **{f"policy.remote.{k}": f"needs a running server: tests/test_serve.py::{t}" for k, t in (
+        ("url", "test_remote_settings_reach_the_policy"), ("timeout_ms", "test_remote_settings_reach_the_policy"),
+        ("fallback", "test_remote_settings_reach_the_policy"), ("token", "test_wrong_token_is_refused_at_check"),
+        ("token_file", "test_token_sources_reach_the_request"), ("token_env", "test_token_sources_reach_the_request"))},
 }
 # Settings whose whole job is to be shown: they reach the summary (check's title, the telemetry file) only.
 SUMMARY_ONLY = {"robot.name": "the robot's label in `edgedp check` and in the telemetry summary"}

@@ -9,6 +9,10 @@ When to start the next chunk: it must be published before the current one runs o
 measured ones plus a margin. If that is already past, planning starts at once: denoising overlaps execution
 whenever the chunk is longer than the latency.
 
+A policy that raises PolicyUnavailable (a remote policy server that did not answer in time, see
+edgedp/runtime/remote_policy.py) yields no chunk: nothing is published, so the servo loop holds the arm once the
+current chunk runs out, and the planner tries again after a doubling backoff (0.1 s up to 2 s).
+
 Every chunk comes from the Policy interface, `policy.predict_chunk(obs, sampler=..., encoder=..., timing=...)`,
 the same observation -> chunk path every other caller uses; the planner passes the compiled K-step loop (and
 compiled encoder) of the configured backend, and the policy reports how long each stage took (normalize,
@@ -33,6 +37,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgedp.runtime.observation import NotReady, ObservationWindow, StaleObservation
+from edgedp.runtime.remote_policy import PolicyUnavailable
 from edgedp.runtime.ring import ChunkRing
 from edgedp.runtime.telemetry import Telemetry
 
@@ -61,6 +66,10 @@ class RefusedChunk(ValueError):
 
 
 class Planner:
+    # Retry spacing after a policy that did not answer (a remote server gone): doubling, capped.
+    MIN_BACKOFF = 0.1
+    MAX_BACKOFF = 2.0
+
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
                  extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic,
@@ -84,6 +93,7 @@ class Planner:
         # T - command_delay, so the chunk is timed that much earlier (see plan_once).
         self.command_delay = float(command_delay)
         self._lat = deque(maxlen=5)
+        self._backoff = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.next_start = 0.0
@@ -138,8 +148,16 @@ class Planner:
             t0_plan = self.conditioner.snap(t0_plan)
             cond = self.conditioner.inputs(t0_plan, t_start + self.expected_latency())
         stages: dict[str, float] = {}
-        action = self.policy.predict_chunk(obs.data, sampler=self.sampler, encoder=self.encoder, timing=stages,
-                                           conditioning=cond).astype(np.float64)
+        try:
+            action = self.policy.predict_chunk(obs.data, sampler=self.sampler, encoder=self.encoder, timing=stages,
+                                               conditioning=cond).astype(np.float64)
+        except PolicyUnavailable as exc:  # a remote policy did not answer: publish nothing (the arm holds), retry
+            self._backoff = min(self.MAX_BACKOFF, self._backoff * 2 if self._backoff else self.MIN_BACKOFF)
+            self.next_start = self.clock() + self._backoff
+            self.tel.note_policy(self.policy, f"no chunk: {exc}; retry in {self._backoff:.2f} s")
+            return None
+        self._backoff = 0.0
+        self.tel.note_policy(self.policy)
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
         if self.extra > 0:
             self._stop.wait(self.extra)

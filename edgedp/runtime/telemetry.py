@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,6 +76,8 @@ class Telemetry:
         self.stop_timing: dict[str, float] = {}  # ms per stop stage (servo safe stop, planner, cameras, devices)
         self.sim_servos_after_stop: Optional[dict] = None  # emulated servos' torque/position after the stop
         self.alerts: list[str] = []  # what was printed to stderr at the end (faults, incomplete safe stop)
+        self.policy_source = "local"  # remote | local: who answered the last chunk (policy.remote)
+        self.policy_events: list[dict] = []  # remote policy faults: unavailable, fallback, retries (with times)
 
     # ---- cameras --------------------------------------------------------------------------------
     def record_camera(self, name: str, feature: str, frames_seen: int, poll_errors: int,
@@ -103,6 +106,17 @@ class Telemetry:
             self.stage_ms["inference"].append((t_publish - t_start) * 1e3)
             self.observation_age_ms.append(age_ms)
             self.chunk_log.append({"seq": seq, "t_obs": t_obs, "t_start": t_start, "t_publish": t_publish})
+
+    def note_policy(self, policy, retry: str | None = None) -> None:
+        """A remote policy's fault events and current source (a local policy has neither: nothing changes)."""
+        take = getattr(policy, "take_events", None)
+        if take is None:
+            return
+        with self._lock:
+            self.policy_events.extend(take())
+            if retry is not None:
+                self.policy_events.append({"t": time.monotonic(), "event": "retry", "detail": retry})
+            self.policy_source = getattr(policy, "source", "remote")
 
     # ---- results ----------------------------------------------------------------------------------
     def e2e_latency_ms(self) -> list[float]:
@@ -164,6 +178,8 @@ class Telemetry:
             "servo_end": s.get("reason"),
             "servo_error": s.get("error"),
             "planner_errors": self.planner_errors[:20],
+            "policy_source": self.policy_source,
+            "policy_events": self.policy_events[:200],
             "notes": self.notes,
             "config": self.config,
         }
@@ -227,7 +243,18 @@ class Telemetry:
         return (f"{elapsed:6.1f}s {phase:<8} ticks {live.ticks} err {live.period_error_us:.0f}µs "
                 f"(max {live.max_period_error_us:.0f}) overruns {live.overruns} "
                 f"chunks {len(self.chunk_log)}/{live.chunks} inference {last} ms "
-                f"stale {self.stale_observations} bus err {live.bus_errors} clamps {live.safety_clamps}")
+                f"stale {self.stale_observations} bus err {live.bus_errors} clamps {live.safety_clamps}"
+                + self._policy_status())
+
+    def _policy_status(self) -> str:
+        """' policy remote' / ' policy local (fallback)' / ' policy remote: no reply x3' for remote runs."""
+        if not self.policy_events and self.policy_source == "local":
+            return ""
+        misses = sum(1 for e in self.policy_events if e["event"] == "remote_unavailable")
+        fell_back = any(e["event"] == "fallback_local" for e in self.policy_events)
+        if fell_back:
+            return f" policy local (server lost, {misses} missed)"
+        return " policy remote" + (f": no reply x{misses}" if misses else "")
 
     def summary_table(self):
         from rich.table import Table
