@@ -261,10 +261,11 @@ def _calib_action_error(policy, calib, candidates, steps: int, device, n: int = 
 
 def _registry() -> dict[str, Backend]:
     from edgedp.compile.onnx import OnnxRuntimeBackend
+    from edgedp.compile.ort_loop import OrtLoopBackend
     from edgedp.compile.tensorrt import TensorRTBackend
 
     backends: list[Backend] = [EagerBackend(), InductorBackend(), CpuInt8Backend(), OnnxRuntimeBackend(),
-                               TensorRTBackend()]
+                               OrtLoopBackend(), TensorRTBackend()]
     return {b.name: b for b in backends}
 
 

@@ -1,0 +1,184 @@
+"""onnxruntime-loop backend: the observation encoder and the WHOLE K-step loop as ONNX graphs.
+
+Why: at the common and small sizes a step's GEMMs take a few ms, and the per-step cost around them
+(Python, a session call, tensor<->numpy copies, the scheduler's element-wise ops as separate torch
+calls) is a large share.  Here the loop (K denoiser calls + scheduler arithmetic, unrolled at export,
+one copy of the weights) is one graph, run by one ``session.run`` per chunk; the encoder (normalize +
+ResNet + spatial softmax) is another.  Two calls per chunk, no Python between steps.
+
+``int8``: onnxruntime dynamic quantization of both graphs (int8 weights per channel, activations
+quantized at run time); the encoder's error reaches the actions, so `edgedp bench` reports the
+observation->action error too.  Warm start / inpainting are not in these graphs: such a policy is refused
+at build with one line (use the ``onnxruntime`` backend).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from edgedp.compile.backends import _noop
+from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+from edgedp.compile.onnx import OnnxRuntimeBackend, _session_opens
+from firmware_bridge.atomic_file import atomic_path
+
+
+class _Encoder(nn.Module):
+    """normalize + encode on prepared float tensors (what policy.encode does after prepare_obs)."""
+
+    def __init__(self, policy: Any, keys: list[str]):
+        super().__init__()
+        self.normalizers = policy.normalizers
+        self.obs_encoder = policy.obs_encoder
+        self.keys = keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.obs_encoder({k: self.normalizers[k](t) for k, t in zip(self.keys, tensors)})
+
+
+class _Loop(nn.Module):
+    def __init__(self, sampler: nn.Module, stochastic: bool):
+        super().__init__()
+        self.sampler = sampler
+        self.stochastic = stochastic
+
+    def forward(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sampler(noise, cond, vnoise if self.stochastic else None)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OrtLoop:
+    """(noise, cond, variance noise) -> normalized actions through one session call.
+
+    ``loop`` (the eager Sampler over the float32 copy) is kept for the benchmark's scheduler-update
+    timing only; the chunk never goes through it."""
+
+    def __init__(self, path: Path, threads: int, stochastic: bool, eager_loop: nn.Module):
+        self.session = _session(path, threads)
+        self.names = [i.name for i in self.session.get_inputs()]
+        self.stochastic = stochastic
+        self.loop = eager_loop
+
+    def __call__(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None,
+                 **conditioning: Any) -> torch.Tensor:
+        if conditioning:
+            raise ValueError("backend onnxruntime-loop has no warm start / inpainting inputs")
+        feed = {"noise": noise.detach().float().cpu().numpy(), "cond": cond.detach().float().cpu().numpy()}
+        if "vnoise" in self.names:
+            feed["vnoise"] = vnoise.detach().float().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+class OrtEncoder:
+    def __init__(self, path: Path, threads: int, policy: Any, keys: list[str]):
+        self.session = _session(path, threads)
+        self.policy = policy
+        self.keys = keys
+
+    def __call__(self, obs: Any) -> torch.Tensor:
+        prepared = self.policy.prepare_obs(obs)
+        feed = {f"obs{i}": prepared[k].detach().float().cpu().numpy() for i, k in enumerate(self.keys)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+class OrtLoopBackend(OnnxRuntimeBackend):
+    name = "onnxruntime-loop"
+    precisions = ("fp32", "int8")
+
+    def unavailable(self, device: torch.device) -> str | None:
+        if device.type != "cpu":
+            return f"backend onnxruntime-loop runs on cpu, not {device}"
+        return super().unavailable(device)
+
+    def build(self, policy, precision, steps, device, entry: Path, calib=None, progress=_noop):
+        from edgedp.errors import UserError
+
+        if policy.sampler_options:
+            raise UserError("backend onnxruntime-loop has no warm start / inpainting inputs in its graph "
+                            f"({', '.join(policy.sampler_options)} set): use backend onnxruntime")
+        entry.mkdir(parents=True, exist_ok=True)
+        cpu = torch.device("cpu")
+        unet = FloatOut(float_unet_copy(policy, cpu, "fp32")).eval()
+        sampler = make_loop(policy, unet, steps, cpu)
+        stochastic = bool(sampler.needs_variance_noise)
+        x = torch.zeros((1, policy.horizon, policy.action_dim))
+        g = torch.zeros((1, policy.global_cond_dim))
+        args: tuple = (x, g, torch.zeros((steps, 1, policy.horizon, policy.action_dim))) if stochastic else (x, g)
+        names = ["noise", "cond", "vnoise"][:len(args)]
+        progress(f"exporting the whole {steps}-step loop to one ONNX graph")
+        self._export(_Loop(sampler, stochastic).eval(), args, names, entry / "loop.onnx")
+        keys = list(policy.image_keys) + list(policy.state_keys)
+        if keys:
+            progress("exporting the observation encoder to ONNX")
+            shapes = policy.feature_shapes
+            enc_args = tuple(torch.rand((1, policy.n_obs_steps, *shapes[k])) for k in keys)
+            self._export(_Encoder(policy, keys).eval(), enc_args, [f"obs{i}" for i in range(len(keys))],
+                         entry / "encoder.onnx")
+        if precision == "int8":
+            for part in ("loop", "encoder") if keys else ("loop",):
+                progress(f"onnxruntime dynamic int8 quantization: {part}")
+                _quantize(entry / f"{part}.onnx")
+        return self.load(policy, precision, steps, device, entry, progress)
+
+    @staticmethod
+    def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> None:
+        with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), _fixed_shape_crop():
+            torch.onnx.export(module, args, str(tmp), input_names=names, output_names=["out"], opset_version=17,
+                              dynamo=False)
+
+    def load(self, policy, precision, steps, device, entry: Path, progress=_noop):
+        threads = torch.get_num_threads()
+        cpu = torch.device("cpu")
+        eager = make_loop(policy, FloatOut(float_unet_copy(policy, cpu, "fp32")).eval(), steps, cpu)
+        loop = OrtLoop(entry / "loop.onnx", threads, bool(eager.needs_variance_noise), eager)
+        keys = list(policy.image_keys) + list(policy.state_keys)
+        encoder = OrtEncoder(entry / "encoder.onnx", threads, policy, keys) if (entry / "encoder.onnx").exists() else None
+        n_params = sum(p.numel() for p in policy.denoiser.parameters())
+        nbytes = n_params * (1 if precision == "int8" else 4)
+        return CompiledSampler(self.name, precision, steps, device, policy, loop, eager.denoiser, encoder,
+                               weight_bytes=nbytes, info={"fused_loop": True, "graphs": ["encoder", "loop"]})
+
+
+@contextlib.contextmanager
+def _fixed_shape_crop() -> Iterator[None]:
+    """The tracer hands the center crop tensor-valued sizes, which ``round`` refuses; these graphs have fixed
+    shapes, so the crop offsets are constants: the same crop with the sizes read as ints, for the export only."""
+    import models.encoder as enc
+
+    original = enc.center_crop
+
+    def crop(x: torch.Tensor, crop_h: int, crop_w: int) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+        return x if (h, w) == (crop_h, crop_w) else x[..., top:top + crop_h, left:left + crop_w]
+
+    enc.center_crop = crop
+    try:
+        yield
+    finally:
+        enc.center_crop = original
+
+
+def _quantize(path: Path) -> None:
+    """int8 weights per channel in place; unsigned weights where this onnxruntime lacks signed ConvInteger."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(path, suffix=".onnx") as tmp:
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        if not _session_opens(tmp):
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, per_channel=True)
+
+
+__all__ = ["OrtLoopBackend"]

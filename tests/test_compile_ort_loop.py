@@ -1,0 +1,83 @@
+"""onnxruntime-loop: encoder and the whole K-step loop as ONNX graphs (one session call each per chunk).
+
+Checked against the eager float32 policy: same actions from the same observations and noise (fp32 to
+float rounding; DDPM with the per-step noise as a graph input), int8 within the accuracy gate, and the
+refusals (warm start / inpainting, non-cpu devices) as one line.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgedp.compile.api import compile_policy
+from edgedp.compile.backends import get_backend
+from edgedp.compile.quantize import action_error, synthetic_observations
+from edgedp.errors import UserError
+from edgedp.policy_loading import load_policy
+from tests.test_compile_backends import _conds, _one_thread, tiny_policy  # noqa: F401 (autouse fixture)
+
+pytest.importorskip("onnxruntime", reason="onnxruntime (onnx extra) is not installed")
+pytest.importorskip("onnx", reason="onnx (onnx extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def image_policy():
+    torch.manual_seed(0)
+    return load_policy("preset:small")
+
+
+def test_image_policy_fp32_equals_eager_from_observation_to_actions(image_policy, tmp_path):
+    pol = image_policy
+    cs = compile_policy(pol, "onnxruntime-loop", "fp32", 3, "cpu", tmp_path, gate=False).sampler
+    ref = get_backend("eager").build(pol, "fp32", 3, torch.device("cpu"), tmp_path)
+    assert cs.info["fused_loop"] and cs.encoder is not None
+    noise = torch.randn(1, pol.horizon, pol.action_dim, generator=torch.Generator().manual_seed(1))
+    for obs in synthetic_observations(pol, 2, seed=4):
+        g_ref, g = ref.encode(obs), cs.encode(obs)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cs(g, noise), ref(g_ref, noise), rtol=1e-4, atol=1e-5)
+    # the graph really depends on its inputs (not a constant folded at export)
+    g = _conds_like(pol)
+    assert not torch.allclose(cs(g, noise), cs(g + 1.0, noise))
+
+
+def _conds_like(pol):
+    return torch.randn((1, pol.global_cond_dim), generator=torch.Generator().manual_seed(9))
+
+
+def test_ddpm_loop_takes_per_step_noise_as_input(tmp_path):
+    pol = tiny_policy("ddpm", k=4)
+    cs = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False).sampler
+    ref = get_backend("eager").build(pol, "fp32", 4, torch.device("cpu"), tmp_path)
+    assert cs.stochastic
+    rmse, worst = action_error(ref, cs, _conds(pol), 4)        # same initial and per-step noise for both
+    assert worst < 1e-4, (rmse, worst)
+
+
+def test_int8_passes_the_gate_and_stores_int8_weights(tmp_path):
+    pol = tiny_policy()
+    rep = compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate_samples=2)
+    assert rep.gate is not None and rep.gate.passed, rep.gate.line()
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(rep.path / "loop.onnx"))
+    int8 = sum(numpy_helper.to_array(t).size for t in model.graph.initializer
+               if t.data_type in (TensorProto.INT8, TensorProto.UINT8))
+    n_weights = sum(p.numel() for n, p in pol.denoiser.named_parameters() if n.endswith("weight"))
+    assert int8 >= 0.8 * n_weights, (int8, n_weights)     # one int8 copy of the weights, not one per step
+    assert int8 <= 1.2 * n_weights
+
+
+def test_warm_start_policy_is_refused_with_one_line(tmp_path):
+    pol = tiny_policy()
+    pol.configure_sampler(warm_start_level=0.5)
+    try:
+        with pytest.raises(UserError, match="use backend onnxruntime"):
+            compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
+    finally:
+        pol.configure_sampler(warm_start_level=None)
+
+
+def test_cuda_is_refused_by_name():
+    assert "runs on cpu" in get_backend("onnxruntime-loop").unavailable(torch.device("cuda"))
