@@ -16,6 +16,7 @@ planner and servo loop in real time), same scene seeds in every cell:
     python benchmarks/sampler_table.py --only joins --latencies 0,200 --episodes 4
     python benchmarks/sampler_table.py --config examples/pusht.yaml --only samplers --ks 4,10
 
+  timing:   the K-step loop alone for every sampler row, interleaved rounds, median (no episodes).
   boundary: offline, no episodes: the largest step inside the executed slice of a chunk inpainted onto a
             previous one (replace vs guided vs unconditioned), on simulated-scene observations.
 
@@ -180,6 +181,40 @@ def samplers_table(args, log, save=lambda rows: None) -> list[dict]:
     return out
 
 
+def timing_table(args, log, rounds: int = 21) -> list[dict]:
+    """The K-step loop alone for every sampler row, interleaved round by round (one call of each per round) so
+    that a load change on a shared machine hits every row alike; median per row, 1 thread, eager fp32."""
+    import torch
+
+    from edgedp.policy_loading import load_policy
+
+    cfg = load_config(args.config)
+    cells = sampler_cells(args)
+    pols = []
+    for sampler, k, warm in cells:
+        pol = load_policy(cfg.policy.checkpoint, "cpu", k, 0)
+        pol.configure_sampler(sampler, args.warm_level if warm else None)
+        pols.append(pol)
+    g = torch.zeros((1, pols[0].global_cond_dim))
+    x = pols[0].random_noise(1)
+    times: list[list[float]] = [[] for _ in cells]
+    with _threads(1), torch.inference_mode():
+        for r in range(rounds + 2):
+            for i, ((_, _, warm), pol) in enumerate(zip(cells, pols)):
+                kw = {"init": torch.zeros_like(x)} if warm else {}
+                t0 = time.perf_counter()
+                pol.sample(g, x, **kw)
+                if r >= 2:
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+    out = []
+    for (sampler, k, warm), pol, ts in zip(cells, pols, times):
+        calls = pol.sampler.num_warm_steps if warm else pol.sampler.num_steps
+        out.append({"sampler": sampler, "k": k, "warm": warm, "denoiser_calls": calls,
+                    "sampler_ms_median": round(statistics.median(ts), 2), "rounds": rounds})
+        log(f"[timing] {sampler} K={k}{' warm' if warm else ''}: {out[-1]['sampler_ms_median']} ms")
+    return out
+
+
 def boundary_table(args, log) -> list[dict]:
     """Offline: how much each inpainting form makes the new chunk step at the edge of its decided part.
 
@@ -264,6 +299,12 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {r['sampler']} | {r['k']} | {'yes' if r['warm'] else 'no'} | {r['denoiser_calls']} | "
                          f"{r['successes']}/{r['episodes']} | {t} | {r['inference_ms_p50']} ms | "
                          f"{r['sampler_ms_1thread']} ms |")
+    if doc.get("timing"):
+        lines += ["", f"| sampler | K | warm start | denoiser calls | K-step loop alone (median of "
+                      f"{doc['timing'][0]['rounds']} interleaved rounds, 1 thread) |", "|---|---|---|---|---|"]
+        for r in doc["timing"]:
+            lines.append(f"| {r['sampler']} | {r['k']} | {'yes' if r['warm'] else 'no'} | {r['denoiser_calls']} | "
+                         f"{r['sampler_ms_median']} ms |")
     if doc.get("boundary"):
         lines += ["", "| sampler | K | inpainting form | largest step in the executed slice (normalized, mean of "
                   f"{doc['boundary'][0]['pairs']} pairs) |", "|---|---|---|---|"]
@@ -286,7 +327,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default=None, help="sampler rows as NAME:K or NAME:Kw (warm), comma-separated "
                                                   "(instead of every sampler x --ks)")
     ap.add_argument("--warm-level", type=float, default=0.5, help="policy.warm_start_level for the warm rows")
-    ap.add_argument("--only", choices=("joins", "samplers", "boundary"), default=None)
+    ap.add_argument("--only", choices=("joins", "samplers", "boundary", "timing"), default=None)
     ap.add_argument("--pairs", type=int, default=6, help="observation pairs for the offline boundary table")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sampler_table")
     args = ap.parse_args(argv)
@@ -317,6 +358,8 @@ def main(argv=None) -> int:
         joins_table(args, log, keep("joins"))
     if args.only in (None, "samplers"):
         samplers_table(args, log, keep("samplers"))
+    if args.only in (None, "timing"):
+        keep("timing")(timing_table(args, log))
     if args.only in (None, "boundary"):
         keep("boundary")(boundary_table(args, log))
     print(markdown(doc))
