@@ -303,6 +303,21 @@ def test_wrong_token_is_refused_at_check(served, tmp_path):
     assert validate(_cfg(served.url, tmp_path)).remote.spec["steps"] == SERVED_STEPS
 
 
+def test_check_reports_the_server(served, tmp_path, capsys):
+    import yaml
+
+    from edgedp.cli import main
+
+    data = load_example()
+    data["policy"]["remote"] = {"url": served.url, "token": TOKEN, "fallback": "local"}
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"remote: {served.url} answers" in out and f"K={SERVED_STEPS}" in out and "fallback local" in out
+    assert TOKEN not in out
+
+
 def test_server_policy_that_does_not_fit_the_checkpoint_is_refused(served, tmp_path):
     from edgedp.app import validate
 

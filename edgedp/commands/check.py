@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"        horizon={plan.horizon} n_obs_steps={plan.n_obs_steps} state={plan.state_key} "
         f"images={', '.join(plan.image_keys) or 'none'}", highlight=False)
+    if plan.remote is not None:
+        r = plan.remote.spec
+        console.print(f"        remote: {plan.remote.url} answers (token accepted): {r.get('backend')}/"
+                      f"{r.get('precision')} K={r.get('steps')} batch {r.get('batch_mode')}; "
+                      f"timeout {plan.remote.timeout_s * 1e3:g} ms, fallback {plan.remote.fallback}", highlight=False)
     s = cfg.safety
     console.print(
         f"loops: servo {cfg.rates.servo_hz:g} Hz ({'process' if cfg.rates.servo_in_process else 'thread'}), "

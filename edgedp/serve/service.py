@@ -84,7 +84,10 @@ class PolicyService:
                     out[i] = a
             except Exception:  # shapes disagree or a bad request: answer each alone so each gets its own line
                 pass
-        return [a if a is not None else self._one(it) for a, it in zip(out, items)]
+        answers = [a if a is not None else self._one(it) for a, it in zip(out, items)]
+        for a in answers:  # how many requests were answered together (telemetry's server_batch)
+            a.batch = max(a.batch, len(items))
+        return answers
 
     def _one(self, item: dict) -> Answer:
         import torch
