@@ -134,7 +134,7 @@ CHANGES: dict[str, tuple] = {
     "safety.join": ({}, {}, {"safety.join": "ensemble"}),
     "safety.crossfade_steps": ({}, {}, {"safety.crossfade_steps": 1}),
     "safety.ensemble_decay": ({}, {}, {"safety.ensemble_decay": 0.5}),
-    "safety.inpaint_form": ({"safety.join": "inpaint"}, {}, {"safety.inpaint_form": "guided"}),
+    "safety.inpaint_form": ({"safety.join": "inpaint"}, {}, {"safety.inpaint_form": "replace"}),
     "telemetry.path": ({}, {}, {"telemetry.path": lambda t: str(t / "tel.json")}),
     "telemetry.live": ({}, {}, {"telemetry.live": False}),
     "telemetry.plot": ({}, {}, {"telemetry.plot": False}),
