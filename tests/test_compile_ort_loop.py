@@ -67,6 +67,21 @@ def test_int8_passes_the_gate_and_stores_int8_weights(tmp_path):
     n_weights = sum(p.numel() for n, p in pol.denoiser.named_parameters() if n.endswith("weight"))
     assert int8 >= 0.8 * n_weights, (int8, n_weights)     # one int8 copy of the weights, not one per step
     assert int8 <= 1.2 * n_weights
+    choice = rep.sampler.info["encoder_choice"]                 # measured on build, kept in the entry
+    assert choice["chosen"] in choice["ms"] and choice["relative_feature_error"][choice["chosen"]] <= 0.02
+    assert ("torch-bf16" in choice["ms"]) is choice["bf16_native"]
+
+
+def test_bf16_encoder_stays_close_to_float32_features(image_policy):
+    from edgedp.compile.ort_loop import TorchBf16Encoder
+
+    enc = TorchBf16Encoder(image_policy)
+    for obs in synthetic_observations(image_policy, 2, seed=8):
+        ref = image_policy.encode(obs).float()
+        got = enc(obs)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert float((got - ref).abs().max()) <= 0.02 * float(ref.abs().max())
+        assert not torch.equal(got, ref)                         # it really ran in bf16
 
 
 def test_warm_start_policy_is_refused_with_one_line(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgedp.compile.quantize import action_error, synthetic_observations
+from edgedp.compile.quantize import action_error, observation_action_error, synthetic_observations
 from firmware_bridge.atomic_file import atomic_path
 
 Progress = Callable[[str], None]
@@ -100,7 +100,8 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
     machine = machine_roofline(dev, refresh=True)
     flops = step_flops(_fp32_copy(policy), policy.horizon, policy.action_dim, policy.global_cond_dim)
     obs = synthetic_observations(policy, 1, seed=99)[0]
-    held = torch.cat([policy.encode(o).float() for o in synthetic_observations(policy, rmse_samples, seed=5)])
+    held_obs = synthetic_observations(policy, rmse_samples, seed=5)
+    held = torch.cat([policy.encode(o).float() for o in held_obs])
     gen = torch.Generator().manual_seed(3)
     noise = torch.randn((1, policy.horizon, policy.action_dim), generator=gen)
     t_mid = torch.full((1,), int(policy.scheduler_spec.num_train_timesteps) // 2, dtype=torch.long)
@@ -142,6 +143,7 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
             upd = _stats(lambda: _sync(dev, loop_mod.step(0, eps, x)), repeats, warmup)
         say(f"{label}: action error vs float32")
         rmse, worst = action_error(ref_sampler, cs, held, steps)
+        obs_rmse, obs_worst = observation_action_error(ref_sampler, cs, held_obs, steps)
         peak = machine["peak_gflops"].get(precision) or machine["peak_gflops"].get("fp32")
         roof = roofline_ms(cs.weight_bytes, flops, machine["bandwidth_gbs"], peak)
         built[label] = (cs, g, x)
@@ -152,6 +154,7 @@ def run_bench(policy: Any, steps: int, pairs: list[tuple[str, str]] | None = Non
             "weight_bytes": cs.weight_bytes, "roofline_step_ms": roof,
             "roofline_fraction": roof / step["median"] if step["median"] > 0 else math.nan,
             "action_rmse_vs_fp32": rmse, "action_max_vs_fp32": worst,
+            "obs_action_rmse_vs_fp32": obs_rmse, "obs_action_max_vs_fp32": obs_worst,
             "cache": rep.state, "build_s": rep.build_s,
         }
 
@@ -224,6 +227,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             label, f"{r['chunk_ms']:.1f}", f"{r['chunk_p99_ms']:.1f}", f"{r['step_ms']:.2f}", f"{r['step_p99_ms']:.2f}",
             f"{r['encoder_ms']:.2f}", f"{r['scheduler_ms']:.3f}", f"{r['roofline_step_ms']:.2f}",
             f"{100 * r['roofline_fraction']:.0f}%", f"{r['action_rmse_vs_fp32']:.4f}",
+            f"{r['obs_action_rmse_vs_fp32']:.4f}",
             f"{r.get('speedup_vs_reference', float('nan')):.2f}x",
             f"{r['speedup_vs_lerobot']:.2f}x" if "speedup_vs_lerobot" in r else "-",
         ])
@@ -231,7 +235,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 TABLE_COLUMNS = ["backend/precision", "chunk ms", "p99", "step ms", "p99", "encoder ms", "sched ms",
-                 "roofline ms", "of roofline", "RMSE vs fp32", "vs reference", "vs LeRobot"]
+                 "roofline ms", "of roofline", "RMSE vs fp32", "RMSE obs->act", "vs reference", "vs LeRobot"]
 
 
 def write_chart(report: dict[str, Any], path: str | Path, title: str = "") -> None:

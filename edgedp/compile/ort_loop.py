@@ -6,14 +6,17 @@ calls) is a large share.  Here the loop (K denoiser calls + scheduler arithmetic
 one copy of the weights) is one graph, run by one ``session.run`` per chunk; the encoder (normalize +
 ResNet + spatial softmax) is another.  Two calls per chunk, no Python between steps.
 
-``int8``: onnxruntime dynamic quantization of both graphs (int8 weights per channel, activations
-quantized at run time); the encoder's error reaches the actions, so `edgedp bench` reports the
-observation->action error too.  Warm start / inpainting are not in these graphs: such a policy is refused
+``int8``: onnxruntime dynamic quantization of the loop graph (int8 weights per channel, activations
+quantized at run time); for the encoder, the build times the candidates this CPU runs well (onnx fp32,
+onnx int8, and a torch bf16 copy where the CPU has native bf16: AVX-512 BF16 / AMX / ARM BF16) and keeps
+the fastest whose features stay within 2 % (encoder_choice.json).  The encoder's error reaches the
+actions, so `edgedp bench` reports the observation->action error too.  Warm start / inpainting are not in these graphs: such a policy is refused
 at build with one line (use the ``onnxruntime`` backend).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -127,9 +130,13 @@ class OrtLoopBackend(OnnxRuntimeBackend):
             self._export(_Encoder(policy, keys).eval(), enc_args, [f"obs{i}" for i in range(len(keys))],
                          entry / "encoder.onnx")
         if precision == "int8":
-            for part in ("loop", "encoder") if keys else ("loop",):
-                progress(f"onnxruntime dynamic int8 quantization: {part}")
-                _quantize(entry / f"{part}.onnx")
+            progress("onnxruntime dynamic int8 quantization: loop")
+            _quantize(entry / "loop.onnx")
+            if keys:
+                _quantize(entry / "encoder.onnx", entry / "encoder_int8.onnx")
+                progress("int8: timing the encoder candidates this CPU has (onnx fp32 / onnx int8 / torch bf16)")
+                choice = choose_encoder(policy, entry, keys, torch.get_num_threads())
+                (entry / "encoder_choice.json").write_text(json.dumps(choice, indent=2))
         return self.load(policy, precision, steps, device, entry, progress)
 
     @staticmethod
@@ -144,11 +151,19 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         eager = make_loop(policy, FloatOut(float_unet_copy(policy, cpu, "fp32")).eval(), steps, cpu)
         loop = OrtLoop(entry / "loop.onnx", threads, bool(eager.needs_variance_noise), eager)
         keys = list(policy.image_keys) + list(policy.state_keys)
-        encoder = OrtEncoder(entry / "encoder.onnx", threads, policy, keys) if (entry / "encoder.onnx").exists() else None
+        encoder = None
+        info: dict[str, Any] = {"fused_loop": True, "graphs": ["encoder", "loop"]}
+        if (entry / "encoder.onnx").exists():
+            chosen = "onnx-fp32"
+            if (entry / "encoder_choice.json").exists():
+                info["encoder_choice"] = json.loads((entry / "encoder_choice.json").read_text())
+                chosen = info["encoder_choice"]["chosen"]
+            encoder = make_encoder(chosen, policy, entry, keys, threads)
+            info["encoder"] = chosen
         n_params = sum(p.numel() for p in policy.denoiser.parameters())
         nbytes = n_params * (1 if precision == "int8" else 4)
         return CompiledSampler(self.name, precision, steps, device, policy, loop, eager.denoiser, encoder,
-                               weight_bytes=nbytes, info={"fused_loop": True, "graphs": ["encoder", "loop"]})
+                               weight_bytes=nbytes, info=info)
 
 
 @contextlib.contextmanager
@@ -171,11 +186,83 @@ def _fixed_shape_crop() -> Iterator[None]:
         enc.center_crop = original
 
 
-def _quantize(path: Path) -> None:
-    """int8 weights per channel in place; unsigned weights where this onnxruntime lacks signed ConvInteger."""
+def bf16_native() -> bool:
+    """bf16 GEMM/conv in hardware (AVX-512 BF16, AMX, ARMv8.6 BF16): only then is a bf16 encoder a candidate."""
+    from edgedp.compile.roofline import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpu_flags()))
+
+
+class TorchBf16Encoder:
+    """The encoder's layers in bf16 (inputs cast per layer, Linear outputs back to float32), normalization and
+    the state part in float32: the image backbone is compute-bound at 84x84, where native bf16 kernels do twice the work."""
+
+    def __init__(self, policy: Any):
+        import copy
+
+        self.policy = policy
+        self.normalizers = policy.normalizers
+        enc = copy.deepcopy(policy.obs_encoder).to(torch.bfloat16).eval()  # weights and buffers (softmax grid)
+        self.encoder = _cast_hooks(enc)  # same idea as the bf16 U-Net copy (base.cast_inputs_to_weights)
+
+    def __call__(self, obs: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            batch = self.policy.normalize_obs(self.policy.prepare_obs(obs))
+            return self.encoder({k: v.float() for k, v in batch.items()}).float()
+
+
+def _cast_hooks(model: nn.Module) -> nn.Module:
+    def hook(mod: nn.Module, args: tuple) -> tuple:
+        w = mod.weight
+        return tuple(a.to(w.dtype) if torch.is_tensor(a) and a.is_floating_point() and a.dtype != w.dtype else a
+                     for a in args)
+
+    def out_hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out.float() if isinstance(mod, nn.Linear) else out
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
+            m.register_forward_pre_hook(hook)
+            m.register_forward_hook(out_hook)
+    return model
+
+
+def make_encoder(kind: str, policy: Any, entry: Path, keys: list[str], threads: int):
+    if kind == "torch-bf16":
+        return TorchBf16Encoder(policy)
+    return OrtEncoder(entry / ("encoder_int8.onnx" if kind == "onnx-int8" else "encoder.onnx"), threads, policy, keys)
+
+
+def choose_encoder(policy: Any, entry: Path, keys: list[str], threads: int, repeats: int = 5) -> dict[str, Any]:
+    """Time every encoder this CPU can run well (interleaved, median) and keep the fastest whose features stay
+    within 2 % of the float32 encoder's largest feature (the gate then checks the actions)."""
+    import time
+
+    from edgedp.compile.quantize import synthetic_observations
+
+    obs = synthetic_observations(policy, 1, seed=17)[0]
+    ref = policy.encode(obs).float()
+    kinds = ["onnx-fp32", "onnx-int8"] + (["torch-bf16"] if bf16_native() else [])
+    encs = {k: make_encoder(k, policy, entry, keys, threads) for k in kinds}
+    err = {k: float((e(obs).float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)) for k, e in encs.items()}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k, e in encs.items():
+            t0 = time.perf_counter()
+            e(obs)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    ok = [k for k in kinds if err[k] <= 0.02] or ["onnx-fp32"]
+    return {"chosen": min(ok, key=med.get), "ms": med, "relative_feature_error": err,
+            "bf16_native": bf16_native()}
+
+
+def _quantize(path: Path, out: Path | None = None) -> None:
+    """int8 weights per channel (in place, or to `out`); unsigned weights where this onnxruntime lacks signed
+    ConvInteger."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(path, suffix=".onnx") as tmp:
+    with atomic_path(out or path, suffix=".onnx") as tmp:
         quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         if not _session_opens(tmp):
             quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, per_channel=True)

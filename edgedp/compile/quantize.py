@@ -419,6 +419,23 @@ def action_error(reference: Any, candidate: Any, conds: torch.Tensor, steps: int
     return math.sqrt(sq / max(count, 1)), worst
 
 
+def observation_action_error(reference: Any, candidate: Any, observations: list, steps: int,
+                             seed: int = 778) -> tuple[float, float]:
+    """RMSE and max |a - a_ref| from raw observations: each side through its OWN encoder (so a compiled or
+    quantized encoder's error is counted), same initial and per-step noise for both."""
+    noise, vnoise = fixed_noise(reference.policy, len(observations), steps, seed)
+    sq, count, worst = 0.0, 0, 0.0
+    for i, obs in enumerate(observations):
+        v = vnoise[i] if reference.stochastic else None
+        a_ref = reference(reference.encode(obs), noise[i], v).float().cpu()
+        a = candidate(candidate.encode(obs), noise[i], v).float().cpu()
+        d = a - a_ref
+        sq += float(d.pow(2).sum())
+        count += d.numel()
+        worst = max(worst, float(d.abs().max()))
+    return math.sqrt(sq / max(count, 1)), worst
+
+
 def accuracy_gate(reference: Any, candidate: Any, sets: ObservationSets, steps: int,
                   max_rmse: float = DEFAULT_MAX_RMSE, max_abs: float = DEFAULT_MAX_ABS) -> GateResult:
     rmse, worst = action_error(reference, candidate, sets.heldout, steps)
