@@ -261,6 +261,30 @@ def test_concurrent_robots_each_get_their_own_chunk(served, local_policy):
                                    rtol=0, atol=1e-4)
 
 
+def test_reply_past_its_deadline_means_no_chunk_or_the_local_one(served, local_policy):
+    """A 1 ms deadline on a chunk the server needs tens of ms for: no reply in time. Without fallback the
+    planner gets PolicyUnavailable (it holds and retries); with fallback: local the same call returns the local
+    policy's chunk and every later call stays local."""
+    from edgedp.compile import get_compiled_sampler
+    from edgedp.runtime.remote_policy import PolicyUnavailable, RemotePolicy
+    from edgedp.serve.client import PolicyClient, RemoteUnavailable
+
+    obs, noise = _obs(local_policy, 0), _noise(local_policy, 0)
+    with pytest.raises(RemoteUnavailable, match="timed out"):
+        PolicyClient(served.url, TOKEN, 0.001).predict(obs, noise)
+    strict = RemotePolicy(PolicyClient(served.url, TOKEN, 0.001), local_policy, "none")
+    with pytest.raises(PolicyUnavailable):
+        strict.predict_chunk(obs, noise)
+    assert [e["event"] for e in strict.take_events()] == ["remote_unavailable"] and strict.source == "remote"
+    sampler = get_compiled_sampler(local_policy, "eager", "fp32", SERVED_STEPS, "cpu")
+    lenient = RemotePolicy(PolicyClient(served.url, TOKEN, 0.001), local_policy, "local", local_sampler=sampler)
+    np.testing.assert_allclose(lenient.predict_chunk(obs, noise), local_policy.predict_chunk(obs, noise), atol=1e-6)
+    assert lenient.source == "local"
+    assert [e["event"] for e in lenient.take_events()] == ["remote_unavailable", "fallback_local"]
+    lenient.predict_chunk(obs, noise)
+    assert lenient.take_events() == [] and lenient.failures == 1  # stays local, no new attempt
+
+
 def _raw(served, body: bytes, token: str | None = TOKEN, method: str = "POST", path: str = "/predict"):
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
