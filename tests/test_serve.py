@@ -157,6 +157,45 @@ def test_serve_refuses_bad_requests_before_starting_ray(tmp_path, capsys, monkey
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+def test_serve_command_prints_where_it_listens_and_stops_cleanly_on_ctrl_c(tmp_path):
+    """The CLI end to end in its own process (its own Ray): it answers with the token from --token-file, and
+    SIGINT runs serve.shutdown + ray.shutdown and exits 0, after which the port is closed."""
+    import signal
+    import subprocess
+    import sys
+
+    from edgedp.serve.client import PolicyClient, RemoteUnavailable
+
+    port = _free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEDP_SERVE_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgedp.cli", "serve", "preset:small", "--steps", "2",
+                             "--port", str(port), "--token-file", str(token_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240  # a guard against hanging, not a timing assertion
+        while time.monotonic() < deadline and not any("stop: Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+        assert any(f"http://127.0.0.1:{port}" in line for line in lines), "".join(lines)
+        assert PolicyClient(f"http://127.0.0.1:{port}", TOKEN, 30).health()["steps"] == 2
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+        with pytest.raises(RemoteUnavailable):
+            PolicyClient(f"http://127.0.0.1:{port}", TOKEN, 2).health()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 # ------------------------------------------------------------------------------------------ a real server
 SERVED_CHECKPOINT = load_example()["policy"]["checkpoint"]
 SERVED_STEPS = load_example()["policy"]["steps"]

@@ -93,6 +93,9 @@ class PolicyClient:
             self.close()
             kind = "timed out" if isinstance(exc, socket.timeout) else (type(exc).__name__ + (f": {exc}" if str(exc) else ""))
             raise RemoteUnavailable(f"{self.url}: no reply ({kind})") from None
+        if len(data) > MAX_REQUEST_BYTES:
+            self.close()
+            raise RemoteRefused(f"{self.url}: reply larger than {MAX_REQUEST_BYTES} bytes refused")
         if resp.status >= 500:
             self.close()
             raise RemoteUnavailable(f"{self.url}: server error {resp.status}")
