@@ -99,6 +99,7 @@ class OrtEncoder:
 class OrtLoopBackend(OnnxRuntimeBackend):
     name = "onnxruntime-loop"
     precisions = ("fp32", "int8")
+    revision = 2  # 2: int8 keeps the encoder chosen by measurement (was: dynamic int8 encoder graph)
 
     def unavailable(self, device: torch.device) -> str | None:
         if device.type != "cpu":
