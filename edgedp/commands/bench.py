@@ -134,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{ref}: {report['parameters']['denoiser'] / 1e6:.1f} M {policy.spec.denoiser} parameters, K={args.steps}, "
              f"{m['name']} x{m['threads']} threads, {m['bandwidth_gbs']:.1f} GB/s")
     table = Table(title=title)
+    label_width = max([len("backend/precision"), *map(len, report["results"])])
     for col in TABLE_COLUMNS:
-        table.add_column(col, justify="right" if col != "backend/precision" else "left")
+        if col == "backend/precision":  # never shortened: the label is what a reader looks for
+            table.add_column(col, justify="left", no_wrap=True, min_width=label_width)
+        else:
+            table.add_column(col, justify="right")
     for row in table_rows(report):
         table.add_row(*row)
     console.print(table)
