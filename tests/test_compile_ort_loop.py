@@ -2,7 +2,7 @@
 
 Checked against the eager float32 policy: same actions from the same observations and noise (fp32 to
 float rounding; DDPM with the per-step noise as a graph input), int8 within the accuracy gate, and the
-refusals (warm start / inpainting, non-cpu devices) as one line.
+refusals (non-cpu devices) as one line; the sampler baked into the graph keys the cache.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from edgedp.compile.api import compile_policy
 from edgedp.compile.backends import get_backend
 from edgedp.compile.quantize import action_error, synthetic_observations
-from edgedp.errors import UserError
 from edgedp.policy_loading import load_policy
 from tests.test_compile_backends import _conds, _one_thread, tiny_policy  # noqa: F401 (autouse fixture)
 
@@ -84,14 +83,19 @@ def test_bf16_encoder_stays_close_to_float32_features(image_policy):
         assert not torch.equal(got, ref)                         # it really ran in bf16
 
 
-def test_warm_start_policy_is_refused_with_one_line(tmp_path):
+def test_the_sampler_baked_into_the_graph_is_part_of_the_cache_key(tmp_path):
+    """Another sampler kind or warm start / inpainting builds another loop graph: never a stale cache hit."""
     pol = tiny_policy()
-    pol.configure_sampler(warm_start_level=0.5)
+    first = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
+    assert compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False).state == "hit"
+    pol.configure_sampler("dpmsolver++", warm_start_level=0.5, inpaint="guided")
     try:
-        with pytest.raises(UserError, match="use backend onnxruntime"):
-            compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
+        other = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
+        assert other.state == "stale" and (other.path / "loop_warm.onnx").exists()  # rebuilt, not reused
+        assert compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False).state == "hit"
+        assert first.path == other.path
     finally:
-        pol.configure_sampler(warm_start_level=None)
+        pol.configure_sampler("ddim")
 
 
 def test_cuda_is_refused_by_name():

@@ -39,7 +39,7 @@ def _conditioning(policy: DiffusionPolicy, n_fixed: int) -> dict:
 # (backend, precision, tolerance against eager float32 on the free steps)
 BACKENDS = [("eager", "fp32", 0.0),
             pytest.param("inductor", "fp32", 1e-4, marks=pytest.mark.slow),  # code generation: minutes on 2 cores
-            ("onnxruntime", "fp32", 1e-4), ("cpu-int8", "int8", 0.25)]
+            ("onnxruntime", "fp32", 1e-4), ("onnxruntime-loop", "fp32", 1e-4), ("cpu-int8", "int8", 0.25)]
 
 
 @pytest.mark.parametrize("backend,precision,tol", BACKENDS)
@@ -64,7 +64,8 @@ def test_compiled_sampler_does_warm_start_and_inpainting_like_eager(backend, pre
         assert got.shape == want.shape
         torch.testing.assert_close(got[:, :n_fixed], cond["prefix"][:, :n_fixed], rtol=0, atol=1e-5)
         assert float((got - want).abs().max()) <= tol + 1e-6, f"{backend} {kind} n_fixed={n_fixed}"
-    assert cs.loop.warm_start == 3 and cs.loop.inpaint == form and cs.loop.spec.kind == kind
+    loop = getattr(cs.loop, "loop", cs.loop)  # onnxruntime-loop keeps its eager twin beside the graphs
+    assert loop.warm_start == 3 and loop.inpaint == form and loop.spec.kind == kind
 
 
 def test_configure_sampler_rejects_a_k_the_kind_cannot_do_and_keeps_the_old_one():

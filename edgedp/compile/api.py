@@ -85,7 +85,10 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
     b = get_backend(backend)
     cache_dir = Path(cache_dir) if cache_dir else cache_mod.default_cache_dir()
     say("hashing checkpoint weights")
-    key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, b.library_versions())
+    versions = b.library_versions()
+    if hasattr(b, "graph_key"):  # a backend that bakes the sampler into its graph keys it too
+        versions.update(b.graph_key(policy))
+    key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, versions)
     found = cache_mod.lookup(cache_dir, key)
     needs_gate = gate and precision != "fp32"
     if found.state == "hit" and not force:

@@ -10,8 +10,11 @@ ResNet + spatial softmax) is another.  Two calls per chunk, no Python between st
 quantized at run time); for the encoder, the build times the candidates this CPU runs well (onnx fp32,
 onnx int8, and a torch bf16 copy where the CPU has native bf16: AVX-512 BF16 / AMX / ARM BF16) and keeps
 the fastest whose features stay within 2 % (encoder_choice.json).  The encoder's error reaches the
-actions, so `edgedp bench` reports the observation->action error too.  Warm start / inpainting are not in these graphs: such a policy is refused
-at build with one line (use the ``onnxruntime`` backend).
+actions, so `edgedp bench` reports the observation->action error too.
+
+Warm start / inpainting (policy.configure_sampler) are graph inputs too: with inpainting the loop graph takes
+``prefix``, ``n_fixed``, ``n_overlap`` (the first chunk passes zeros: same graph); with warm start a second graph
+``loop_warm.onnx`` (the last steps only) also takes ``init``. The call picks the graph by whether ``init`` is given.
 """
 from __future__ import annotations
 
@@ -43,13 +46,18 @@ class _Encoder(nn.Module):
 
 
 class _Loop(nn.Module):
-    def __init__(self, sampler: nn.Module, stochastic: bool):
+    """The sampler with positional inputs for export: noise, cond, [vnoise], then the named conditioning inputs."""
+
+    def __init__(self, sampler: nn.Module, stochastic: bool, conditioning: tuple[str, ...] = ()):
         super().__init__()
         self.sampler = sampler
         self.stochastic = stochastic
+        self.conditioning = conditioning
 
-    def forward(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.sampler(noise, cond, vnoise if self.stochastic else None)
+    def forward(self, noise: torch.Tensor, cond: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        vnoise = rest[0] if self.stochastic else None
+        named = dict(zip(self.conditioning, rest[1:] if self.stochastic else rest))
+        return self.sampler(noise, cond, vnoise, **named)
 
 
 def _session(path: Path, threads: int):
@@ -68,20 +76,33 @@ class OrtLoop:
     ``loop`` (the eager Sampler over the float32 copy) is kept for the benchmark's scheduler-update
     timing only; the chunk never goes through it."""
 
-    def __init__(self, path: Path, threads: int, stochastic: bool, eager_loop: nn.Module):
+    def __init__(self, path: Path, threads: int, stochastic: bool, eager_loop: nn.Module,
+                 warm_path: Path | None = None):
         self.session = _session(path, threads)
+        self.warm = _session(warm_path, threads) if warm_path is not None else None
         self.names = [i.name for i in self.session.get_inputs()]
         self.stochastic = stochastic
         self.loop = eager_loop
 
     def __call__(self, noise: torch.Tensor, cond: torch.Tensor, vnoise: torch.Tensor | None = None,
                  **conditioning: Any) -> torch.Tensor:
-        if conditioning:
-            raise ValueError("backend onnxruntime-loop has no warm start / inpainting inputs")
-        feed = {"noise": noise.detach().float().cpu().numpy(), "cond": cond.detach().float().cpu().numpy()}
-        if "vnoise" in self.names:
-            feed["vnoise"] = vnoise.detach().float().cpu().numpy()
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        session = self.session
+        if conditioning.get("init") is not None:
+            if self.warm is None:
+                raise ValueError("this onnxruntime-loop sampler was built without warm start")
+            session = self.warm
+        names = [i.name for i in session.get_inputs()]
+        given = {"noise": noise, "cond": cond, "vnoise": vnoise,
+                 **{k: v for k, v in conditioning.items() if v is not None}}
+        # the replacement form never reads n_overlap, so the exporter drops that input from the graph
+        extra = set(given) - set(names) - {"vnoise"} - ({"n_overlap"} if "prefix" in names else set())
+        if extra:
+            raise ValueError(f"backend onnxruntime-loop was built without inputs {', '.join(sorted(extra))}")
+        feed = {}
+        for n in names:
+            t = given[n].detach().cpu()
+            feed[n] = (t.to(torch.int64) if n.startswith("n_") else t.float()).numpy()
+        return torch.from_numpy(session.run(None, feed)[0])
 
 
 class OrtEncoder:
@@ -99,19 +120,20 @@ class OrtEncoder:
 class OrtLoopBackend(OnnxRuntimeBackend):
     name = "onnxruntime-loop"
     precisions = ("fp32", "int8")
-    revision = 2  # 2: int8 keeps the encoder chosen by measurement (was: dynamic int8 encoder graph)
+    revision = 3  # 2: int8 keeps the encoder chosen by measurement; 3: warm start / inpainting inputs
 
     def unavailable(self, device: torch.device) -> str | None:
         if device.type != "cpu":
             return f"backend onnxruntime-loop runs on cpu, not {device}"
         return super().unavailable(device)
 
-    def build(self, policy, precision, steps, device, entry: Path, calib=None, progress=_noop):
-        from edgedp.errors import UserError
+    def graph_key(self, policy) -> dict[str, str]:
+        """The sampler is baked into the loop graph: its kind and options belong in the cache key."""
+        spec = policy.scheduler_spec
+        opts = ",".join(f"{k}={v}" for k, v in sorted(policy.sampler_options.items()))
+        return {"loop-sampler": f"{spec.kind}/eta={spec.eta}/{opts}"}
 
-        if policy.sampler_options:
-            raise UserError("backend onnxruntime-loop has no warm start / inpainting inputs in its graph "
-                            f"({', '.join(policy.sampler_options)} set): use backend onnxruntime")
+    def build(self, policy, precision, steps, device, entry: Path, calib=None, progress=_noop):
         entry.mkdir(parents=True, exist_ok=True)
         cpu = torch.device("cpu")
         unet = FloatOut(float_unet_copy(policy, cpu, "fp32")).eval()
@@ -121,8 +143,19 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         g = torch.zeros((1, policy.global_cond_dim))
         args: tuple = (x, g, torch.zeros((steps, 1, policy.horizon, policy.action_dim))) if stochastic else (x, g)
         names = ["noise", "cond", "vnoise"][:len(args)]
+        cond_names: tuple[str, ...] = ()
+        cond_args: tuple = ()
+        if sampler.inpaint is not None:  # prefix + decided/overlap counts as inputs: one graph for every delay
+            zero = torch.zeros((1,), dtype=torch.int64)
+            cond_names, cond_args = ("prefix", "n_fixed", "n_overlap"), (torch.zeros_like(x), zero, zero)
         progress(f"exporting the whole {steps}-step loop to one ONNX graph")
-        self._export(_Loop(sampler, stochastic).eval(), args, names, entry / "loop.onnx")
+        self._export(_Loop(sampler, stochastic, cond_names).eval(), args + cond_args, names + list(cond_names),
+                     entry / "loop.onnx")
+        if sampler.warm_start is not None:
+            progress(f"exporting the warm-start loop (last {sampler.num_warm_steps} steps) to one ONNX graph")
+            self._export(_Loop(sampler, stochastic, ("init",) + cond_names).eval(),
+                         args + (torch.zeros_like(x),) + cond_args, names + ["init", *cond_names],
+                         entry / "loop_warm.onnx")
         keys = list(policy.image_keys) + list(policy.state_keys)
         if keys:
             progress("exporting the observation encoder to ONNX")
@@ -133,6 +166,8 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         if precision == "int8":
             progress("onnxruntime dynamic int8 quantization: loop")
             _quantize(entry / "loop.onnx")
+            if (entry / "loop_warm.onnx").exists():
+                _quantize(entry / "loop_warm.onnx")
             if keys:
                 _quantize(entry / "encoder.onnx", entry / "encoder_int8.onnx")
                 progress("int8: timing the encoder candidates this CPU has (onnx fp32 / onnx int8 / torch bf16)")
@@ -150,7 +185,10 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         threads = torch.get_num_threads()
         cpu = torch.device("cpu")
         eager = make_loop(policy, FloatOut(float_unet_copy(policy, cpu, "fp32")).eval(), steps, cpu)
-        loop = OrtLoop(entry / "loop.onnx", threads, bool(eager.needs_variance_noise), eager)
+        warm = entry / "loop_warm.onnx" if eager.warm_start is not None else None
+        if warm is not None and not warm.exists():
+            raise FileNotFoundError(f"{warm} is missing (built without warm start): rebuild with --force")
+        loop = OrtLoop(entry / "loop.onnx", threads, bool(eager.needs_variance_noise), eager, warm)
         keys = list(policy.image_keys) + list(policy.state_keys)
         encoder = None
         info: dict[str, Any] = {"fused_loop": True, "graphs": ["encoder", "loop"]}
