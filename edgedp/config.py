@@ -38,7 +38,7 @@ REALSENSE_RESOLUTIONS = (
 )
 REALSENSE_FPS = (6, 15, 30, 60, 90)
 
-BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "cpu-int8")
+BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "onnxruntime-loop", "cpu-int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")
 
