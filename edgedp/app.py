@@ -134,10 +134,12 @@ def _check_sampler(spec, cfg: RunConfig) -> None:
 
     p, s = cfg.policy, cfg.safety
     sched = SchedulerSpec.from_dict(spec.scheduler)
-    if p.sampler is not None and p.sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
-        sched = dataclasses.replace(sched, kind=p.sampler, eta=sched.eta if p.sampler == "ddim" else 0.0)
+    steps = p.steps or sched.resolved_steps()
     try:
-        Sampler(nn.Identity(), sched, p.steps, warm_start_level=p.warm_start_level if p.warm_start else None,
+        if p.sampler is not None and p.sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
+            sched = dataclasses.replace(sched, kind=p.sampler, eta=sched.eta if p.sampler == "ddim" else 0.0,
+                                        num_inference_steps=None)
+        Sampler(nn.Identity(), sched, steps, warm_start_level=p.warm_start_level if p.warm_start else None,
                 inpaint=s.inpaint_form if s.join == "inpaint" else None)
     except ValueError as exc:
         raise UserError(f"policy.sampler: {exc}") from None
