@@ -123,8 +123,17 @@ def _check_steps(spec, steps: Optional[int]) -> None:
 
 
 def _check_sampler(spec, cfg: RunConfig) -> None:
-    """policy.sampler / warm_start / join: inpaint against K, by building the K-step loop the policy will build
-    (configure_sampler at assembly) over no network: its tables are where an unsuitable choice shows."""
+    """policy.sampler / warm_start / join: inpaint against K (see check_sampler_choice)."""
+    p, s = cfg.policy, cfg.safety
+    check_sampler_choice(spec, p.steps, p.sampler, p.warm_start_level if p.warm_start else None,
+                         s.inpaint_form if s.join == "inpaint" else None, label="policy.sampler")
+
+
+def check_sampler_choice(spec, steps: Optional[int], sampler: Optional[str], warm_start_level: Optional[float],
+                         inpaint: Optional[str], label: str) -> None:
+    """A sampler kind, warm start and inpainting against K, by building the K-step loop the policy will build
+    (configure_sampler at assembly) over no network: its tables are where an unsuitable choice shows. Shared by
+    validate and edgedp serve, so both refuse the same choices with one line before anything starts."""
     import dataclasses
 
     from torch import nn
@@ -132,17 +141,15 @@ def _check_sampler(spec, cfg: RunConfig) -> None:
     from models.sampler import Sampler
     from models.schedulers import SchedulerSpec
 
-    p, s = cfg.policy, cfg.safety
     sched = SchedulerSpec.from_dict(spec.scheduler)
-    steps = p.steps or sched.resolved_steps()
+    steps = steps or sched.resolved_steps()
     try:
-        if p.sampler is not None and p.sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
-            sched = dataclasses.replace(sched, kind=p.sampler, eta=sched.eta if p.sampler == "ddim" else 0.0,
+        if sampler is not None and sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
+            sched = dataclasses.replace(sched, kind=sampler, eta=sched.eta if sampler == "ddim" else 0.0,
                                         num_inference_steps=None)
-        Sampler(nn.Identity(), sched, steps, warm_start_level=p.warm_start_level if p.warm_start else None,
-                inpaint=s.inpaint_form if s.join == "inpaint" else None)
+        Sampler(nn.Identity(), sched, steps, warm_start_level=warm_start_level, inpaint=inpaint)
     except ValueError as exc:
-        raise UserError(f"policy.sampler: {exc}") from None
+        raise UserError(f"{label}: {exc}") from None
 
 
 @dataclass(frozen=True)

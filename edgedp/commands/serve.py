@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> str:
     """Every user mistake as one UserError line; returns the token."""
+    from edgedp.app import check_sampler_choice
     from edgedp.compile.api import check_request
     from edgedp.policy_loading import load_spec
     from edgedp.serve.client import read_token
@@ -67,7 +68,8 @@ def _check(args: argparse.Namespace) -> str:
         raise UserError("serve: the shared token must be at least 16 characters (e.g. python -c "
                         "\"import secrets; print(secrets.token_urlsafe(32))\")")
     check_request(args.backend, args.precision, args.device, args.steps)
-    load_spec(args.checkpoint)  # a missing or unreadable checkpoint is one line, before Ray starts
+    spec = load_spec(args.checkpoint)  # a missing or unreadable checkpoint is one line, before Ray starts
+    check_sampler_choice(spec, args.steps, args.sampler, args.warm_start_level, args.inpaint, label="serve")
     from edgedp.serve.server import require_ray
 
     require_ray()
