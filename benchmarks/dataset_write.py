@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -26,18 +25,9 @@ from edgedp.datasets.reader import LeRobotDataset  # noqa: E402
 from edgedp.datasets.writer import DatasetWriter  # noqa: E402
 from edgedp.sim_task.dataset import DatasetWriter as NpzWriter, EpisodeDataset  # noqa: E402
 from edgedp.sim_task.expert import ExpertConfig, TaskConfig, record_episode  # noqa: E402
+from edgedp.host_info import cpu_model  # noqa: E402
 
 JOINTS = ["shoulder", "elbow"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def folder_bytes(root: Path) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,20 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgedp.config import load_config  # noqa: E402
 from edgedp.evaluation.episodes import Condition, EvalSession  # noqa: E402
 from edgedp.evaluation.report import wilson_interval  # noqa: E402
+from edgedp.host_info import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 JOINS = [("crossfade", None), ("ensemble", None), ("inpaint", "replace"), ("inpaint", "guided")]
 SAMPLERS = ["ddim", "ddpm", "dpmsolver++", "unipc"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_session(cfg, latencies: list[float], seeds: list[int], timeout: float, log) -> list[dict]:
