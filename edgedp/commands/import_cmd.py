@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
                                      overwrite=args.force)
     except (CheckpointError, NativeCheckpointError) as exc:
         raise UserError(_one_line(exc)) from None
+    except OSError as exc:  # --out cannot be written (no such folder, read-only, disk full); as init-policy says it
+        raise UserError(f"--out {out}: {exc}") from None
     make_console().print(f"[bold green]imported[/] {src} -> {dest} ({api.detect(src)}, "
                          f"{time.perf_counter() - t0:.1f} s); see `edgedp info {dest}`")
     return 0
