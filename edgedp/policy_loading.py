@@ -122,7 +122,8 @@ def _sampler_override(scheduler: str | None, steps: int | None, num_inference_st
         raise UserError(f"steps={steps} and num_inference_steps={num_inference_steps} disagree (give one)")
     k = steps if steps is not None else num_inference_steps
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise UserError(f"steps: {k!r} is not a positive integer")
+        name = "steps" if steps is not None else "num_inference_steps"  # the argument the caller used
+        raise UserError(f"{name}: {k!r} is not a positive integer")
     if scheduler is not None:
         if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULER_KINDS:
             raise UserError(f"scheduler: {scheduler!r} not supported (supported: {', '.join(SCHEDULER_KINDS)})")

@@ -13,6 +13,7 @@ from edgedp.compile.api import compile_policy
 from edgedp.compile.backends import get_backend
 from edgedp.compile.quantize import action_error, synthetic_observations
 from edgedp.policy_loading import load_policy
+from edgedp.errors import UserError
 from tests.test_compile_backends import _conds, _one_thread, tiny_policy  # noqa: F401 (autouse fixture)
 
 pytest.importorskip("onnxruntime", reason="onnxruntime (onnx extra) is not installed")
@@ -55,7 +56,16 @@ def test_ddpm_loop_takes_per_step_noise_as_input(tmp_path):
 
 def test_int8_passes_the_gate_and_stores_int8_weights(tmp_path):
     pol = tiny_policy()
-    rep = compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate_samples=2)
+    try:
+        rep = compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate_samples=2)
+    except UserError as exc:
+        import onnxruntime
+        from packaging.version import Version
+
+        # onnxruntime 1.23 (the newest pip offers Python 3.10) cannot quantize the unrolled loop: refused by name.
+        if "cannot run an int8 form" in str(exc) and Version(onnxruntime.__version__) < Version("1.24"):
+            pytest.skip(str(exc))
+        raise
     assert rep.gate is not None and rep.gate.passed, rep.gate.line()
     import onnx
     from onnx import TensorProto, numpy_helper

@@ -29,6 +29,7 @@ from torch import nn
 from edgedp.compile.backends import _noop
 from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
 from edgedp.compile.onnx import OnnxRuntimeBackend, _session_opens
+from edgedp.errors import UserError
 from firmware_bridge.atomic_file import atomic_path
 
 
@@ -299,12 +300,25 @@ def choose_encoder(policy: Any, entry: Path, keys: list[str], threads: int, repe
 def _quantize(path: Path, out: Path | None = None) -> None:
     """int8 weights per channel (in place, or to `out`); unsigned weights where this onnxruntime lacks signed
     ConvInteger."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # Older quantizers (onnxruntime 1.23, what pip gives Python 3.10) lose shape inference inside the unrolled
+    # loop graph and then cannot type a weight; every tensor here is float32, so say so.
+    opts = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with atomic_path(out or path, suffix=".onnx") as tmp:
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
-        if not _session_opens(tmp):
-            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, per_channel=True)
+        for weight_type, ops in ((QuantType.QInt8, None), (QuantType.QUInt8, None), (QuantType.QUInt8, ["Conv"])):
+            # Fallbacks for older onnxruntime builds: no signed-weight ConvInteger, then a quantized Gemm whose
+            # shapes it gets wrong; the last keeps the small Linear layers (step/condition encoders) in float.
+            quantize_dynamic(str(path), str(tmp), weight_type=weight_type, per_channel=True, extra_options=opts,
+                             op_types_to_quantize=ops)
+            if _session_opens(tmp):
+                return
+        import onnxruntime
+
+        raise UserError(f"backend onnxruntime-loop: onnxruntime {onnxruntime.__version__} cannot run an int8 form of "
+                        f"the loop graph (its quantizer breaks the unrolled graph); use onnxruntime-loop fp32, "
+                        f"onnxruntime int8 or cpu-int8, or a newer onnxruntime")
 
 
 __all__ = ["OrtLoopBackend"]
