@@ -49,6 +49,8 @@ EXTRAS = {
         "pyarrow>=14",
         "av>=12",
         "rerun-sdk>=0.20",
+        # the Push-T scene's dependencies; gym-pusht itself goes in with --no-deps (see "pusht" above)
+        "gymnasium>=0.29.1,<2", "pygame>=2.5.2,<2.7", "pymunk>=6.6,<7", "shapely>=2.0.3,<3",
     ],
 }
 
