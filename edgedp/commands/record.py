@@ -59,13 +59,18 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgedp.console import make_console
-    from edgedp.datasets import DatasetError
+    from edgedp.datasets import DatasetError, check_creatable
     from edgedp.datasets.convert import episode_frames, sim_features
     from edgedp.datasets.writer import DatasetWriter
     from edgedp.sim_task.expert import record_episode
 
     from edgedp.sim_task.pusht_record import record_pusht, wants_pusht
 
+    if not args.append:  # an --out that cannot be made is one line before any episode is recorded
+        try:
+            check_creatable(Path(args.out), "--out")
+        except DatasetError as exc:
+            raise UserError(str(exc)) from None
     if wants_pusht(args):
         return record_pusht(args)
     if args.steps is None:

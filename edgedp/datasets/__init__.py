@@ -9,6 +9,8 @@ pyarrow and PyAV are needed (the ``datasets`` extra); :func:`require` turns thei
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DatasetError(ValueError):
     """A dataset folder that is missing, foreign or inconsistent, or a write that cannot be done; one line."""
@@ -25,3 +27,17 @@ def require() -> None:
     if missing:
         raise DatasetError(f"LeRobot datasets need {' and '.join(missing)}: pip install 'edgedp[datasets]' "
                            f"(or pip install {' '.join(missing)})")
+
+
+def check_creatable(root: Path, option: str) -> None:
+    """Raise DatasetError naming `option` when the folder `root` cannot be made. Recordings are written while
+    or after the robot (or the sim) runs: a folder that cannot exist must be refused before that, not after.
+    Missing folders are made and removed again, so nothing is left behind."""
+    root = Path(root)
+    made = [p for p in [root, *root.parents] if not p.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{option} {root}: cannot create it ({exc.strerror or exc})") from None
+    for p in made:  # deepest first
+        p.rmdir()

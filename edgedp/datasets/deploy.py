@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgedp.datasets import DatasetError
+from edgedp.datasets import DatasetError, check_creatable
 
 
 def prev_key(key: str, k: int) -> str:
@@ -105,18 +105,7 @@ class DeploymentRecorder:
         elif self.root.exists() and any(self.root.iterdir()):
             raise DatasetError(f"--record {self.root}: exists and is not a dataset (choose a new folder)")
         else:
-            self._check_creatable()
-
-    def _check_creatable(self) -> None:
-        """The episode is written when the run ends: a folder that cannot be made must be refused now, not after
-        the robot has moved for the whole run. Made and removed again (nothing left behind on a refusal)."""
-        made = [p for p in [self.root, *self.root.parents] if not p.exists()]
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatasetError(f"--record {self.root}: cannot create it ({exc.strerror or exc})") from None
-        for p in made:  # deepest first
-            p.rmdir()
+            check_creatable(self.root, "--record")
 
     # ---- planner thread -------------------------------------------------------------------------
     def __call__(self, event) -> None:
