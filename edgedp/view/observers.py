@@ -64,7 +64,11 @@ def attach_observers(parts: Any, cfg: Any, config_path: str, record: Optional[Pa
     if view is not None:
         from edgedp.view.rerun_view import RerunView
 
-        viewer = RerunView(view, joints, list(parts.image_shapes), parts.state_key)
+        try:
+            viewer = RerunView(view, joints, list(parts.image_shapes), parts.state_key)
+        except (RuntimeError, OSError) as exc:  # rerun: a .rrd that cannot be created, a malformed viewer URL
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip("'\"")
+            raise UserError(f"--view {view}: {reason}") from None
         parts.chunk_listeners.append(viewer)
         if console is not None:
             console.print(f"view: {viewer.where}", highlight=False)
