@@ -120,13 +120,18 @@ def test_expert_succeeds_with_gym_pushts_criterion(seed):
 
 
 def test_record_writes_keypoints_and_only_successes(tmp_path):
+    import json
+
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("av")
     from edgedp.cli import main
-    from edgedp.sim_task.dataset import EpisodeDataset
+    from edgedp.datasets.episodes import open_episodes
 
     out = tmp_path / "demos"
     assert main(["record", "--task", "pusht", "--episodes", "1", "--out", str(out), "--seed", "6"]) == 0
-    ds = EpisodeDataset(out)
-    assert len(ds) == 1 and ds.episodes[0]["success"] and ds.episodes[0]["seed"] == 6
+    ds = open_episodes(out)  # LeRobot v3.0, read as training reads it
+    info = json.loads(ds.ds.episodes[0]["edgedp/info"])
+    assert len(ds) == 1 and info["success"] and info["seed"] == 6
     flat = ds.flat()
     assert flat.extra["observation.environment_state"].shape == (len(flat.state), 16)
     assert flat.image.shape[1:] == (96, 96, 3)

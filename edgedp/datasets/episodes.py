@@ -3,6 +3,8 @@
 Training (edgedp/sim_task/train.py) and INT8 calibration (edgedp/compile/quantize.py) want episodes with
 the policy's keys (observation.image, observation.state, action). A LeRobot dataset names its features its
 own way (observation.images.top, observation.state, action, ...): :class:`PolicyEpisodes` maps them.
+Other vector ``observation.*`` features (Push-T's ``observation.environment_state``) keep their names and
+come along as extra state features, as the ``.npz`` format's extra per-frame arrays do.
 """
 from __future__ import annotations
 
@@ -16,6 +18,16 @@ from edgedp.datasets import DatasetError
 IMAGE_KEY = "observation.image"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+NUMERIC = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def extra_state_keys(features: dict[str, dict], used: tuple) -> tuple:
+    """Numeric vector ``observation.*`` features not already mapped to the policy's keys: task-specific state
+    inputs (Push-T's keypoints). Training fits a normalizer to each; a policy that does not use one ignores it.
+    A feature named like a policy key but not mapped to it stays out (it would shadow the mapped one)."""
+    return tuple(k for k, ft in features.items()
+                 if k.startswith("observation.") and k not in (*used, IMAGE_KEY, STATE_KEY) and ft["dtype"] in NUMERIC
+                 and len(ft["shape"]) == 1)
 
 
 class PolicyEpisodes:
@@ -29,8 +41,10 @@ class PolicyEpisodes:
         self.root = self.ds.root
         self.keys = resolve_keys(self.ds, image_key, state_key, action_key)
         f = self.ds.features
+        self.extra_keys = extra_state_keys(f, (self.keys.image, self.keys.state, self.keys.action))
         self.info = {**self.ds.info, "features": {IMAGE_KEY: f[self.keys.image], STATE_KEY: f[self.keys.state],
-                                                  ACTION_KEY: f[self.keys.action]}}
+                                                  ACTION_KEY: f[self.keys.action],
+                                                  **{k: f[k] for k in self.extra_keys}}}
         for key, what in ((self.keys.state, "state"), (self.keys.action, "action")):
             if len(f[key]["shape"]) != 1:
                 raise DatasetError(f"{root}: {what} feature {key!r} has shape {f[key]['shape']}; a vector is needed")
@@ -49,10 +63,10 @@ class PolicyEpisodes:
 
     def load_episode(self, index: int) -> dict[str, np.ndarray]:
         k = self.keys
-        ep = self.ds.load_episode(index, [k.image, k.state, k.action, "timestamp", "frame_index"])
-        return {IMAGE_KEY: ep[k.image], STATE_KEY: ep[k.state].astype(np.float32).reshape(len(ep[k.state]), -1),
-                ACTION_KEY: ep[k.action].astype(np.float32).reshape(len(ep[k.action]), -1),
-                "timestamp": ep["timestamp"].astype(np.float32), "frame_index": ep["frame_index"]}
+        ep = self.ds.load_episode(index, [k.image, k.state, k.action, "timestamp", "frame_index", *self.extra_keys])
+        return {IMAGE_KEY: ep[k.image], STATE_KEY: _vectors(ep[k.state]), ACTION_KEY: _vectors(ep[k.action]),
+                "timestamp": ep["timestamp"].astype(np.float32), "frame_index": ep["frame_index"],
+                **{key: _vectors(ep[key]) for key in self.extra_keys}}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(self)):
@@ -68,7 +82,13 @@ class PolicyEpisodes:
         return Flat(image=np.concatenate([e[IMAGE_KEY] for e in eps]),
                     state=np.concatenate([e[STATE_KEY] for e in eps]),
                     action=np.concatenate([e[ACTION_KEY] for e in eps]),
-                    episode_ends=np.cumsum([len(e[STATE_KEY]) for e in eps]).astype(np.int64))
+                    episode_ends=np.cumsum([len(e[STATE_KEY]) for e in eps]).astype(np.int64),
+                    extra={key: np.concatenate([e[key] for e in eps]) for key in self.extra_keys})
+
+
+def _vectors(a: np.ndarray) -> np.ndarray:
+    """(N,) or (N, D) values as (N, D) float32, the shape training gathers windows from."""
+    return a.astype(np.float32).reshape(len(a), -1)
 
 
 def open_episodes(path: str | Path, image_key: Optional[str] = None, state_key: Optional[str] = None,

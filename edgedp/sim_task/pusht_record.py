@@ -1,21 +1,24 @@
-"""`edgedp record --task pusht`: the planning expert's Push-T demonstrations, written with the episode writer.
+"""`edgedp record --task pusht`: the planning expert's Push-T demonstrations, written as a LeRobot v3.0 dataset.
 
 Each episode is gym-pusht's seed ``SEED + i`` run by :mod:`edgedp.sim_task.pusht_expert` in simulation time at
-gym-pusht's 10 Hz, until success (coverage > 0.95) or 300 steps. Only successful episodes are kept by default
-(``--keep-failures`` keeps all): a demonstration that never finishes teaches a policy to wander. Besides the
-image, the gantry's joint angles and the joint targets, every frame stores the T's 16 keypoint coordinates
-(``observation.environment_state``, gym-pusht's name), so one dataset trains both the image and the state policy.
+gym-pusht's 10 Hz, until success (coverage > 0.95) or ``--steps`` (default 300). Only successful episodes are
+kept by default (``--keep-failures`` keeps all): a demonstration that never finishes teaches a policy to wander.
+Besides the image (video), the gantry's joint angles and the joint targets, every frame stores the T's 16
+keypoint coordinates as the feature ``observation.environment_state`` (gym-pusht's and LeRobot's name, as in
+LeRobot's pusht_keypoints set), so one dataset trains both the image and the state policy. The v3.0 writer
+(edgedp/datasets/writer.py) commits each episode through its journal: a crash loses at most the open episode,
+and ``--append`` finishes or removes it before continuing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from edgedp.errors import UserError
+
+ROBOT_TYPE = "sim-pusht-gantry"
 
 
 def wants_pusht(args: argparse.Namespace) -> bool:
@@ -28,14 +31,6 @@ def wants_pusht(args: argparse.Namespace) -> bool:
 
     cfg = load_config(args.config)
     return cfg.scene is not None and cfg.scene.task == "pusht"
-
-
-class _Episode:
-    """What DatasetWriter.add reads, plus the keypoints as an extra per-frame array."""
-
-    def __init__(self, ep: Any, keypoint_key: str):
-        self.image, self.state, self.action, self.timestamp, self.info = ep.image, ep.state, ep.action, ep.timestamp, ep.info
-        self.extras = {keypoint_key: ep.keypoints.astype(np.float32)}
 
 
 def _settings(args: argparse.Namespace):
@@ -60,11 +55,45 @@ def _settings(args: argparse.Namespace):
     return radius, size, names
 
 
+def pusht_features(image_size: int, joint_names: list[str], keypoint_key: str, n_keypoints: int = 8) -> dict[str, dict]:
+    """The reach recording's features (video, joint state, next joint target) plus the T's keypoint coordinates."""
+    from edgedp.datasets.convert import sim_features
+
+    return {**sim_features(image_size, joint_names),
+            keypoint_key: {"dtype": "float32", "shape": [2 * n_keypoints],
+                           "names": [f"{a}{i}" for i in range(n_keypoints) for a in "xy"]}}
+
+
+def _next_seed(episodes: list[dict], first: int) -> int:
+    """Seeds continue after the last one tried (stored per episode), so --append never repeats a seed."""
+    seeds = [json.loads(e["edgedp/info"]).get("seed", -1) for e in episodes if e.get("edgedp/info")]
+    return max(max(seeds, default=first - 1) + 1, first)
+
+
+def _open_writer(out: Path, fps: int, features: dict, settings: dict, append: bool):
+    from edgedp.datasets import DatasetError
+    from edgedp.datasets.writer import DatasetWriter
+
+    try:
+        if append:
+            writer = DatasetWriter.open_for_append(out)
+            stored = writer.info.get("edgedp", {})
+            if stored.get("scene") != settings["scene"] or stored.get("seed") != settings["seed"]:
+                raise UserError(f"{out}: recorded with other settings (scene {stored.get('scene')}, seed "
+                                f"{stored.get('seed')}); append with the same --config/--steps/--seed")
+            return writer
+        if (out / "meta" / "info.json").exists():
+            n = json.loads((out / "meta" / "info.json").read_text()).get("total_episodes", "?")
+            raise UserError(f"{out}: already a dataset with {n} episodes (use --append to add more, or a new --out)")
+        return DatasetWriter.create(out, fps, features, robot_type=ROBOT_TYPE, extra=settings)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+
+
 def record_pusht(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgedp.console import make_console
-    from edgedp.sim_task.dataset import DatasetError, DatasetWriter, EpisodeDataset
 
     try:
         from edgedp.sim_task.pusht_expert import PushTExpertConfig, run_expert_episode
@@ -82,50 +111,31 @@ def record_pusht(args: argparse.Namespace) -> int:
     expert = PushTExpertConfig()
     scene = {"task": "pusht", "pulley_radius": float(radius), "image_size": int(size), "period": CONTROL_PERIOD,
              "max_steps": int(steps), "success_coverage": 0.95, "keep_failures": bool(args.keep_failures)}
-    features = {
-        "observation.image": {"dtype": "uint8", "shape": [size, size, 3], "names": ["height", "width", "channel"]},
-        "observation.state": {"dtype": "float32", "shape": [2], "names": names, "unit": "rad"},
-        "action": {"dtype": "float32", "shape": [2], "names": names, "unit": "rad",
-                   "meaning": "gantry joint target one period after the observation"},
-        "timestamp": {"dtype": "float32", "shape": [1], "unit": "s"},
-        "frame_index": {"dtype": "int64", "shape": [1]},
-        KEYPOINT_KEY: {"dtype": "float32", "shape": [16], "names": [f"{a}{i}" for i in range(8) for a in "xy"],
-                       "unit": "gym-pusht table units (mm)"},
-    }
-    settings = {"robot_type": "sim-pusht-gantry", "task": "pusht", "scene": scene, "features": features,
+    settings = {"robot_type": ROBOT_TYPE, "task": "pusht", "scene": scene,
+                "units": {"observation.state": "rad", "action": "rad (gantry joint target one period later)",
+                          KEYPOINT_KEY: "gym-pusht table units (mm)"},
                 "expert": {"kind": "push planner on gym-pusht's simulation", **expert.to_dict()}, "seed": args.seed}
     out = Path(args.out)
-    try:
-        if args.append:
-            writer = DatasetWriter.open_for_append(out)
-            if writer.info.get("scene") != scene or writer.info.get("seed") != args.seed:
-                raise UserError(f"{out}: recorded with other settings (scene {writer.info.get('scene')}, seed "
-                                f"{writer.info.get('seed')}); append with the same --config/--steps/--seed")
-        else:
-            if out.exists() and (out / "meta" / "episodes.jsonl").exists():
-                raise UserError(f"{out}: already a dataset with {len(EpisodeDataset(out))} episodes "
-                                f"(use --append to add more, or a new --out)")
-            writer = DatasetWriter.create(out, 1.0 / CONTROL_PERIOD, size, names, settings)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
+    writer = _open_writer(out, round(1.0 / CONTROL_PERIOD), pusht_features(size, names, KEYPOINT_KEY), settings,
+                          args.append)
 
     console = make_console()
-    tried = successes = 0
-    # Seeds continue after the last one tried (stored per episode), so --append never repeats a seed.
-    next_seed = max((e.get("seed", -1) for e in writer.episodes), default=args.seed - 1) + 1
-    next_seed = max(next_seed, args.seed)
+    tried = successes = kept = 0
+    next_seed = _next_seed(writer.episodes, args.seed)
+    pace = (lambda _i: time.sleep(args.step_delay)) if getattr(args, "step_delay", 0) > 0 else None
     started = time.monotonic()
     with Progress(TextColumn("recording pusht"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=not console.is_terminal) as bar:
         job = bar.add_task("episodes", total=args.episodes, note="")
-        kept = 0
         while kept < args.episodes:
-            ep = run_expert_episode(next_seed, expert, pulley_radius=radius, image_size=size, max_steps=steps)
+            ep = run_expert_episode(next_seed, expert, pulley_radius=radius, image_size=size, max_steps=steps,
+                                    on_step=pace)
             next_seed += 1
             tried += 1
             successes += int(ep.info["success"])
             if ep.info["success"] or args.keep_failures:
-                writer.add(_Episode(ep, KEYPOINT_KEY))
+                writer.add_episode({"observation.image": ep.image, "observation.state": ep.state,
+                                    "action": ep.action, KEYPOINT_KEY: ep.keypoints}, "pusht", extra=ep.info)
                 kept += 1
                 bar.update(job, advance=1)
             bar.update(job, note=f"expert success {successes}/{tried}")
