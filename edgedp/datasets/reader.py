@@ -17,7 +17,7 @@ import numpy as np
 from edgedp.datasets import DatasetError, require
 from edgedp.datasets import commit as journal
 from edgedp.datasets import tables, video
-from edgedp.datasets.schema import INFO_PATH, STATS_PATH, TASKS_PATH, data_columns, video_keys
+from edgedp.datasets.schema import INFO_PATH, STATS_PATH, TASKS_PATH, video_keys
 
 
 def is_v3(root: str | Path) -> bool:
@@ -192,7 +192,3 @@ def resolve_keys(ds: LeRobotDataset, image: Optional[str] = None, state: Optiona
         image = cams[0]
     return KeyMap(check(image, "image") if image else None, check(state or "observation.state", "state"),
                   check(action or "action", "action"))
-
-
-def data_feature_columns(ds: LeRobotDataset) -> list[str]:
-    return data_columns(ds.features)

@@ -120,12 +120,3 @@ def flatten(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, list]:
     """The stats/<feature>/<stat> columns of an episode row (utils.flatten_dict with sep '/')."""
     return {f"stats/{k}/{s}": np.asarray(v).tolist() for k, d in stats.items() for s, v in d.items()}
 
-
-def unflatten(row: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for col, v in row.items():
-        if not col.startswith("stats/") or v is None:
-            continue
-        _, key, stat = col.split("/", 2)
-        out.setdefault(key, {})[stat] = np.asarray(v)
-    return out
