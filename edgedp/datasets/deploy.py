@@ -102,6 +102,8 @@ class DeploymentRecorder:
             if mine != theirs:
                 raise DatasetError(f"--record {self.root}: a dataset with other features (another policy or "
                                    f"config); record to a new folder")
+        elif self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"--record {self.root}: is a file (give a folder for the run log)")
         elif self.root.exists() and any(self.root.iterdir()):
             raise DatasetError(f"--record {self.root}: exists and is not a dataset (choose a new folder)")
         else:
