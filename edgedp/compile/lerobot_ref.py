@@ -29,8 +29,12 @@ def check_python(python: str) -> str:
     if not Path(python).is_file():
         raise UserError(f"--lerobot-python {python}: no such interpreter (make a venv with lerobot==0.4.4 "
                         f"and point --lerobot-python at its bin/python)")
-    r = subprocess.run([python, "-c", "import lerobot, torch; print(lerobot.__version__)"],
-                       capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run([python, "-c", "import lerobot, torch; print(lerobot.__version__)"],
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # not executable, not a program, or hangs on import
+        raise UserError(f"--lerobot-python {python}: cannot run it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})") from None
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["import failed"])[-1]
         raise UserError(f"--lerobot-python {python}: cannot import lerobot ({last})")
