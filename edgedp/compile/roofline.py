@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgedp.host_info import cpu_model
 from firmware_bridge.atomic_file import atomic_write_text
 
 
@@ -32,16 +32,6 @@ def _best_time(fn, repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return float(np.min(ts))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
@@ -104,7 +94,7 @@ def _measure_cuda(device: torch.device, mb: int) -> dict[str, Any]:
 def machine_roofline(device: str | torch.device = "cpu", cache_dir: Path | None = None,
                      refresh: bool = False, buffer_mb: int = 256) -> dict[str, Any]:
     dev = torch.device(device)
-    ident = {"device": str(dev), "name": _cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+    ident = {"device": str(dev), "name": cpu_model() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
              "threads": torch.get_num_threads(), "torch": torch.__version__, "buffer_mb": buffer_mb}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_dir or Path(os.environ.get("EDGEDP_CACHE") or Path.home() / ".cache" / "edgedp")
