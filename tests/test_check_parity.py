@@ -17,22 +17,9 @@ import torch
 import yaml
 
 from edgedp.cli import main
+from tests.example_configs import two_joint_config
 
-GOOD = {
-    "robot": {
-        "name": "arm",
-        "bus": {"port": "emulator", "baud": 1000000},
-        "joints": [
-            {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -2.0, "max": 2.0,
-             "max_velocity": 3.0, "max_acceleration": 20.0},
-            {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.5, "max": 2.5,
-             "max_velocity": 3.0, "max_acceleration": 20.0},
-        ],
-    },
-    "cameras": [{"name": "top", "kind": "virtual", "width": 96, "height": 96, "fps": 30}],
-    "policy": {"checkpoint": "preset:small", "backend": "eager", "precision": "fp32", "steps": 10},
-    "telemetry": {"live": False, "plot": False},
-}
+GOOD = two_joint_config(telemetry={"live": False, "plot": False})
 
 
 def _set(data: dict, path: str, value) -> dict:

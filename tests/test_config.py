@@ -10,23 +10,10 @@ import pytest
 import yaml
 
 from edgedp.config import ConfigError, load_config, parse_config, check_against_policy
+from tests.example_configs import two_joint_config
 
-GOOD = {
-    "robot": {
-        "name": "arm",
-        "bus": {"port": "emulator", "baud": 1000000},
-        "joints": [
-            {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -2.0, "max": 2.0,
-             "max_velocity": 3.0, "max_acceleration": 20.0},
-            {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.5, "max": 2.5,
-             "max_velocity": 3.0, "max_acceleration": 20.0, "direction": -1, "zero_offset": 0.1},
-        ],
-    },
-    "cameras": [{"name": "top", "kind": "virtual", "width": 96, "height": 96, "fps": 30}],
-    "policy": {"checkpoint": "preset:small", "backend": "eager", "precision": "fp32", "steps": 10},
-    "rates": {"servo_hz": 500},
-    "safety": {"on_stop": "hold"},
-}
+GOOD = two_joint_config(rates={"servo_hz": 500}, safety={"on_stop": "hold"})
+GOOD["robot"]["joints"][1].update(direction=-1, zero_offset=0.1)
 
 
 def _with(path: str, value, base=None):

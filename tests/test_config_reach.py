@@ -27,25 +27,12 @@ from pydantic import BaseModel
 
 from edgedp.app import assemble
 from edgedp.config import RunConfig, parse_config
+from tests.example_configs import two_joint_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = str(ROOT / "models" / "trained" / "sim_reach")
 
-BASE = {
-    "robot": {
-        "name": "arm",
-        "bus": {"port": "emulator", "baud": 1000000},
-        "joints": [
-            {"name": "shoulder", "id": 1, "model": "xm430-w350", "min": -2.0, "max": 2.0,
-             "max_velocity": 3.0, "max_acceleration": 20.0},
-            {"name": "elbow", "id": 2, "model": "xm430-w350", "min": -2.5, "max": 2.5,
-             "max_velocity": 3.0, "max_acceleration": 20.0},
-        ],
-    },
-    "cameras": [{"name": "top", "kind": "virtual", "width": 96, "height": 96, "fps": 30}],
-    "policy": {"checkpoint": "preset:small", "backend": "eager", "precision": "fp32", "steps": 10},
-    "scene": {"task": "reach"},
-}
+BASE = two_joint_config(scene={"task": "reach"})
 REALSENSE_CAM = [{"name": "front", "kind": "realsense", "serial": "000111", "width": 640, "height": 480, "fps": 30}]
 NO_EMULATOR = {"robot.bus.port": "/dev/null", "cameras": REALSENSE_CAM}
 HAVE_REALSENSE = importlib.util.find_spec("pyrealsense2") is not None
