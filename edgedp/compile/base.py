@@ -168,3 +168,17 @@ class CompiledSampler:
             naction = self(g, x.float())
             action = self.policy.unnormalize_action(naction.to(self.policy.device, self.policy.dtype))
             return action[0].to("cpu", torch.float32).numpy().copy()
+
+
+class EncoderFromPrepared(nn.Module):
+    """normalize + encode on already-prepared float tensors (what policy.encode does after prepare_obs): the part
+    of the observation path a backend exports or builds an engine for (onnxruntime-loop, TensorRT)."""
+
+    def __init__(self, policy: Any, keys: list[str]):
+        super().__init__()
+        self.normalizers = policy.normalizers
+        self.obs_encoder = policy.obs_encoder
+        self.keys = keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.obs_encoder({k: self.normalizers[k](t) for k, t in zip(self.keys, tensors)})

@@ -27,23 +27,10 @@ import torch
 from torch import nn
 
 from edgedp.compile.backends import _noop
-from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+from edgedp.compile.base import CompiledSampler, EncoderFromPrepared, FloatOut, float_unet_copy, make_loop
 from edgedp.compile.onnx import OnnxRuntimeBackend, _session_opens
 from edgedp.errors import UserError
 from firmware_bridge.atomic_file import atomic_path
-
-
-class _Encoder(nn.Module):
-    """normalize + encode on prepared float tensors (what policy.encode does after prepare_obs)."""
-
-    def __init__(self, policy: Any, keys: list[str]):
-        super().__init__()
-        self.normalizers = policy.normalizers
-        self.obs_encoder = policy.obs_encoder
-        self.keys = keys
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.obs_encoder({k: self.normalizers[k](t) for k, t in zip(self.keys, tensors)})
 
 
 class _Loop(nn.Module):
@@ -162,7 +149,7 @@ class OrtLoopBackend(OnnxRuntimeBackend):
             progress("exporting the observation encoder to ONNX")
             shapes = policy.feature_shapes
             enc_args = tuple(torch.rand((1, policy.n_obs_steps, *shapes[k])) for k in keys)
-            self._export(_Encoder(policy, keys).eval(), enc_args, [f"obs{i}" for i in range(len(keys))],
+            self._export(EncoderFromPrepared(policy, keys).eval(), enc_args, [f"obs{i}" for i in range(len(keys))],
                          entry / "encoder.onnx")
         if precision == "int8":
             progress("onnxruntime dynamic int8 quantization: loop")

@@ -21,7 +21,7 @@ from torch import nn
 
 from edgedp.compile import trt_versions
 from edgedp.compile.backends import Backend, _noop, cuda_reason
-from edgedp.compile.base import CompiledSampler, FloatOut, float_unet_copy, make_loop
+from edgedp.compile.base import CompiledSampler, EncoderFromPrepared, FloatOut, float_unet_copy, make_loop
 
 
 
@@ -63,20 +63,6 @@ class CudaGraphLoop:
                 self.vnoise.copy_(vnoise)
         self.graph.replay()
         return self.out.clone()
-
-
-class _EncoderFromPrepared(nn.Module):
-    """normalize + encode on already-prepared float tensors: the part worth an engine."""
-
-    def __init__(self, policy: Any, keys: list[str]):
-        super().__init__()
-        self.normalizers = policy.normalizers
-        self.obs_encoder = policy.obs_encoder
-        self.keys = keys
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        batch = {k: self.normalizers[k](t) for k, t in zip(self.keys, tensors)}
-        return self.obs_encoder(batch)
 
 
 class TensorRTBackend(Backend):
@@ -190,7 +176,7 @@ class TensorRTBackend(Backend):
         shapes = policy.feature_shapes
         # The encoder stays float32 in the graph (its spatial softmax is range-sensitive); weakly typed
         # builds may still pick fp16 kernels for the convolutions when fp16 is enabled.
-        enc = _EncoderFromPrepared(policy, keys).to(device).eval()
+        enc = EncoderFromPrepared(policy, keys).to(device).eval()
         inputs = [torch.zeros((1, policy.n_obs_steps, *shapes[k]), device=device) for k in keys]
         ep = torch.export.export(enc, tuple(inputs))
         trt_enc = torch_tensorrt.dynamo.compile(ep, arg_inputs=inputs, **self._kwargs(settings))
