@@ -19,6 +19,7 @@ from edgedp.compile.int8 import Int8Gemm
 from edgedp.compile.quantize import action_error
 from models.policy import DiffusionPolicy
 from models.spec import NormalizationSpec, PolicySpec, TransformerSpec
+from tests.test_compile_backends import _conds  # the same seeded global conditions
 
 CPU = torch.device("cpu")
 
@@ -51,11 +52,6 @@ def tiny_transformer(kind: str = "ddim", k: int = 4, seed: int = 0, n_cond_layer
 @pytest.fixture(scope="module")
 def policy() -> DiffusionPolicy:
     return tiny_transformer()
-
-
-def _conds(policy, n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((n, policy.global_cond_dim), generator=g)
 
 
 def test_eager_fp32_is_the_policy_sampler(policy, tmp_path):
