@@ -24,13 +24,8 @@ from tests.test_compile_backends import _conds  # the same seeded global conditi
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention, not a speed claim."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention, not a speed claim.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_transformer(kind: str = "ddim", k: int = 4, seed: int = 0, n_cond_layers: int = 0) -> DiffusionPolicy:

@@ -10,13 +10,8 @@ from models.policy import DiffusionPolicy
 from models.spec import NormalizationSpec, PolicySpec, UnetSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention, not a speed claim."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention, not a speed claim.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_policy(k: int = 4) -> DiffusionPolicy:
