@@ -43,11 +43,11 @@ def _size(root: Path, sub: str) -> int:
 
 def summary(path: str | Path) -> dict:
     """What `dataset info` prints: format, counts, features and bytes per part of the folder."""
-    from edgedp.datasets.reader import LeRobotDataset, is_v3
+    from edgedp.datasets.reader import LeRobotDataset, is_npz_set
     from edgedp.sim_task.dataset import EpisodeDataset
 
     root = Path(path)
-    if is_v3(root):
+    if not is_npz_set(root):  # v3.0, or garbage: LeRobotDataset says what is wrong with it
         ds = LeRobotDataset(root)
         doc = {"format": f"LeRobot {ds.info['codebase_version']}", "episodes": len(ds), "frames": ds.total_frames,
                "fps": ds.fps, "tasks": ds.tasks, "robot_type": ds.info.get("robot_type"),
@@ -99,10 +99,12 @@ def _convert(args) -> int:
 
 def _repair(args) -> int:
     from edgedp.datasets import commit
+    from edgedp.datasets.reader import read_info
 
     root = Path(args.path)
     if not (root / "meta" / "info.json").is_file():
         raise UserError(f"{root}: not a LeRobot v3.0 dataset (no meta/info.json)")
+    read_info(root)  # a garbage info.json is refused before anything is deleted or renamed
     done = commit.recover(root)
     what = ("finished the committed episode's renames" if done["finished"] else "no committed episode was pending")
     print(f"{root}: {what}; removed {done['removed']} staged file(s) of an uncommitted episode")

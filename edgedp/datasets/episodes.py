@@ -94,10 +94,10 @@ def _vectors(a: np.ndarray) -> np.ndarray:
 def open_episodes(path: str | Path, image_key: Optional[str] = None, state_key: Optional[str] = None,
                   action_key: Optional[str] = None):
     """A v3.0 dataset (LeRobot's format, what `edgedp record` writes) or an old edgedp ``.npz`` episode set."""
-    from edgedp.datasets.reader import is_v3
+    from edgedp.datasets.reader import is_npz_set
     from edgedp.sim_task.dataset import EpisodeDataset
 
-    if is_v3(path):
+    if not is_npz_set(path):  # v3.0, or not a dataset: LeRobotDataset names what is wrong
         return PolicyEpisodes(path, image_key, state_key, action_key)
     if any(k is not None for k in (image_key, state_key, action_key)) and (Path(path) / "meta/episodes.jsonl").exists():
         raise DatasetError(f"{path}: an .npz episode set has fixed keys; --image-key/--state-key/--action-key "

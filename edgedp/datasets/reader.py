@@ -20,38 +20,92 @@ from edgedp.datasets import tables, video
 from edgedp.datasets.schema import INFO_PATH, STATS_PATH, TASKS_PATH, video_keys
 
 
-def is_v3(root: str | Path) -> bool:
-    p = Path(root) / INFO_PATH
-    if not p.is_file():
-        return False
+NPZ_FORMAT = "edgedp-episodes"  # the "format" of an old edgedp .npz set's info.json (sim_task/dataset.py)
+
+
+def _load_info_doc(root: Path):
+    """info.json parsed, or None when it is absent or unreadable (the routing helpers below only look)."""
     try:
-        return str(json.loads(p.read_text()).get("codebase_version", "")).startswith("v3")
+        return json.loads((root / INFO_PATH).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def is_v3(root: str | Path) -> bool:
+    doc = _load_info_doc(Path(root))
+    return isinstance(doc, dict) and str(doc.get("codebase_version", "")).startswith("v3")
+
+
+def is_npz_set(root: str | Path) -> bool:
+    """An old edgedp .npz episode set. Everything else goes to :class:`LeRobotDataset`, whose
+    :func:`read_info` names what is wrong with a garbage or foreign info.json (instead of the .npz reader
+    saying the set is not an .npz set)."""
+    doc = _load_info_doc(Path(root))
+    return isinstance(doc, dict) and doc.get("format") == NPZ_FORMAT
+
+
+def read_info(root: str | Path) -> dict:
+    """meta/info.json of a v3.x dataset, checked for what the reader, writer and repair rely on.
+
+    Raises DatasetError naming the file and the problem: missing, empty or truncated, not JSON, not an
+    object, an old .npz set, another codebase_version, or fields of the wrong shape. `dataset repair` and
+    `record --append` call this before touching anything: a folder whose info.json is garbage is not a
+    dataset they may delete staged files from, and a crash never leaves it so (it is replaced by rename).
+    """
+    root = Path(root)
+    path = root / INFO_PATH
+    if not path.is_file():
+        raise DatasetError(f"{root}: not a LeRobot dataset (no {INFO_PATH})")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    if not text.strip():
+        raise DatasetError(f"{path}: empty (truncated?); a dataset's info.json is a JSON object")
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: not valid JSON, truncated or damaged ({exc})") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: a JSON object is expected, found {json.dumps(info)[:40]}")
+    if info.get("format") == NPZ_FORMAT:
+        raise DatasetError(f"{root}: an old edgedp .npz episode set; `edgedp dataset convert {root} NEW` "
+                           f"makes a LeRobot v3.0 copy (training reads both)")
+    version = info.get("codebase_version")
+    if not isinstance(version, str) or not version.startswith("v3"):
+        raise DatasetError(f"{path}: codebase_version {version!r}; edgedp reads v3.x (convert older "
+                           f"LeRobot sets with lerobot's convert_dataset_v21_to_v30)")
+    features = info.get("features")
+    if not isinstance(features, dict) or not features:
+        raise DatasetError(f"{path}: 'features' must be an object of feature name -> {{dtype, shape, ...}}, "
+                           f"found {features!r:.60}")
+    for name, ft in features.items():
+        if not (isinstance(ft, dict) and isinstance(ft.get("dtype"), str) and isinstance(ft.get("shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in ft["shape"])):
+            raise DatasetError(f"{path}: feature {name!r} needs a string 'dtype' and a list of ints 'shape', "
+                               f"found {ft!r:.60}")
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0 or fps != int(fps):
+        raise DatasetError(f"{path}: 'fps' must be a positive whole number, found {fps!r}")
+    if not isinstance(info.get("data_path"), str):
+        raise DatasetError(f"{path}: 'data_path' must be a path pattern string, found {info.get('data_path')!r}")
+    if video_keys(features) and not isinstance(info.get("video_path"), str):
+        raise DatasetError(f"{path}: 'video_path' must be a path pattern string (the dataset has video features), "
+                           f"found {info.get('video_path')!r}")
+    return info
 
 
 class LeRobotDataset:
     """A v3.0 dataset folder: ``info``, ``episodes`` (rows, no stats columns), ``tasks``, ``load_episode(i)``."""
 
     def __init__(self, root: str | Path):
-        require()
         self.root = Path(root)
-        info_path = self.root / INFO_PATH
         if not self.root.is_dir():
             raise DatasetError(f"dataset not found: {self.root}")
-        if not info_path.is_file():
-            raise DatasetError(f"{self.root}: not a LeRobot dataset (no {INFO_PATH})")
-        try:
-            self.info = json.loads(info_path.read_text())
-        except ValueError as exc:
-            raise DatasetError(f"{info_path}: not valid JSON ({exc})") from None
-        version = str(self.info.get("codebase_version", ""))
-        if self.info.get("format") == "edgedp-episodes":
-            raise DatasetError(f"{self.root}: an old edgedp .npz episode set; `edgedp dataset convert {self.root} NEW` "
-                               f"makes a LeRobot v3.0 copy (training reads both)")
-        if not version.startswith("v3"):
-            raise DatasetError(f"{info_path}: codebase_version {version!r}; edgedp reads v3.x (convert older "
-                               f"LeRobot sets with lerobot's convert_dataset_v21_to_v30)")
+        require()
+        self.info = read_info(self.root)
         if (self.root / journal.JOURNAL).exists():
             raise DatasetError(f"{self.root}: an interrupted write left a journal; `edgedp dataset repair "
                                f"{self.root}` (or record --append) finishes or removes it")

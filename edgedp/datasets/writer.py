@@ -79,11 +79,12 @@ class DatasetWriter:
     def open_for_append(cls, root: str | Path) -> "DatasetWriter":
         """Reopen a dataset (also after a crash: a committed episode is finished, an uncommitted one removed)."""
         require()
-        from edgedp.datasets.reader import LeRobotDataset
+        from edgedp.datasets.reader import LeRobotDataset, read_info
 
         root = Path(root)
         if not (root / INFO_PATH).is_file():
             raise DatasetError(f"{root}: not a LeRobot v3.0 dataset (no {INFO_PATH})")
+        read_info(root)  # garbage info.json: refused before recover() deletes or renames anything
         journal.recover(root)
         ds = LeRobotDataset(root)
         stats = dstats.from_json(json.loads((root / STATS_PATH).read_text())) if (root / STATS_PATH).exists() else None
