@@ -31,11 +31,6 @@ def _load_info_doc(root: Path):
         return None
 
 
-def is_v3(root: str | Path) -> bool:
-    doc = _load_info_doc(Path(root))
-    return isinstance(doc, dict) and str(doc.get("codebase_version", "")).startswith("v3")
-
-
 def is_npz_set(root: str | Path) -> bool:
     """An old edgedp .npz episode set. Everything else goes to :class:`LeRobotDataset`, whose
     :func:`read_info` names what is wrong with a garbage or foreign info.json (instead of the .npz reader
