@@ -166,7 +166,8 @@ class RemoteConfig(_Strict):
     timeout_ms: float = Field(1000.0, gt=0, le=60000, description="deadline per chunk; later = no chunk (arm holds)")
     token: Optional[str] = Field(None, description="shared token (prefer token_file or the environment variable)")
     token_file: Optional[Path] = Field(None, description="file whose first line is the shared token")
-    token_env: str = Field("EDGEDP_REMOTE_TOKEN", description="environment variable read when token/token_file are unset")
+    token_env: str = Field("EDGEDP_SERVE_TOKEN", description="environment variable read when token/token_file are "
+                           "unset; the default is the one `edgedp serve` reads (EDGEDP_REMOTE_TOKEN is also read)")
     fallback: Literal["none", "local"] = Field(
         "none", description="when the server stops answering mid-run: none = hold and retry; local = run the "
                             "checkpoint on this machine for the rest of the run")

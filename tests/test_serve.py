@@ -136,7 +136,8 @@ def test_unreachable_server_at_start_is_one_line_exit_2_and_nothing_opened(tmp_p
 def test_missing_token_is_one_line(tmp_path, monkeypatch):
     from edgedp.app import validate
 
-    monkeypatch.delenv("EDGEDP_REMOTE_TOKEN", raising=False)
+    for name in ("EDGEDP_SERVE_TOKEN", "EDGEDP_REMOTE_TOKEN"):  # both reach policy.remote's default token_env
+        monkeypatch.delenv(name, raising=False)
     cfg = _cfg("http://127.0.0.1:1", tmp_path)
     cfg.policy.remote.token = None
     with pytest.raises(UserError, match="a shared token is required"):
@@ -146,7 +147,8 @@ def test_missing_token_is_one_line(tmp_path, monkeypatch):
 def test_serve_refuses_bad_requests_before_starting_ray(tmp_path, capsys, monkeypatch):
     from edgedp.cli import main
 
-    monkeypatch.delenv("EDGEDP_SERVE_TOKEN", raising=False)
+    for name in ("EDGEDP_SERVE_TOKEN", "EDGEDP_REMOTE_TOKEN"):  # serve reads both names
+        monkeypatch.delenv(name, raising=False)
     assert main(["serve", "preset:small"]) == 2
     assert "shared token is required" in capsys.readouterr().err
     monkeypatch.setenv("EDGEDP_SERVE_TOKEN", TOKEN)

@@ -12,8 +12,7 @@ import threading
 from pathlib import Path
 
 from edgedp.errors import UserError
-
-TOKEN_ENV = "EDGEDP_SERVE_TOKEN"
+from edgedp.serve.client import DEFAULT_TOKEN_ENV as TOKEN_ENV  # the same variable the robot side reads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token-file", type=Path, default=None,
-                   help=f"file whose first line is the shared token (default: the {TOKEN_ENV} environment variable)")
+                   help=f"file whose first line is the shared token (default: the {TOKEN_ENV} environment variable, "
+                        f"also read as EDGEDP_REMOTE_TOKEN)")
     p.add_argument("--cache-dir", default=None, help="compiled-sampler cache directory")
     p.set_defaults(func=run)
 

@@ -19,7 +19,11 @@ from urllib.parse import urlsplit
 
 from edgedp.serve.wire import MAX_REQUEST_BYTES, WireError, decode_reply, encode_request
 
-DEFAULT_TOKEN_ENV = "EDGEDP_REMOTE_TOKEN"
+# The shared token's one environment variable, read by `edgedp serve` and by a robot's policy.remote alike, so
+# one `export` serves both ends. EDGEDP_REMOTE_TOKEN was the robot side's name (documented as the default of
+# policy.remote.token_env): still read on both sides; both set to different values is refused, not guessed.
+DEFAULT_TOKEN_ENV = "EDGEDP_SERVE_TOKEN"
+TOKEN_ENV_ALIASES = ("EDGEDP_REMOTE_TOKEN",)
 
 
 class RemoteUnavailable(ConnectionError):
@@ -45,11 +49,31 @@ def read_token(token: Optional[str], token_file: Optional[Path], env: str = DEFA
         if not value or not value[0].strip():
             raise UserError(f"{field}.token_file: {token_file} is empty")
         return value[0].strip()
-    value = os.environ.get(env, "").strip()
+    value = env_token(env, field)
     if value:
         return value
     where = "--token-file" if field == "serve" else "token, token_file"
-    raise UserError(f"{field}: a shared token is required ({where}, or the {env} environment variable)")
+    names = " or ".join(_env_names(env))
+    raise UserError(f"{field}: a shared token is required ({where}, or the {names} environment variable)")
+
+
+def _env_names(env: str) -> tuple[str, ...]:
+    """The default name and its alias are one setting (either names both); any other name is read alone."""
+    standard = (DEFAULT_TOKEN_ENV, *TOKEN_ENV_ALIASES)
+    return standard if env in standard else (env,)
+
+
+def env_token(env: str = DEFAULT_TOKEN_ENV, field: str = "policy.remote") -> Optional[str]:
+    """The token from the environment, or None; two names of the same setting holding different tokens is
+    a UserError (a server and a robot would silently disagree: every request refused)."""
+    from edgedp.errors import UserError
+
+    found = {name: os.environ.get(name, "").strip() for name in _env_names(env)}
+    found = {name: v for name, v in found.items() if v}
+    if len(set(found.values())) > 1:
+        raise UserError(f"{field}: {' and '.join(found)} are both set, to different tokens; unset one "
+                        f"({DEFAULT_TOKEN_ENV} is the documented name)")
+    return next(iter(found.values()), None)
 
 
 class PolicyClient:
