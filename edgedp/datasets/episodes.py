@@ -61,25 +61,29 @@ class PolicyEpisodes:
     def total_frames(self) -> int:
         return self.ds.total_frames
 
-    def load_episode(self, index: int) -> dict[str, np.ndarray]:
+    def load_episode(self, index: int, images: bool = True) -> dict[str, np.ndarray]:
+        """``images=False`` leaves the camera feature out, undecoded: decoding every video frame is most of the
+        cost of reading a dataset, and a state-only policy (Push-T on keypoints) never looks at them."""
         k = self.keys
-        ep = self.ds.load_episode(index, [k.image, k.state, k.action, "timestamp", "frame_index", *self.extra_keys])
-        return {IMAGE_KEY: ep[k.image], STATE_KEY: _vectors(ep[k.state]), ACTION_KEY: _vectors(ep[k.action]),
-                "timestamp": ep["timestamp"].astype(np.float32), "frame_index": ep["frame_index"],
-                **{key: _vectors(ep[key]) for key in self.extra_keys}}
+        cam = [k.image] if images else []
+        ep = self.ds.load_episode(index, [*cam, k.state, k.action, "timestamp", "frame_index", *self.extra_keys])
+        return {**({IMAGE_KEY: ep[k.image]} if images else {}), STATE_KEY: _vectors(ep[k.state]),
+                ACTION_KEY: _vectors(ep[k.action]), "timestamp": ep["timestamp"].astype(np.float32),
+                "frame_index": ep["frame_index"], **{key: _vectors(ep[key]) for key in self.extra_keys}}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(self)):
             yield self.load_episode(i)
 
-    def flat(self, limit: Optional[int] = None):
+    def flat(self, limit: Optional[int] = None, images: bool = True):
+        """All episodes concatenated; ``images=False``: ``image`` is None and no video frame is decoded."""
         from edgedp.sim_task.dataset import Flat
 
         n = len(self) if limit is None else min(limit, len(self))
         if n == 0:
             raise DatasetError(f"{self.root}: the dataset has no episodes")
-        eps = [self.load_episode(i) for i in range(n)]
-        return Flat(image=np.concatenate([e[IMAGE_KEY] for e in eps]),
+        eps = [self.load_episode(i, images) for i in range(n)]
+        return Flat(image=np.concatenate([e[IMAGE_KEY] for e in eps]) if images else None,
                     state=np.concatenate([e[STATE_KEY] for e in eps]),
                     action=np.concatenate([e[ACTION_KEY] for e in eps]),
                     episode_ends=np.cumsum([len(e[STATE_KEY]) for e in eps]).astype(np.int64),

@@ -136,7 +136,7 @@ class DatasetWriter:
 class Flat:
     """All episodes concatenated, as the original implementation's replay buffer holds them."""
 
-    image: np.ndarray  # (N, H, W, 3) uint8
+    image: Optional[np.ndarray]  # (N, H, W, 3) uint8; None when read with images=False (state-only training)
     state: np.ndarray  # (N, J) float32
     action: np.ndarray  # (N, J) float32
     episode_ends: np.ndarray  # (E,) int64: exclusive end of each episode in the flat arrays
@@ -190,14 +190,15 @@ class EpisodeDataset:
     def total_frames(self) -> int:
         return int(sum(e["length"] for e in self.episodes))
 
-    def load_episode(self, index: int) -> dict[str, np.ndarray]:
+    def load_episode(self, index: int, images: bool = True) -> dict[str, np.ndarray]:
+        """``images=False`` leaves observation.image unread (np.load decompresses each array on access)."""
         entry = self.episodes[index]
         path = self.root / entry["file"]
         if not path.is_file():
             raise DatasetError(f"{path}: episode {index} is listed in meta/episodes.jsonl but its file is missing")
         try:
             with np.load(path) as z:
-                arrays = {k: z[k] for k in ARRAY_KEYS + self.extra_keys}
+                arrays = {k: z[k] for k in ARRAY_KEYS + self.extra_keys if images or k != IMAGE_KEY}
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"{path}: unreadable episode file ({exc})") from None
         for k, v in arrays.items():
@@ -209,12 +210,12 @@ class EpisodeDataset:
         for i in range(len(self)):
             yield self.load_episode(i)
 
-    def flat(self, limit: Optional[int] = None) -> Flat:
-        eps = [self.load_episode(i) for i in range(len(self) if limit is None else min(limit, len(self)))]
+    def flat(self, limit: Optional[int] = None, images: bool = True) -> Flat:
+        eps = [self.load_episode(i, images) for i in range(len(self) if limit is None else min(limit, len(self)))]
         if not eps:
             raise DatasetError(f"{self.root}: the dataset has no episodes")
         return Flat(
-            image=np.concatenate([e[IMAGE_KEY] for e in eps]),
+            image=np.concatenate([e[IMAGE_KEY] for e in eps]) if images else None,
             state=np.concatenate([e[STATE_KEY] for e in eps]).astype(np.float32),
             action=np.concatenate([e[ACTION_KEY] for e in eps]).astype(np.float32),
             episode_ends=np.cumsum([len(e[STATE_KEY]) for e in eps]).astype(np.int64),

@@ -116,8 +116,8 @@ class InMemoryData:
 
     def __init__(self, dataset: EpisodeDataset, n_obs_steps: int, horizon: int, limit: Optional[int] = None,
                  with_images: bool = True):
-        flat = dataset.flat(limit)
-        # A state-only policy (Push-T on keypoints) never looks at the images: they are not kept.
+        # A state-only policy (Push-T on keypoints) never looks at the images: they are not even decoded.
+        flat = dataset.flat(limit, images=with_images)
         self.images = torch.from_numpy(flat.image).permute(0, 3, 1, 2).contiguous() if with_images else None
         # Task-specific state features (Push-T's observation.environment_state), fed like observation.state.
         self.extra = {k: torch.from_numpy(v) for k, v in getattr(flat, "extra", {}).items()}
