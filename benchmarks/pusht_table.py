@@ -283,9 +283,9 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             import yaml
 
             cdir.mkdir(parents=True, exist_ok=True)
+            what = [f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
-                      f"{'safety.join ' + cell.join if cell.join else ''}"
-                      f"{' policy.sampler ' + cell.sampler if cell.sampler else ''}; paths made absolute\n")
+                      f"{', '.join(what)}; paths made absolute\n")
             config.write_text(header + yaml.safe_dump(derived, sort_keys=False))
     has_camera = bool(cfg.cameras)  # `edgedp eval --video` films the policy camera; a state config has none
     ck = str(cfg.policy.checkpoint)
@@ -615,45 +615,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_term)  # `timeout`, a closed session: keep what was measured, as Ctrl-C does
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     code = 0
-    for p in plans:
-        seeds = shard_seeds(args.seed, p.cell.episodes, args.shards)
-        entry = {"cell": dataclasses.asdict(p.cell), "status": "running", "checkpoint": p.checkpoint,
-                 "config": str(p.config), "join": p.join + (f" ({p.inpaint_form})" if p.inpaint_form else ""),
-                 "sampler": p.sampler, "backend": p.backend, "precision": p.precision,
-                 "seeds": [s for ss in seeds for s in ss], "shards": [[s[0], s[-1]] for s in seeds],
-                 "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "load_start": [round(x, 2) for x in os.getloadavg()], "load_end": None, "wall_s": None,
-                 "invocation": doc["run"]["command"], "cpu": doc["run"]["cpu"], "torch": doc["run"]["torch"],
-                 "commands": [show(c) for c in planned_commands(p, seeds, args.batch, args.episode_timeout)],
-                 "per_episode": [], "errors": [], "summary": None, "_t0": time.monotonic()}
-        doc["cells"].append(entry)
+    try:
+        for p in plans:
+            seeds = shard_seeds(args.seed, p.cell.episodes, args.shards)
+            entry = {"cell": dataclasses.asdict(p.cell), "status": "running", "checkpoint": p.checkpoint,
+                     "config": str(p.config), "join": p.join + (f" ({p.inpaint_form})" if p.inpaint_form else ""),
+                     "sampler": p.sampler, "backend": p.backend, "precision": p.precision,
+                     "seeds": [s for ss in seeds for s in ss], "shards": [[s[0], s[-1]] for s in seeds],
+                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "load_start": [round(x, 2) for x in os.getloadavg()], "load_end": None, "wall_s": None,
+                     "invocation": doc["run"]["command"], "cpu": doc["run"]["cpu"], "torch": doc["run"]["torch"],
+                     "commands": [show(c) for c in planned_commands(p, seeds, args.batch, args.episode_timeout)],
+                     "per_episode": [], "errors": [], "summary": None, "_t0": time.monotonic()}
+            doc["cells"].append(entry)
+            save()
+            log(f"[{p.cell.name}] {p.cell.label}: {p.cell.episodes} episodes in {len(seeds)} shard(s) "
+                f"(load average {entry['load_start']})")
+            try:
+                run_cell(p, seeds, args, runner, entry, save, log)
+                entry["status"] = "done"
+            except KeyboardInterrupt:
+                runner.terminate_all()
+                entry["status"] = "interrupted"
+                code = 130
+            except RuntimeError as exc:
+                entry["status"] = "failed"
+                entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log(f"  [{p.cell.name}] failed: {entry['error']}")
+                code = 1
+            if runner.stop.is_set() and entry["status"] == "done":
+                entry["status"] = "interrupted"
+            entry["load_end"] = [round(x, 2) for x in os.getloadavg()]
+            entry["wall_s"] = round(time.monotonic() - entry["_t0"], 1)
+            save()
+            s = entry["summary"]
+            if s:
+                log(f"  [{p.cell.name}] {entry['status']}: {s['successes']}/{s['episodes']} success, mean max coverage "
+                    f"{_f(s['mean_max_coverage'], '{:.3f}')}, {entry['wall_s']:.0f} s")
+            if code == 130:
+                log("interrupted: what was measured is in " + str(out / "pusht_table.json"))
+                break
+    except KeyboardInterrupt:  # between two cells: nothing is running, the last cell is already saved
+        runner.terminate_all()
+        for c in doc["cells"]:
+            if c.get("status") == "running":
+                c["status"] = "interrupted"
         save()
-        log(f"[{p.cell.name}] {p.cell.label}: {p.cell.episodes} episodes in {len(seeds)} shard(s) "
-            f"(load average {entry['load_start']})")
-        try:
-            run_cell(p, seeds, args, runner, entry, save, log)
-            entry["status"] = "done"
-        except KeyboardInterrupt:
-            runner.terminate_all()
-            entry["status"] = "interrupted"
-            code = 130
-        except RuntimeError as exc:
-            entry["status"] = "failed"
-            entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log(f"  [{p.cell.name}] failed: {entry['error']}")
-            code = 1
-        if runner.stop.is_set() and entry["status"] == "done":
-            entry["status"] = "interrupted"
-        entry["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        entry["wall_s"] = round(time.monotonic() - entry["_t0"], 1)
-        save()
-        s = entry["summary"]
-        if s:
-            log(f"  [{p.cell.name}] {entry['status']}: {s['successes']}/{s['episodes']} success, mean max coverage "
-                f"{_f(s['mean_max_coverage'], '{:.3f}')}, {entry['wall_s']:.0f} s")
-        if code == 130:
-            log("interrupted: what was measured is in " + str(out / "pusht_table.json"))
-            break
+        code = 130
     print(markdown(json.loads((out / "pusht_table.json").read_text())))
     return code
 
