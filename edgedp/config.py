@@ -41,6 +41,7 @@ REALSENSE_FPS = (6, 15, 30, 60, 90)
 BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "onnxruntime-loop", "cpu-int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")
+JOINS = ("crossfade", "ensemble", "inpaint")  # safety.join
 
 # A checkpoint value of this form builds a randomly initialised policy from a models/ preset.
 PRESET_PREFIX = "preset:"
@@ -226,7 +227,7 @@ class SafetyConfig(_Strict):
     watchdog_failed_ticks: int = Field(10, ge=1)
     start_ramp_time: float = Field(2.0, gt=0, description="seconds to ramp from the current pose to the first action")
     interpolation: Literal["linear", "cubic"] = "linear"
-    join: Literal["crossfade", "ensemble", "inpaint"] = "crossfade"
+    join: Literal[JOINS] = "crossfade"  # type: ignore[valid-type]
     inpaint_form: Literal["replace", "guided"] = Field(
         "guided", description="join: inpaint: RTC-style guided soft mask, or RePaint replacement (docs/samplers.md)")
     crossfade_steps: int = Field(3, ge=0)
