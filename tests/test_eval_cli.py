@@ -68,6 +68,8 @@ def _config(tmp_path, **changes) -> Path:
     (["--episodes", "1", "--json", "/nonexistent/dir/x.json"], "--json: folder /nonexistent/dir does not exist"),
     (["--episodes", "1", "--backend", "warp"], "--backend: unknown backend 'warp'"),
     (["--episodes", "1", "--steps", "many"], "--steps: 'many' is not a whole number"),
+    (["--episodes", "1", "--sampler", "euler"], "--sampler: unknown sampler 'euler' (allowed: ddim, ddpm, dpmsolver++"),
+    (["--episodes", "1", "--join", "blend"], "--join: unknown join 'blend' (allowed: crossfade, ensemble, inpaint)"),
     (["--episodes", "1", "--checkpoint", "/nonexistent/ckpt"], "--checkpoint: /nonexistent/ckpt does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):

@@ -42,8 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, help="override policy.precision")
     p.add_argument("--steps", default=None,
                    help="override policy.steps (denoising steps K); 'checkpoint' uses the checkpoint's own K")
+    p.add_argument("--sampler", default=None, metavar="{ddim,ddpm,dpmsolver++,unipc}",
+                   help="override policy.sampler (denoising method over the same weights, docs/samplers.md)")
+    p.add_argument("--join", default=None, metavar="{crossfade,ensemble,inpaint}",
+                   help="override safety.join (how consecutive chunks are joined)")
     p.add_argument("--video", type=Path, default=None, metavar="DIR",
-                   help="save one mp4 per episode (the policy camera) in DIR, named so failures sort first")
+                   help="save one mp4 per episode in DIR, named so failures sort first: the policy camera, or the "
+                        "scene's own render when the policy sees no image (a state config)")
     p.set_defaults(func=run)
 
 
@@ -62,9 +67,11 @@ def parse_latencies(text: str) -> list[float]:
     return out
 
 
-def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None) -> None:
-    """Command-line overrides of the policy section, validated by the config schema itself."""
-    from edgedp.config import BACKENDS, PRECISIONS, PRESET_PREFIX
+def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None, sampler=None,
+                    join=None) -> None:
+    """Command-line overrides of the policy and safety sections, checked against the config schema's own allowed
+    values; edgedp/app.py's build then validates the result like any config (e.g. a sampler that does not suit K)."""
+    from edgedp.config import BACKENDS, JOINS, PRECISIONS, PRESET_PREFIX, SAMPLERS
 
     p = cfg.policy
     if checkpoint is not None:
@@ -90,6 +97,14 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
             if not 1 <= k <= 1000:
                 raise UserError(f"--steps: {k} is out of range (1 to 1000)")
             p.steps = k
+    if sampler is not None:
+        if sampler not in SAMPLERS:
+            raise UserError(f"--sampler: unknown sampler '{sampler}' (allowed: {', '.join(SAMPLERS)})")
+        p.sampler = sampler
+    if join is not None:
+        if join not in JOINS:
+            raise UserError(f"--join: unknown join '{join}' (allowed: {', '.join(JOINS)})")
+        cfg.safety.join = join
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--sync and --both: pick one (--both already includes the synchronous runs)")
     if args.video is not None and args.video.exists() and not args.video.is_dir():
         raise UserError(f"--video: {args.video} is a file (give a folder for the episode videos)")
-    apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps)
+    apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps, args.sampler, args.join)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
 
@@ -142,29 +157,54 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"  {c.label:<14} episode {r.index + 1}/{len(seeds)} seed {r.seed}: {what}; "
                       f"join jump {r.join_jump_position_rad:.4f} rad, {r.chunks} chunks", highlight=False)
 
+    errors: list = []
+
+    def on_error(c: Condition, e) -> None:
+        if videos is not None:
+            videos.cut(c.label, e.index, e.seed, False, note="error")
+        console.print(f"  {c.label:<14} episode {e.index + 1}/{len(seeds)} seed {e.seed}: [red]error[/] "
+                      f"({e.error}); going on with the next episode", highlight=False)
+        errors.append((c, e))
+
     session = EvalSession(cfg)  # every check that can fail happens here, before anything starts
     if args.video is not None:
         from edgedp.view.episode_video import for_session
 
         videos = for_session(args.video, session.parts)
-    runs = []
+    from edgedp.cli import Terminated
+
+    runs: list = []  # (condition, its finished episodes): filled as episodes finish, so an interrupt keeps them
+    stop = None  # None, or (exit code, reason) when Ctrl-C / SIGTERM ended the evaluation early
     try:
         with session:
             for c in conditions:
-                runs.append((c, session.run(c, seeds, args.episode_timeout, progress, args.dwell)))
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted after {sum(len(r) for _, r in runs)} complete condition(s)' episodes; "
-                        f"nothing written", exit_code=130) from None
-    except RuntimeError as exc:
+                done: list = []
+                runs.append((c, done))
+                session.run(c, seeds, args.episode_timeout, lambda c_, r: (done.append(r), progress(c_, r)),
+                            args.dwell, on_error=on_error)
+    except KeyboardInterrupt:  # Ctrl-C, or either signal while an episode's runtime ran (it handles both)
+        stop = (130, "interrupted")
+    except Terminated:  # SIGTERM between episodes (edgedp/cli.py)
+        stop = (143, "terminated (SIGTERM)")
+    except RuntimeError as exc:  # the devices failed to start: no episode ran
         raise UserError(str(exc), exit_code=1) from None
     finally:
         if videos is not None:
             videos.close()
             console.print(f"videos: {len(videos.written)} in {args.video} (failures first)", highlight=False)
     doc = build_document(runs, dict(session.summary, dwell_s=args.dwell), cfg.scene.task, str(args.config), seeds,
-                         args.episode_timeout)
+                         args.episode_timeout, errors=errors, interrupted=stop is not None)
     console.print(table(doc))
     if args.json is not None:
-        write_json(args.json, doc)
+        write_json(args.json, doc)  # atomic: a reader never sees half a document, interrupted or not
         console.print(f"results: {args.json}")
+    finished = sum(len(done) for _, done in runs)
+    if stop is not None:
+        raise UserError(f"{stop[1]} after {finished} finished episode(s) and {len(errors)} error(s); "
+                        f"{'results written to ' + str(args.json) if args.json is not None else 'no --json given'}",
+                        exit_code=stop[0])
+    if errors:
+        raise UserError(f"{len(errors)} of {finished + len(errors)} episode(s) failed with an error "
+                        f"(the 'errors' rows of the results; first: seed {errors[0][1].seed}: {errors[0][1].error})",
+                        exit_code=1)
     return 0

@@ -59,6 +59,17 @@ class EpisodeResult:
     final_coverage: Optional[float] = None
 
 
+@dataclass
+class EpisodeError:
+    """An episode that failed (a runtime or physics error): recorded, and the evaluation goes on with the next
+    one, so one bad episode never loses the finished ones. The runtime's own shutdown (the safe stop) has already
+    run when this is made: Runtime.run stops the arm in its ``finally`` before the error reaches the session."""
+
+    index: int
+    seed: int
+    error: str  # one line: the exception's type and first line
+
+
 def check_eval_config(cfg: RunConfig) -> None:
     """Evaluation needs the simulated world (something must judge success); say what is missing."""
     if cfg.robot.bus.port != "emulator":
@@ -191,10 +202,19 @@ class EvalSession:
 
     def run(self, condition: Condition, seeds: Iterable[int], timeout: float,
             progress: Optional[Callable[[Condition, EpisodeResult], None]] = None,
-            dwell: float = 0.2) -> list[EpisodeResult]:
+            dwell: float = 0.2, on_error: Optional[Callable[[Condition, EpisodeError], None]] = None,
+            ) -> list[EpisodeResult]:
+        """The finished episodes. Without ``on_error`` an episode's error ends the run (raised); with it, the
+        failed episode is reported there and the run goes on with the next seed. Ctrl-C / SIGTERM always end it."""
         out = []
         for i, seed in enumerate(seeds):
-            r = self.run_episode(i, int(seed), condition, timeout, dwell)
+            try:
+                r = self.run_episode(i, int(seed), condition, timeout, dwell)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(condition, EpisodeError(i, int(seed), one_line(exc)))
+                continue
             out.append(r)
             if progress is not None:
                 progress(condition, r)
@@ -202,7 +222,21 @@ class EvalSession:
 
     @property
     def summary(self) -> dict:
-        """What was evaluated (checkpoint, backend, precision, K ...), from the assembly's own summary."""
+        """What was evaluated (checkpoint, backend, precision, K, sampler, warm start, join, inpaint form ...),
+        from the assembly's own summary; the sampler is the kind the built policy samples with (the checkpoint's
+        when policy.sampler is unset), so a results file never says just "checkpoint"."""
         s = self.parts.config_summary
-        return {k: s.get(k) for k in ("checkpoint", "backend", "precision", "device", "steps", "horizon",
-                                       "n_obs_steps", "n_action_steps", "action_period", "servo_hz", "join")}
+        out = {k: s.get(k) for k in ("checkpoint", "backend", "precision", "device", "steps", "horizon",
+                                      "n_obs_steps", "n_action_steps", "action_period", "servo_hz", "join",
+                                      "inpaint_form", "warm_start_level", "sampler")}
+        spec = getattr(self.parts.policy, "scheduler_spec", None)
+        if spec is not None and getattr(spec, "kind", None):
+            out["sampler"] = spec.kind
+        out["warm_start"] = out["warm_start_level"] is not None
+        return out
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (type and first line of its message), for a results row."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -3,7 +3,10 @@
 Document layout (schema 1): the top level pools every episode of the evaluation (`success_rate`,
 `episodes`, `time_to_success`, `join_jump_max`, `conditions`), and `runs` holds the same summary per
 condition (injected latency, synchronous or not), each with its `per_episode` rows. With one condition
-the top level and its only run agree.
+the top level and its only run agree. An episode that failed with an error is not an episode result: it is an
+`errors` row (index, seed, one-line reason) of its run, counted in `episode_errors` (per run and pooled), and
+the rates are over the finished episodes. `interrupted` is true when Ctrl-C / SIGTERM ended the evaluation early
+(the document then holds what had finished).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from edgedp.evaluation.episodes import Condition, EpisodeResult
+from edgedp.evaluation.episodes import Condition, EpisodeError, EpisodeResult
 
 SCHEMA_VERSION = 1
 
@@ -76,13 +79,22 @@ def _counts(values: Sequence[Optional[int]]) -> dict:
 
 
 def build_document(runs: Sequence[tuple[Condition, list[EpisodeResult]]], session: dict, task: str,
-                   config_path: str, seeds: Sequence[int], timeout: float) -> dict:
+                   config_path: str, seeds: Sequence[int], timeout: float,
+                   errors: Sequence[tuple[Condition, EpisodeError]] = (), interrupted: bool = False) -> dict:
     common = dict(session, task=task, config=config_path, episode_timeout_s=timeout, seeds=list(seeds))
-    per_run = [summarize(res, dict(common, latency_ms=c.latency_ms, sync=c.sync)) for c, res in runs]
+    per_run = []
+    for c, res in runs:
+        run = summarize(res, dict(common, latency_ms=c.latency_ms, sync=c.sync))
+        errs = [asdict(e) for ec, e in errors if ec == c]
+        run["episode_errors"] = len(errs)
+        run["errors"] = errs
+        per_run.append(run)
     pooled = summarize([r for _, res in runs for r in res],
                        dict(common, latency_ms=sorted({c.latency_ms for c, _ in runs}),
                             sync=sorted({c.sync for c, _ in runs})), per_episode=False)
-    return {"schema": SCHEMA_VERSION, "tool": "edgedp eval", **pooled, "runs": per_run}
+    pooled["episode_errors"] = len(errors)
+    return {"schema": SCHEMA_VERSION, "tool": "edgedp eval", "interrupted": bool(interrupted), **pooled,
+            "runs": per_run}
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -101,9 +113,12 @@ def table(doc: dict, title: Optional[str] = None):
 
     c = doc["conditions"]
     t = Table(title=title or f"edgedp eval: {c.get('task')} — {c.get('checkpoint')} ({c.get('backend')} "
-                             f"{c.get('precision')}, K={c.get('steps')})")
+                             f"{c.get('precision')}, K={c.get('steps')}, {c.get('sampler')}, join "
+                             f"{c.get('join')})")
     coverage = any("max_coverage" in run for run in doc["runs"])
-    for col in ("planning", "+latency", "episodes", "success", *(("mean max coverage",) if coverage else ()),
+    errors = any(run.get("episode_errors") for run in doc["runs"])
+    for col in ("planning", "+latency", "episodes", *(("errors",) if errors else ()), "success",
+                *(("mean max coverage",) if coverage else ()),
                 "time to success mean / median", "join jump max (rad / rad/s)", "inference p50", "dropped steps"):
         t.add_column(col, justify="left" if col == "planning" else "right")
     for run in doc["runs"]:
@@ -111,6 +126,7 @@ def table(doc: dict, title: Optional[str] = None):
         tts = run["time_to_success"]
         jj = run["join_jump_max"]
         t.add_row("sync" if rc["sync"] else "async", f"{rc['latency_ms']:g} ms", str(run["episodes"]),
+                  *((str(run.get("episode_errors", 0)),) if errors else ()),
                   f"{run['success_rate'] * 100:.0f} % ({run['successes']}; 95 % CI "
                   f"{run['success_ci95'][0] * 100:.0f}–{run['success_ci95'][1] * 100:.0f})",
                   *((_f(run.get("max_coverage", {}).get("mean"), "{:.3f}"),) if coverage else ()),

@@ -5,6 +5,10 @@ disturbs the driver or the planner) at twice the camera rate and keeps each new 
 eval loop calls :meth:`EpisodeVideos.cut` when an episode ends; the frames since the previous cut are that
 episode (the camera only runs while an episode runs), labelled and written at the camera's rate with PyAV.
 
+A policy that sees no image (a Push-T state config: its one "camera" is the keypoint sensor, a (16,) vector)
+is filmed through the scene's own render instead (``render``): the sensor's frames still say when a new frame
+is due (they only come while an episode runs), and each is replaced by the scene's image at that moment.
+
 Names: ``0-fail_<condition>_ep003_seed3.mp4`` / ``1-ok_...``: a plain sort (ls, a file browser) lists the
 failures first, in episode order.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -26,12 +30,14 @@ def video_name(label: str, index: int, seed: int, success: bool) -> str:
 
 
 class EpisodeVideos:
-    def __init__(self, out_dir: str | Path, camera: Any, fps: float, vcodec: Optional[str] = None):
+    def __init__(self, out_dir: str | Path, camera: Any, fps: float, vcodec: Optional[str] = None,
+                 render: Optional[Callable[[], np.ndarray]] = None):
         from edgedp.datasets import require
 
         require()
         self.out = Path(out_dir)
         self.camera = camera
+        self.render = render  # the scene's RGB image, for frames that are not images (a keypoint sensor)
         self.fps = max(1, int(round(fps)))
         self.vcodec = vcodec or _pick_codec()
         self.written: list[Path] = []
@@ -52,8 +58,16 @@ class EpisodeVideos:
             if frame is None or frame.seq == self._last_seq:
                 continue
             self._last_seq = frame.seq
+            image = frame.image
+            if not is_image(image):
+                if self.render is None:
+                    continue
+                try:
+                    image = self.render()
+                except Exception:  # a failed scene: the episode's own error says why
+                    continue
             with self._lock:
-                self._frames.append(np.array(frame.image, copy=True))
+                self._frames.append(np.array(image, copy=True))
 
     def cut(self, label: str, index: int, seed: int, success: bool, note: str = "") -> Optional[Path]:
         """The frames since the last cut are this episode: write them (None when there were none)."""
@@ -70,6 +84,11 @@ class EpisodeVideos:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
+
+
+def is_image(a: Any) -> bool:
+    """An RGB uint8 picture (H × W × 3), not a state vector filmed by mistake."""
+    return isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[2] == 3 and min(a.shape[:2]) >= 2
 
 
 def _pick_codec() -> str:
@@ -120,15 +139,21 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int, vcodec: str) -> No
 
 
 def for_session(out_dir: str | Path, parts: Any) -> EpisodeVideos:
-    """Videos of the camera that feeds the policy first (the one the evaluation's scene renders)."""
+    """Videos of the camera that feeds the policy first (the one the evaluation's scene renders); when that
+    source gives no image (a keypoint sensor), of the scene's own render, paced by that source."""
     from edgedp.datasets import DatasetError
     from edgedp.errors import UserError
 
     if not parts.cameras:
         raise UserError("--video: the config has no camera to film")
     camera = next(iter(parts.cameras.values()))
+    scene = getattr(parts, "scene", None)
+    render = None
+    if scene is not None and callable(getattr(scene, "render", None)):
+        def render() -> np.ndarray:
+            return scene.render()[0]  # (rgb, depth)
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        return EpisodeVideos(out_dir, camera, getattr(camera, "fps", 30) or 30)
+        return EpisodeVideos(out_dir, camera, getattr(camera, "fps", 30) or 30, render=render)
     except (DatasetError, OSError) as exc:
         raise UserError(f"--video: {exc}") from None
