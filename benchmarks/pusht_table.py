@@ -287,7 +287,6 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
                       f"{', '.join(what)}; paths made absolute\n")
             config.write_text(header + yaml.safe_dump(derived, sort_keys=False))
-    has_camera = bool(cfg.cameras)  # `edgedp eval --video` films the policy camera; a state config has none
     ck = str(cfg.policy.checkpoint)
     ck = ck if ck.startswith("preset:") else os.path.abspath(ck)  # examples/../models/... -> models/...
     return CellPlan(cell=cell, config=config, derived=derived, checkpoint=ck,
@@ -295,7 +294,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
                     sampler=cfg.policy.sampler or "checkpoint's", backend=cfg.policy.backend,
                     precision=cfg.policy.precision,
                     cache_dir=str(cfg.policy.cache_dir) if cfg.policy.cache_dir else None,
-                    video=(video / cell.name) if (video is not None and cell.headline and has_camera) else None,
+                    video=(video / cell.name) if (video is not None and cell.headline) else None,
                     dir=cdir)
 
 
@@ -545,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--image-checkpoint", default=None, help="checkpoint for every image cell (default: "
                                                              "examples/pusht.yaml's)")
     ap.add_argument("--video", type=Path, default=None, metavar="DIR",
-                    help="pass --video DIR/CELL to the headline cells that have a camera (one mp4 per episode)")
+                    help="pass --video DIR/CELL to the headline cells (one mp4 per episode; a state config films the scene render)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pusht")
     ap.add_argument("--fresh", action="store_true", help="drop cells an earlier run left in OUT/pusht_table.json")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing, write nothing")
@@ -567,10 +566,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (UserError, ValueError) as exc:
             _fail(f"cell {c.name}: {str(exc).splitlines()[0]}")
     log = lambda m: print(m, flush=True)  # noqa: E731
-    for p in plans:
-        if args.video is not None and p.cell.headline and p.video is None:
-            log(f"note: {p.cell.name}: no --video (its config has no camera; `edgedp eval --video` films the "
-                f"policy camera, and the state policy's keypoint sensor is not an image)")
     if args.dry_run:
         for p in plans:
             seeds = shard_seeds(args.seed, p.cell.episodes, args.shards)

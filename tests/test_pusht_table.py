@@ -121,11 +121,12 @@ def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path
     assert cmd[cmd.index("--seed") + 1] == "100000" and cmd[cmd.index("--episodes") + 1] == "2"
 
 
-def test_plain_cells_use_the_example_config_and_video_only_where_there_is_a_camera(tmp_path):
+def test_plain_cells_use_the_example_config_and_headline_cells_get_video(tmp_path):
     state = pt.plan_cell(pt.CELLS[0], tmp_path, {}, tmp_path / "v")
     image = pt.plan_cell(pt.CELLS[1], tmp_path, {}, tmp_path / "v")
     assert state.config == pt.CONFIGS["state"] and state.derived is None
-    assert state.video is None  # the keypoint sensor is no image: `edgedp eval --video` cannot film it
+    assert state.video == tmp_path / "v" / pt.CELLS[0].name  # a state config films the scene render
+    assert pt.plan_cell(pt.CELLS[2], tmp_path, {}, tmp_path / "v").video is None  # not a headline cell
     assert image.video == tmp_path / "v" / pt.CELLS[1].name
     ort = pt.plan_cell(next(c for c in pt.CELLS if c.name == "state_ortloop"), tmp_path, {}, None)
     pre = pt.prebuild_command(ort)
