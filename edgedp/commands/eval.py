@@ -79,13 +79,9 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
             raise UserError(f"--checkpoint: {checkpoint} does not exist (a checkpoint folder/file, or preset:NAME)")
         p.checkpoint = checkpoint if checkpoint.startswith(PRESET_PREFIX) else str(Path(checkpoint).resolve())
     if backend is not None:
-        if backend not in BACKENDS:
-            raise UserError(f"--backend: unknown backend '{backend}' (allowed: {', '.join(BACKENDS)})")
-        p.backend = backend
+        p.backend = _one_of("backend", backend, BACKENDS)
     if precision is not None:
-        if precision not in PRECISIONS:
-            raise UserError(f"--precision: unknown precision '{precision}' (allowed: {', '.join(PRECISIONS)})")
-        p.precision = precision
+        p.precision = _one_of("precision", precision, PRECISIONS)
     if steps is not None:
         if str(steps) == "checkpoint":
             p.steps = None
@@ -98,13 +94,16 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
                 raise UserError(f"--steps: {k} is out of range (1 to 1000)")
             p.steps = k
     if sampler is not None:
-        if sampler not in SAMPLERS:
-            raise UserError(f"--sampler: unknown sampler '{sampler}' (allowed: {', '.join(SAMPLERS)})")
-        p.sampler = sampler
+        p.sampler = _one_of("sampler", sampler, SAMPLERS)
     if join is not None:
-        if join not in JOINS:
-            raise UserError(f"--join: unknown join '{join}' (allowed: {', '.join(JOINS)})")
-        cfg.safety.join = join
+        cfg.safety.join = _one_of("join", join, JOINS)
+
+
+def _one_of(flag: str, value: str, allowed) -> str:
+    """``value`` when it is one of ``allowed``; else the one-line user error naming the flag and the choices."""
+    if value not in allowed:
+        raise UserError(f"--{flag}: unknown {flag} '{value}' (allowed: {', '.join(allowed)})")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
