@@ -16,3 +16,9 @@ class ConfigError(UserError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems), exit_code=2)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line (its lines joined by "; "; the type's name when it has none): what a
+    user error, a results row or a log line shows instead of a traceback."""
+    return "; ".join(s.strip() for s in str(exc).splitlines() if s.strip()) or type(exc).__name__

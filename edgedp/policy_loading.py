@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from edgedp.config import PRESET_PREFIX
-from edgedp.errors import UserError
+from edgedp.errors import UserError, one_line
 from models.spec import PolicySpec
 
 
@@ -70,11 +70,6 @@ def register_format(fmt: CheckpointFormat, first: bool = False) -> None:
         FORMATS.append(fmt)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
 def _resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
@@ -110,7 +105,7 @@ def _preset_spec(name: str) -> PolicySpec:
     try:
         return load_preset(name)
     except ValueError as exc:
-        raise UserError(f"policy checkpoint {PRESET_PREFIX}{name}: {_one_line(exc)}") from None
+        raise UserError(f"policy checkpoint {PRESET_PREFIX}{name}: {one_line(exc)}") from None
 
 
 SCHEDULER_KINDS = ("ddpm", "ddim")
@@ -165,7 +160,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", num
         try:
             policy = _with_scheduler(policy, scheduler, num_inference_steps, dev, seed)
         except ValueError as exc:
-            raise UserError(f"policy checkpoint {path}: scheduler {scheduler}: {_one_line(exc)}") from None
+            raise UserError(f"policy checkpoint {path}: scheduler {scheduler}: {one_line(exc)}") from None
     return policy.eval()
 
 
@@ -185,7 +180,7 @@ def _load(path: str | os.PathLike, dev: torch.device, num_inference_steps: int |
             if num_inference_steps is not None:
                 policy.set_num_inference_steps(num_inference_steps)
         except ValueError as exc:
-            raise UserError(f"policy checkpoint {ref}: {_one_line(exc)}") from None
+            raise UserError(f"policy checkpoint {ref}: {one_line(exc)}") from None
         return policy.eval()
     p = Path(ref).expanduser()
     fmt = _find_format(p)
@@ -197,7 +192,7 @@ def _load(path: str | os.PathLike, dev: torch.device, num_inference_steps: int |
     except UserError:
         raise
     except (ValueError, OSError, KeyError) as exc:
-        raise UserError(f"policy checkpoint {p} ({fmt.name}): {_one_line(exc)}") from None
+        raise UserError(f"policy checkpoint {p} ({fmt.name}): {one_line(exc)}") from None
     return policy.eval()
 
 
@@ -213,7 +208,7 @@ def load_spec(path: str | os.PathLike) -> PolicySpec:
     except UserError:
         raise
     except (ValueError, OSError, KeyError) as exc:
-        raise UserError(f"policy checkpoint {p} ({fmt.name}): {_one_line(exc)}") from None
+        raise UserError(f"policy checkpoint {p} ({fmt.name}): {one_line(exc)}") from None
 
 
 def describe_checkpoint(path_or_preset: str | os.PathLike) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from edgedp.console import make_console
-from edgedp.errors import UserError
+from edgedp.errors import UserError, one_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         dest = api.import_checkpoint(src, out, scheduler=args.scheduler, num_inference_steps=args.steps,
                                      overwrite=args.force)
     except (CheckpointError, NativeCheckpointError) as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
     except OSError as exc:  # --out cannot be written (no such folder, read-only, disk full); as init-policy says it
         raise UserError(f"--out {out}: {exc}") from None
     make_console().print(f"[bold green]imported[/] {src} -> {dest} ({api.detect(src)}, "
@@ -55,5 +55,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    return "; ".join(s.strip() for s in str(exc).splitlines() if s.strip()) or type(exc).__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from edgedp.config import RunConfig
-from edgedp.errors import UserError
+from edgedp.errors import UserError, one_line
 from edgedp.evaluation.homing import home_pose, move_home
 from edgedp.evaluation.judge import CoverageJudge, SuccessJudge, nearest_target
 from edgedp.runtime.lifecycle import EXIT_WATCHDOG, Runtime
@@ -213,7 +213,7 @@ class EvalSession:
             except Exception as exc:
                 if on_error is None:
                     raise
-                on_error(condition, EpisodeError(i, int(seed), one_line(exc)))
+                on_error(condition, EpisodeError(i, int(seed), f"{type(exc).__name__}: {one_line(exc)}"))
                 continue
             out.append(r)
             if progress is not None:
@@ -234,9 +234,3 @@ class EvalSession:
             out["sampler"] = spec.kind
         out["warm_start"] = out["warm_start_level"] is not None
         return out
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line (type and first line of its message), for a results row."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
