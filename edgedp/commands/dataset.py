@@ -102,9 +102,7 @@ def _repair(args) -> int:
     from edgedp.datasets.reader import read_info
 
     root = Path(args.path)
-    if not (root / "meta" / "info.json").is_file():
-        raise UserError(f"{root}: not a LeRobot v3.0 dataset (no meta/info.json)")
-    read_info(root)  # a garbage info.json is refused before anything is deleted or renamed
+    read_info(root)  # a missing or garbage info.json is refused before anything is deleted or renamed
     done = commit.recover(root)
     what = ("finished the committed episode's renames" if done["finished"] else "no committed episode was pending")
     print(f"{root}: {what}; removed {done['removed']} staged file(s) of an uncommitted episode")

@@ -50,7 +50,7 @@ def read_info(root: str | Path) -> dict:
     root = Path(root)
     path = root / INFO_PATH
     if not path.is_file():
-        raise DatasetError(f"{root}: not a LeRobot dataset (no {INFO_PATH})")
+        raise DatasetError(f"{root}: not a LeRobot v3.0 dataset (no {INFO_PATH})")
     try:
         text = path.read_text()
     except OSError as exc:

@@ -82,9 +82,7 @@ class DatasetWriter:
         from edgedp.datasets.reader import LeRobotDataset, read_info
 
         root = Path(root)
-        if not (root / INFO_PATH).is_file():
-            raise DatasetError(f"{root}: not a LeRobot v3.0 dataset (no {INFO_PATH})")
-        read_info(root)  # garbage info.json: refused before recover() deletes or renames anything
+        read_info(root)  # missing or garbage info.json: refused before recover() deletes or renames anything
         journal.recover(root)
         ds = LeRobotDataset(root)
         stats = dstats.from_json(json.loads((root / STATS_PATH).read_text())) if (root / STATS_PATH).exists() else None
