@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgedp.errors import UserError
+from edgedp.errors import UserError, one_line
 
 DEFAULT_PYTHON = "/work/venvs/lerobot044/bin/python"
 CHILD = Path(__file__).resolve().with_name("lerobot_child.py")
@@ -33,8 +33,7 @@ def check_python(python: str) -> str:
         r = subprocess.run([python, "-c", "import lerobot, torch; print(lerobot.__version__)"],
                            capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:  # not executable, not a program, or hangs on import
-        raise UserError(f"--lerobot-python {python}: cannot run it ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no message'})") from None
+        raise UserError(f"--lerobot-python {python}: cannot run it ({type(exc).__name__}: {one_line(exc)})") from None
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["import failed"])[-1]
         raise UserError(f"--lerobot-python {python}: cannot import lerobot ({last})")
