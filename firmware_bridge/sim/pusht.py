@@ -35,7 +35,9 @@ from firmware_bridge.types import Frame, Intrinsics
 try:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pygame's pkg_resources deprecation notice on import
-        from gym_pusht.envs.pusht import PushTEnv
+        from gym_pusht.envs.pusht import PushTEnv, pymunk_to_shapely
+    from shapely.errors import GEOSException
+    from shapely.ops import unary_union
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"Push-T needs gym-pusht ({exc}): pip install 'edgedp[pusht]'") from None
 
@@ -123,8 +125,23 @@ class PushTWorld:
 
     # -- what gym-pusht measures and shows --------------------------------------------------------
     def coverage(self) -> float:
-        """gym-pusht's own coverage: area of T ∩ goal T over the goal's area."""
-        return float(self.env._get_coverage())
+        """gym-pusht's own coverage: area of T ∩ goal T over the goal's area.
+
+        gym-pusht builds each T as a MultiPolygon of its two boxes, which share an edge, so GEOS sees invalid
+        geometry; some GEOS builds (shapely 2.1 / GEOS 3.13, what Python 3.10 installs) then throw a
+        TopologyException on rare poses, mid-episode. There the same area is measured on the union of the boxes
+        (valid, same area), rather than ending the episode with an error."""
+        try:
+            return float(self.env._get_coverage())
+        except GEOSException:
+            return self.coverage_of_united_shapes()
+
+    def coverage_of_united_shapes(self) -> float:
+        """Coverage as gym-pusht defines it, with each T's two boxes united into one valid polygon first."""
+        env = self.env
+        goal = unary_union(list(pymunk_to_shapely(env.get_goal_pose_body(env.goal_pose), env.block.shapes).geoms))
+        block = unary_union(list(pymunk_to_shapely(env.block, env.block.shapes).geoms))
+        return float(goal.intersection(block).area / goal.area)
 
     def keypoints(self) -> np.ndarray:
         """gym-pusht's 8 keypoints of the T, flattened to 16 values (its ``environment_state``)."""
@@ -185,6 +202,7 @@ class PushTScene:
     def reset(self, seed: Optional[int] = None) -> np.ndarray:
         """Put the T where gym-pusht's reset(seed) does; the pusher stays where the servos hold it. Returns the
         T's pose (x, y, angle)."""
+        self._restart_after_error()
         if seed is None:
             self.episode += 1
             seed = self.seed + self.episode
@@ -193,6 +211,17 @@ class PushTScene:
             self.current_seed = int(seed)
             self._reset_metrics()
             return self.world.block_pose()
+
+    def _restart_after_error(self) -> None:
+        """A physics error ends its own episode (the eval's error row), not every later one: the next episode
+        starts with the error cleared and, if the physics was running, a fresh physics thread."""
+        if self.error is None:
+            return
+        was_running = self._thread is not None
+        self.stop()
+        self.error = None
+        if was_running:
+            self.start()
 
     def _reset_metrics(self) -> None:
         self._coverage = 0.0
