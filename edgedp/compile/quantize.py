@@ -234,6 +234,10 @@ class ObservationSets:
     heldout: torch.Tensor
     source: str
     detail: dict[str, Any] = field(default_factory=dict)
+    # The raw observations behind `calib` / `heldout`: what a build calibrates a quantized encoder on (activation
+    # ranges need images, not features) and checks it against.
+    calib_observations: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    heldout_observations: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
 
 def default_calib_source(policy: Any) -> str:
@@ -270,7 +274,7 @@ def observation_sets(policy: Any, source: str | Path | None = None, n_calib: int
     detail.update({"n_calib": len(cal), "n_heldout": len(held), "seed": seed})
     enc = lambda xs: torch.cat([policy.encode(o).float().cpu() for o in xs], dim=0)  # noqa: E731
     with torch.inference_mode():
-        return ObservationSets(enc(cal), enc(held), src, detail)
+        return ObservationSets(enc(cal), enc(held), src, detail, list(cal), list(held))
 
 
 def fixed_noise(policy: Any, n: int, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
