@@ -52,15 +52,17 @@ def run_session(cfg, latencies: list[float], seeds: list[int], timeout: float, l
     session = EvalSession(cfg)
     with session:
         for lat in latencies:
-            eps, chunk_steps, errors = [], [], []
+            eps, chunk_steps, direct, errors = [], [], [], []
             for i, seed in enumerate(seeds):
                 r = _episode(session, i, seed, lat, timeout, errors, log)
                 if r is None:
                     continue
                 joins = session.last_telemetry.servo.get("joins", []) if session.last_telemetry else []
                 chunk_steps.append(max((j.get("chunk_velocity", 0.0) for j in joins), default=0.0))
+                direct.append(max((j.get("direct_velocity_jump", 0.0) for j in joins), default=0.0))
                 eps.append(r)
             rows.append(_row(eps, chunk_steps, lat))
+            rows[-1]["direct_join_velocity_rad_s"] = max(direct, default=0.0)  # inpaint: before any cross-fade
             rows[-1]["runtime_errors"] = errors
             log(f"    +{lat:g} ms: {rows[-1]['successes']}/{rows[-1]['episodes']} success, "
                 f"join {rows[-1]['join_position_rad']:.4f} rad / {rows[-1]['join_velocity_rad_s']:.2f} rad/s, "
@@ -91,6 +93,8 @@ def _row(eps, chunk_steps, lat) -> dict:
         "join_position_rad": max((e.join_jump_position_rad for e in eps), default=0.0),
         "join_velocity_rad_s": max((e.join_jump_velocity_rad_s for e in eps), default=0.0),
         "chunk_step_rad_s": max(chunk_steps, default=0.0),
+        "joins": int(sum(max(0, e.chunks - 1) for e in eps)),
+        "cross_faded_joins": int(sum(e.inpaint_fallbacks for e in eps)),  # inpaint joins the runtime cross-faded
         "inference_ms_p50": round(statistics.median(infer), 1) if infer else None,
         "per_episode": [{"seed": e.seed, "success": e.success, "t": e.time_to_success_s,
                          "join_pos": e.join_jump_position_rad, "join_vel": e.join_jump_velocity_rad_s,
@@ -264,18 +268,26 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
+def _fallbacks(row: dict) -> str:
+    if not row.get("join", "").startswith("inpaint") or "cross_faded_joins" not in row:
+        return "–"
+    return (f"{row['cross_faded_joins']} of {row['joins']} ({row.get('direct_join_velocity_rad_s', 0.0):.2f} "
+            f"rad/s)")
+
+
 def markdown(doc: dict) -> str:
     lines = [f"Config {doc['config']}, {doc['episodes']} episodes per cell (seeds {doc['seeds'][0]}..{doc['seeds'][-1]}), "
              f"episode timeout {doc['timeout_s']} s; CPU {doc['cpu']}, load average at start {doc['load_start']}, "
              f"at end {doc.get('load_end')} (shared machine).", ""]
     if doc.get("joins"):
         lines += ["| join | +latency | success | time to success | join jump pos (rad) | join jump vel (rad/s) | "
-                  "largest in-chunk step (rad/s) | inference p50 |", "|---|---|---|---|---|---|---|---|"]
+                  "largest in-chunk step (rad/s) | inference p50 | inpaint joins cross-faded (direct switch's largest "
+                  "jump) |", "|---|---|---|---|---|---|---|---|---|"]
         for r in doc["joins"]:
             t = f"{r['time_to_success_s']:.2f} s" if r["time_to_success_s"] is not None else "–"
             lines.append(f"| {r['join']} | {r['latency_ms']:g} ms | {r['successes']}/{r['episodes']} | {t} | "
                          f"{r['join_position_rad']:.4f} | {r['join_velocity_rad_s']:.2f} | {r['chunk_step_rad_s']:.2f} | "
-                         f"{r['inference_ms_p50']} ms |")
+                         f"{r['inference_ms_p50']} ms | {_fallbacks(r)} |")
         lines.append("")
     if doc.get("samplers"):
         lines += ["| sampler | K | warm start | denoiser calls | success | time to success | chunk latency p50 | "

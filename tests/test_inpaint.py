@@ -262,3 +262,21 @@ def test_inpaint_join_switches_directly_keeps_a_ramp_and_fades_from_a_hold():
     assert isinstance(faded, Crossfade) and j.joins[-1].position_jump < 0.01
     with pytest.raises(ValueError, match="inpaint"):
         Joiner("blend", 3, 0.0, 0.002)
+
+
+def test_inpaint_join_that_would_jerk_is_cross_faded_and_counted():
+    """A chunk that arrives later than the planner assumed is switched to where it was not made to agree: that
+    join is cross-faded (and flagged) instead of stepping the command; an agreeing chunk still switches directly."""
+    j = Joiner("inpaint", crossfade_steps=3, ensemble_decay=0.0, servo_period=0.002)
+    ramp = np.linspace(0, 1, 8)[:, None].repeat(2, 1)
+    old = TimedChunk(ramp, 0.0, 0.1, "cubic", 1)
+    late = TimedChunk(ramp[2:] + 0.05, 0.2, 0.1, "cubic", 2)  # disagrees by 0.05 rad where the servo switches
+    direct_jump = 0.05 / 0.002  # 25 rad/s, against the plan's own 1.43 rad/s steps
+    plan = j.adopt(old, late, 0.25)
+    assert isinstance(plan, Crossfade) and plan.new is late
+    stats = j.joins[-1]
+    assert stats.inpaint_fallback and stats.direct_velocity_jump == pytest.approx(direct_jump, rel=1e-6)
+    assert stats.velocity_jump <= stats.chunk_velocity  # what the servo follows is smooth
+    agreeing = TimedChunk(ramp[3:], 0.3, 0.1, "cubic", 3)
+    assert j.adopt(TimedChunk(ramp, 0.0, 0.1, "cubic", 1), agreeing, 0.35) is agreeing
+    assert not j.joins[-1].inpaint_fallback

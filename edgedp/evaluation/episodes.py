@@ -49,6 +49,7 @@ class EpisodeResult:
     targets: list = field(default_factory=list)
     join_jump_position_rad: float = 0.0
     join_jump_velocity_rad_s: float = 0.0
+    inpaint_fallbacks: int = 0  # inpaint joins that were cross-faded (the chunk came later than planned)
     chunks: int = 0
     dropped_steps: int = 0
     inference_ms_p50: Optional[float] = None
@@ -156,7 +157,7 @@ class EvalSession:
             final_distance_m=final, min_distance_m=min(judge.min_distance, final),
             chosen_target=nearest_target(self.scene), targets=self.scene.targets.round(4).tolist(),
             join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
-            chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
+            inpaint_fallbacks=tel.get("inpaint_fallbacks", 0), chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
             e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
             stopped_by=tel["stopped_by"])
 
@@ -177,7 +178,7 @@ class EvalSession:
             index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
             final_distance_m=d / 1000.0, min_distance_m=d / 1000.0, chosen_target=None, targets=[],
             join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
-            chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
+            inpaint_fallbacks=tel.get("inpaint_fallbacks", 0), chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
             e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
             stopped_by=tel["stopped_by"], max_coverage=round(judge.max_coverage, 4),
             final_coverage=round(self.scene.world.coverage(), 4))

@@ -58,6 +58,8 @@ def summarize(results: Sequence[EpisodeResult], conditions: dict, per_episode: b
         "final_distance_m": _stats([r.final_distance_m for r in results]),
         "inference_ms_p50": _stats([r.inference_ms_p50 for r in results])["median"],
         "dropped_steps": int(sum(r.dropped_steps for r in results)),
+        "inpaint_fallbacks": int(sum(r.inpaint_fallbacks for r in results)),
+        "joins": int(sum(max(0, r.chunks - 1) for r in results)),
         "watchdog_stops": sum(r.stopped_by == "watchdog" for r in results),  # failed episodes: bus timeouts
         "chosen_target_counts": _counts([r.chosen_target for r in results]),
         "conditions": conditions,
@@ -117,9 +119,11 @@ def table(doc: dict, title: Optional[str] = None):
                              f"{c.get('join')})")
     coverage = any("max_coverage" in run for run in doc["runs"])
     errors = any(run.get("episode_errors") for run in doc["runs"])
+    inpaint = c.get("join") == "inpaint"
     for col in ("planning", "+latency", "episodes", *(("errors",) if errors else ()), "success",
                 *(("mean max coverage",) if coverage else ()),
-                "time to success mean / median", "join jump max (rad / rad/s)", "inference p50", "dropped steps"):
+                "time to success mean / median", "join jump max (rad / rad/s)", *(("cross-faded joins",) if inpaint else ()),
+                "inference p50", "dropped steps"):
         t.add_column(col, justify="left" if col == "planning" else "right")
     for run in doc["runs"]:
         rc = run["conditions"]
@@ -132,5 +136,6 @@ def table(doc: dict, title: Optional[str] = None):
                   *((_f(run.get("max_coverage", {}).get("mean"), "{:.3f}"),) if coverage else ()),
                   f"{_f(tts['mean'], '{:.2f}')} / {_f(tts['median'], '{:.2f}')} s",
                   f"{jj['position_rad']:.4f} / {jj['velocity_rad_s']:.3f}",
+                  *((f"{run.get('inpaint_fallbacks', 0)} of {run.get('joins', 0)}",) if inpaint else ()),
                   f"{_f(run['inference_ms_p50'], '{:.0f}')} ms", str(run["dropped_steps"]))
     return t

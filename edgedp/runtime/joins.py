@@ -10,7 +10,12 @@ time. Switching hard would step the commanded position (and velocity) by the dis
   exp(-decay * i), i = 0 for the oldest; the new plan is the weighted mean on the new chunk's time grid.
 * inpaint (real-time inpainting, models/inpainting.py): the planner made the new chunk agree with the old
   one on every step that runs while it was being computed, so the servo switches to it directly: no blend,
-  and nothing of the new plan is delayed or averaged away.
+  and nothing of the new plan is delayed or averaged away. That agreement rests on the planner's guess of
+  when the chunk arrives; a chunk that arrives later than guessed (a slow inference, a late frame) is switched
+  to where it is free, not decided. So the switch is checked: when switching directly would jerk more than
+  the new plan itself does (velocity jump over one servo period above the chunk's largest step velocity),
+  that join is cross-faded instead and counted (``inpaint_fallback``), so the table says how often
+  inpainting alone did not suffice.
 
 Each join is measured the same way whatever the method: one servo period h after the switch, the largest
 difference between what the new plan commands and what the old plan would have commanded (position jump,
@@ -73,6 +78,10 @@ class JoinStats:
     # The largest step between consecutive actions of the new chunk, as a velocity (rad/s): the yardstick a
     # join's velocity jump is compared with (a join is seamless when it jerks no more than the plan itself).
     chunk_velocity: float = 0.0
+    # inpaint only: this join was cross-faded because the direct switch would have jerked more than the plan
+    # (the chunk came later than the planner assumed); direct_velocity_jump is what the direct switch had.
+    inpaint_fallback: bool = False
+    direct_velocity_jump: float = 0.0
 
 
 class Joiner:
@@ -91,6 +100,7 @@ class Joiner:
         self.joins: list[JoinStats] = []
         self._a = np.empty(0)
         self._b = np.empty(0)
+        self._fallback: tuple[bool, float] | None = None  # the last inpaint join's decision, for JoinStats
 
     def adopt(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
         """Return the new plan starting at t_s; record the join's discontinuity when there was an old plan."""
@@ -102,9 +112,8 @@ class Joiner:
                 new = Crossfade(current.old, new, current.t_s, current.duration)
         elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
             new = Crossfade(current.simplify(t_s), chunk, t_s, self.crossfade_steps * chunk.dt)
-        elif self.method == "inpaint" and isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
-            # The new chunk agrees with the chunk being ramped into, not with the ramp: keep ramping, into it.
-            new = Crossfade(current.old, chunk, current.t_s, current.duration)
+        elif self.method == "inpaint":
+            new = self._inpaint_join(current, chunk, t_s)
         else:
             new = chunk
         if isinstance(current, Constant) and not isinstance(new, Crossfade):
@@ -113,9 +122,25 @@ class Joiner:
             new = Crossfade(current, new, t_s, max(1, self.crossfade_steps) * chunk.dt)
         if current is not None:
             pj, vj = self.measure(current, new, t_s)
-            step = float(np.max(np.abs(np.diff(chunk.values, axis=0)))) / chunk.dt if chunk.n > 1 else 0.0
-            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, step))
+            fallback, direct = self._fallback if self._fallback is not None else (False, vj)
+            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, chunk_step_velocity(chunk), fallback,
+                                        direct))
+        self._fallback = None
         return new
+
+    def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
+        """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own steps."""
+        if isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
+            # The new chunk agrees with the chunk being ramped into, not with the ramp: keep ramping, into it.
+            return Crossfade(current.old, chunk, current.t_s, current.duration)
+        if current is None or isinstance(current, Constant):
+            return chunk  # nothing to agree with / a hold (adopt fades in from a hold anyway)
+        _, direct = self.measure(current, chunk, t_s)
+        if direct <= chunk_step_velocity(chunk):
+            self._fallback = (False, direct)
+            return chunk
+        self._fallback = (True, direct)
+        return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt)
 
     def measure(self, old: Trajectory, new: Trajectory, t_s: float) -> tuple[float, float]:
         if self._a.shape[0] != new.dim:
@@ -161,6 +186,12 @@ class Joiner:
         if not self.joins:
             return 0.0, 0.0
         return max(j.position_jump for j in self.joins), max(j.velocity_jump for j in self.joins)
+
+
+def chunk_step_velocity(chunk: TimedChunk) -> float:
+    """The largest step between consecutive actions of a chunk, as a velocity (rad/s): how much the plan itself
+    jerks, the yardstick for a join."""
+    return float(np.max(np.abs(np.diff(chunk.values, axis=0)))) / chunk.dt if chunk.n > 1 else 0.0
 
 
 def start_ramp(q0: np.ndarray, plan: Trajectory, t_s: float, duration: float) -> Trajectory:

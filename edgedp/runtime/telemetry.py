@@ -168,6 +168,8 @@ class Telemetry:
                 "position_rad": max((j["position_jump"] for j in joins), default=0.0),
                 "velocity_rad_s": max((j["velocity_jump"] for j in joins), default=0.0),
             },
+            # inpaint joins cross-faded because the chunk came later than the planner assumed (runtime/joins.py)
+            "inpaint_fallbacks": sum(bool(j.get("inpaint_fallback")) for j in joins),
             "joins": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in j.items()} for j in joins],
             "servo_stop": s.get("stop", {}),
             "stop_ms": self.stop_timing,
