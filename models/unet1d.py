@@ -25,12 +25,14 @@ Tensors are laid out (B, T, A) at the interface and (B, A, T) inside, like the r
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 Timestep = Union[torch.Tensor, int]
+# A residual block's FiLM: the cond encoder's output, or (scale or None, bias) already split and shaped (B, C, 1).
+FiLM = Union[torch.Tensor, Tuple[Optional[torch.Tensor], torch.Tensor]]
 
 # GroupNorm groups of final_conv.0 in both references (Conv1dBlock's default; n_groups is not passed).
 FINAL_CONV_GROUPS = 8
@@ -113,15 +115,20 @@ class ConditionalResidualBlock1D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.forward_film(x, self.cond_encoder(cond))
+
+    def forward_film(self, x: torch.Tensor, film: FiLM) -> torch.Tensor:
+        """The block with its FiLM given: ``cond_encoder(cond)`` ((B, 2C) with a scale, else (B, C)), or already
+        split as (scale or None, bias), each (B, C, 1) (models/film_fold.py does that once per chunk)."""
         out = self.blocks[0](x)
-        embed = self.cond_encoder(cond).unsqueeze(-1)
-        if self.cond_predict_scale:
-            embed = embed.reshape(embed.shape[0], 2, self.out_channels, 1)
-            scale = embed[:, 0, ...]
-            bias = embed[:, 1, ...]
-            out = scale * out + bias
+        if isinstance(film, tuple):
+            scale, bias = film
+            out = out + bias if scale is None else scale * out + bias
+        elif self.cond_predict_scale:
+            embed = film.unsqueeze(-1).reshape(film.shape[0], 2, self.out_channels, 1)
+            out = embed[:, 0, ...] * out + embed[:, 1, ...]
         else:
-            out = out + embed
+            out = out + film.unsqueeze(-1)
         out = self.blocks[1](out)
         return out + self.residual_conv(x)
 
@@ -214,25 +221,43 @@ class ConditionalUnet1D(nn.Module):
             timestep = timestep[None].to(sample.device)
         timesteps = timestep.expand(x.shape[0])
 
+        global_feature = torch.cat([self.step_feature(timesteps, x.dtype), global_cond], dim=-1)
+        return self.forward_film(sample, [blk.cond_encoder(global_feature) for blk in self.residual_blocks()])
+
+    def step_feature(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The diffusion step's embedding (B, diffusion_step_embed_dim), the first part of every block's condition."""
         enc = self.diffusion_step_encoder
         # The sinusoid comes out float32 (as in the reference); match the weights' dtype (fp16/fp64 runs).
-        global_feature = enc[3](enc[2](enc[1](enc[0](timesteps).to(x.dtype))))
-        global_feature = torch.cat([global_feature, global_cond], dim=-1)
+        return enc[3](enc[2](enc[1](enc[0](timesteps).to(dtype))))
 
+    def residual_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """Every FiLM-conditioned block in the order forward runs them (the order of forward_film's films)."""
+        blocks: list[ConditionalResidualBlock1D] = []
+        for resnet, resnet2, _ in self.down_modules:
+            blocks += [resnet, resnet2]
+        blocks += list(self.mid_modules)
+        for resnet, resnet2, _ in self.up_modules:
+            blocks += [resnet, resnet2]
+        return blocks
+
+    def forward_film(self, sample: torch.Tensor, films: Sequence[FiLM]) -> torch.Tensor:
+        """The U-Net with each block's FiLM vector given (one per residual_blocks() entry, in order)."""
+        x = sample.transpose(1, 2)
+        film = iter(films)
         skips = []
         for resnet, resnet2, downsample in self.down_modules:
-            x = resnet(x, global_feature)
-            x = resnet2(x, global_feature)
+            x = resnet.forward_film(x, next(film))
+            x = resnet2.forward_film(x, next(film))
             skips.append(x)
             x = downsample(x)
 
         for mid in self.mid_modules:
-            x = mid(x, global_feature)
+            x = mid.forward_film(x, next(film))
 
         for resnet, resnet2, upsample in self.up_modules:
             x = torch.cat((x, skips.pop()), dim=1)
-            x = resnet(x, global_feature)
-            x = resnet2(x, global_feature)
+            x = resnet.forward_film(x, next(film))
+            x = resnet2.forward_film(x, next(film))
             x = upsample(x)
 
         x = self.final_conv(x)

@@ -1,0 +1,80 @@
+"""The U-Net's FiLM conditioning computed in two parts, for whole-loop graphs (edgedp/compile/ort_loop.py).
+
+Every residual block of the U-Net turns the condition c = [step embedding e(t), observation feature g] into
+its FiLM vector with Mish then Linear: W·mish([e(t), g]) + b. Mish is element-wise, so the vector splits
+exactly into W_t·mish(e(t)) + (W_g·mish(g) + b). Inside a loop graph with K fixed steps:
+
+* t is a constant at each unrolled step, so W_t·mish(e(t)) is a constant the exporter folds away;
+* g is the same for all K steps of a chunk, so W_g·mish(g) + b is computed once per chunk, not K times.
+
+The per-chunk part is also split into FiLM's scale and bias and shaped for the block once per chunk. What
+remains per step and block is two Adds, instead of a GEMM and the reshapes and slices around it: at the common size (U-Net 64/128/256, 12 blocks) that is about a fifth of the small kernels each step
+launches, and the per-kernel cost is what bounds a step there (docs/compile.md). The result equals the
+unsplit U-Net up to float rounding (the two partial products are summed in another order).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.unet1d import ConditionalUnet1D, Timestep
+
+FiLMParts = Tuple[Optional[torch.Tensor], torch.Tensor]  # (scale or None, bias), each (B, C, 1)
+
+
+class FoldedFiLMUnet(nn.Module):
+    """ConditionalUnet1D's forward with each block's FiLM split into a step part and a per-chunk part.
+
+    The per-chunk part is cached on the condition tensor itself while tracing (the sampler passes one tensor
+    to all K denoiser calls of a chunk), so the traced graph computes it once, already split into scale and
+    bias and shaped (B, C, 1). Outside tracing nothing is cached: every call recomputes both parts, so eager
+    use is correct whatever the caller does to the tensor.
+    """
+
+    def __init__(self, unet: ConditionalUnet1D):
+        super().__init__()
+        self.unet = unet
+        d = unet.diffusion_step_encoder[1].in_features  # width of the step embedding, the first part of c
+        blocks = unet.residual_blocks()
+        self.scaled = [blk.cond_predict_scale for blk in blocks]
+        self.channels = [blk.out_channels for blk in blocks]
+        frozen = lambda t: nn.Parameter(t.detach().clone(), requires_grad=False)  # noqa: E731
+        self.step_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, :d]) for blk in blocks)
+        self.cond_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, d:]) for blk in blocks)
+        self.biases = nn.ParameterList(frozen(blk.cond_encoder[1].bias) for blk in blocks)
+        self._traced: Optional[tuple[torch.Tensor, list[FiLMParts]]] = None
+
+    def _split(self, i: int, v: torch.Tensor) -> FiLMParts:
+        """(B, 2C or C) -> (scale or None, bias), each (B, C, 1): the layout ConditionalResidualBlock1D reads."""
+        v = v.unsqueeze(-1)
+        if self.scaled[i]:
+            c = self.channels[i]
+            return v[:, :c], v[:, c:]
+        return None, v
+
+    def chunk_terms(self, global_cond: torch.Tensor) -> list[FiLMParts]:
+        """W_g·mish(g) + b for every block, split: the part of the FiLM vectors that is the same at every step."""
+        if torch.jit.is_tracing() and self._traced is not None and self._traced[0] is global_cond:
+            return self._traced[1]
+        m = F.mish(global_cond)
+        terms = [self._split(i, F.linear(m, w, b)) for i, (w, b) in enumerate(zip(self.cond_weights, self.biases))]
+        self._traced = (global_cond, terms) if torch.jit.is_tracing() else None
+        return terms
+
+    def forward(self, sample: torch.Tensor, timestep: Timestep, global_cond: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(timestep) or timestep.dim() == 0:
+            timestep = torch.as_tensor(timestep, dtype=torch.long, device=sample.device).reshape(1)
+        step = F.mish(self.unet.step_feature(timestep.expand(sample.shape[0]), sample.dtype))
+        films = []
+        for i, (w, (scale, bias)) in enumerate(zip(self.step_weights, self.chunk_terms(global_cond))):
+            step_scale, step_bias = self._split(i, F.linear(step, w))
+            films.append((None if scale is None else step_scale + scale, step_bias + bias))
+        return self.unet.forward_film(sample, films)
+
+
+def fold_film(denoiser: nn.Module) -> nn.Module:
+    """The folded form for a U-Net denoiser; any other denoiser (the transformer) is returned unchanged."""
+    return FoldedFiLMUnet(denoiser) if isinstance(denoiser, ConditionalUnet1D) else denoiser
