@@ -14,7 +14,7 @@ unsplit U-Net up to float rounding (the two partial products are summed in anoth
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ FiLMParts = Tuple[Optional[torch.Tensor], torch.Tensor]  # (scale or None, bias)
 class FoldedFiLMUnet(nn.Module):
     """ConditionalUnet1D's forward with each block's FiLM split into a step part and a per-chunk part.
 
-    The per-chunk part is cached on the condition tensor itself while tracing (the sampler passes one tensor
+    The per-chunk part is cached on the condition tensor (and the trace) while tracing (the sampler passes one tensor
     to all K denoiser calls of a chunk), so the traced graph computes it once, already split into scale and
     bias and shaped (B, C, 1). Outside tracing nothing is cached: every call recomputes both parts, so eager
     use is correct whatever the caller does to the tensor.
@@ -45,7 +45,7 @@ class FoldedFiLMUnet(nn.Module):
         self.step_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, :d]) for blk in blocks)
         self.cond_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, d:]) for blk in blocks)
         self.biases = nn.ParameterList(frozen(blk.cond_encoder[1].bias) for blk in blocks)
-        self._traced: Optional[tuple[torch.Tensor, list[FiLMParts]]] = None
+        self._traced: Optional[tuple[Any, torch.Tensor, list[FiLMParts]]] = None
 
     def _split(self, i: int, v: torch.Tensor) -> FiLMParts:
         """(B, 2C or C) -> (scale or None, bias), each (B, C, 1): the layout ConditionalResidualBlock1D reads."""
@@ -57,11 +57,14 @@ class FoldedFiLMUnet(nn.Module):
 
     def chunk_terms(self, global_cond: torch.Tensor) -> list[FiLMParts]:
         """W_g·mish(g) + b for every block, split: the part of the FiLM vectors that is the same at every step."""
-        if torch.jit.is_tracing() and self._traced is not None and self._traced[0] is global_cond:
-            return self._traced[1]
+        trace = _tracing_state()
+        if trace is not None and self._traced is not None and self._traced[0] is trace \
+                and self._traced[1] is global_cond:
+            return self._traced[2]
         m = F.mish(global_cond)
         terms = [self._split(i, F.linear(m, w, b)) for i, (w, b) in enumerate(zip(self.cond_weights, self.biases))]
-        self._traced = (global_cond, terms) if torch.jit.is_tracing() else None
+        # Keyed on the trace too: two exports of one module may be handed the same input tensor.
+        self._traced = (trace, global_cond, terms) if trace is not None else None
         return terms
 
     def forward(self, sample: torch.Tensor, timestep: Timestep, global_cond: torch.Tensor) -> torch.Tensor:
@@ -73,6 +76,13 @@ class FoldedFiLMUnet(nn.Module):
             step_scale, step_bias = self._split(i, F.linear(step, w))
             films.append((None if scale is None else step_scale + scale, step_bias + bias))
         return self.unet.forward_film(sample, films)
+
+
+def _tracing_state() -> Any:
+    """The running trace (one object for the whole trace), or None outside tracing. torch's tracer keeps no
+    public handle on it; where this private call is missing nothing is cached (correct, just not folded)."""
+    get = getattr(torch._C, "_get_tracing_state", None)
+    return get() if get is not None and torch.jit.is_tracing() else None
 
 
 def fold_film(denoiser: nn.Module) -> nn.Module:
