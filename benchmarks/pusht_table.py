@@ -61,6 +61,7 @@ class Cell:
     join: Optional[str] = None       # safety.join (crossfade | ensemble | inpaint); None: the config's
     steps: int = 10                  # denoising steps K
     sampler: Optional[str] = None    # policy.sampler (ddim | dpmsolver++ ...); None: the checkpoint's
+    warm_start: bool = False         # policy.warm_start: each chunk starts from the previous one
     backend: Optional[str] = None    # None: the config's (eager)
     precision: Optional[str] = None  # None: the config's (fp32)
     checkpoint: Optional[str] = None  # None: the config's (or --state-/--image-checkpoint)
@@ -76,6 +77,12 @@ CELLS = [
     Cell("state_async_200ms_inpaint", "state, async, +200 ms, inpaint join", "state", 20, latency_ms=200,
          join="inpaint"),
     Cell("state_dpm_k4", "state, async, dpmsolver++ K=4", "state", 20, sampler="dpmsolver++", steps=4),
+    # issue 15: inpainting without added latency, and the sampler-vs-K cells with warm start
+    Cell("state_async_inpaint", "state, async, inpaint join", "state", 20, join="inpaint"),
+    Cell("state_ddim_k4", "state, async, ddim K=4", "state", 20, sampler="ddim", steps=4),
+    Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", warm_start=True),
+    Cell("state_dpm_k4_warm", "state, async, dpmsolver++ K=4, warm start", "state", 20, sampler="dpmsolver++",
+         steps=4, warm_start=True),
     # README / docs/compile.md: at the U-Net 64/128/256 size onnxruntime-loop fp32 is the fastest CPU backend
     # (int8 about equal); the state checkpoint (no image) builds with it (the encoder graph is the state path).
     Cell("state_ortloop", "state, async, K=10, onnxruntime-loop fp32", "state", 20,
@@ -184,7 +191,7 @@ def markdown(doc: dict) -> str:
         lines.append(
             f"| {k.get('name')}{note} | {k.get('policy')} ({Path(str(c.get('checkpoint'))).name}) | "
             f"{'sync' if k.get('sync') else 'async'} | {k.get('latency_ms', 0):g} ms | {c.get('join')} | "
-            f"{c.get('sampler')}, {k.get('steps')} | {c.get('backend')} / {c.get('precision')} | {s['episodes']} | "
+            f"{c.get('sampler')}, {k.get('steps')}{', warm start' if k.get('warm_start') else ''} | {c.get('backend')} / {c.get('precision')} | {s['episodes']} | "
             f"{s['success_rate'] * 100:.0f} % ({s['successes']}/{s['episodes']}; {ci[0] * 100:.0f}–{ci[1] * 100:.0f} %) | "
             f"{_f(s['mean_max_coverage'], '{:.3f}')} | {_f(s['time_to_success_median_s'], '{:.1f} s')} | "
             f"{s['join_jump_max_position_rad']:.4f} / {s['join_jump_max_velocity_rad_s']:.3f} | "
@@ -265,7 +272,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     cdir = out / "cells" / cell.name
     derived = None
     config = src
-    if cell.join is not None or cell.sampler is not None:
+    if cell.join is not None or cell.sampler is not None or cell.warm_start:
         derived = _absolute(read_yaml_file(src), src.resolve().parent)
         derived.setdefault("policy", {})
         derived.setdefault("safety", {})
@@ -273,6 +280,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["safety"]["join"] = cell.join
         if cell.sampler is not None:
             derived["policy"]["sampler"] = cell.sampler
+        if cell.warm_start:
+            derived["policy"]["warm_start"] = True
         check = parse_config(json.loads(json.dumps(derived)), base=cdir)  # validates join/sampler as eval will
         if os.path.realpath(check.policy.checkpoint) != os.path.realpath(load_config(src).policy.checkpoint):
             raise ValueError(f"{cell.name}: the derived config reads checkpoint {check.policy.checkpoint}, "
@@ -283,7 +292,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             import yaml
 
             cdir.mkdir(parents=True, exist_ok=True)
-            what = [f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
+            what = ([f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
+                    + ["policy.warm_start true"] * cell.warm_start)
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
                       f"{', '.join(what)}; paths made absolute\n")
             config.write_text(header + yaml.safe_dump(derived, sort_keys=False))

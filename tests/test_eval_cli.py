@@ -71,6 +71,7 @@ def _config(tmp_path, **changes) -> Path:
     (["--episodes", "1", "--sampler", "euler"], "--sampler: unknown sampler 'euler' (allowed: ddim, ddpm, dpmsolver++"),
     (["--episodes", "1", "--join", "blend"], "--join: unknown join 'blend' (allowed: crossfade, ensemble, inpaint)"),
     (["--episodes", "1", "--checkpoint", "/nonexistent/ckpt"], "--checkpoint: /nonexistent/ckpt does not exist"),
+    (["--episodes", "1", "--warm-start", "yes"], "--warm-start: unknown warm-start 'yes' (allowed: on, off)"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert main(["eval", str(SIM), *args]) == 2
@@ -86,3 +87,14 @@ def test_configs_without_a_simulated_task_are_refused(tmp_path, capsys, changes,
     assert main(["eval", str(_config(tmp_path, **changes)), "--episodes", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, expected", [("on", True), ("off", False)])
+def test_warm_start_flag_reaches_the_policy_settings(flag, expected):
+    from edgedp.commands.eval import apply_overrides
+    from edgedp.config import load_config
+
+    cfg = load_config(SIM)
+    cfg.policy.warm_start = not expected
+    apply_overrides(cfg, warm_start=flag)
+    assert cfg.policy.warm_start is expected

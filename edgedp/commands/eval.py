@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override policy.steps (denoising steps K); 'checkpoint' uses the checkpoint's own K")
     p.add_argument("--sampler", default=None, metavar="{ddim,ddpm,dpmsolver++,unipc}",
                    help="override policy.sampler (denoising method over the same weights, docs/samplers.md)")
+    p.add_argument("--warm-start", default=None, metavar="{on,off}",
+                   help="override policy.warm_start (each chunk starts from the previous one, noised part-way)")
     p.add_argument("--join", default=None, metavar="{crossfade,ensemble,inpaint}",
                    help="override safety.join (how consecutive chunks are joined)")
     p.add_argument("--video", type=Path, default=None, metavar="DIR",
@@ -68,7 +70,7 @@ def parse_latencies(text: str) -> list[float]:
 
 
 def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None, sampler=None,
-                    join=None) -> None:
+                    join=None, warm_start=None) -> None:
     """Command-line overrides of the policy and safety sections, checked against the config schema's own allowed
     values; edgedp/app.py's build then validates the result like any config (e.g. a sampler that does not suit K)."""
     from edgedp.config import BACKENDS, JOINS, PRECISIONS, PRESET_PREFIX, SAMPLERS
@@ -97,6 +99,8 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
         p.sampler = _one_of("sampler", sampler, SAMPLERS)
     if join is not None:
         cfg.safety.join = _one_of("join", join, JOINS)
+    if warm_start is not None:
+        p.warm_start = _one_of("warm-start", warm_start, ("on", "off")) == "on"
 
 
 def _one_of(flag: str, value: str, allowed) -> str:
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--sync and --both: pick one (--both already includes the synchronous runs)")
     if args.video is not None and args.video.exists() and not args.video.is_dir():
         raise UserError(f"--video: {args.video} is a file (give a folder for the episode videos)")
-    apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps, args.sampler, args.join)
+    apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps, args.sampler, args.join,
+                    args.warm_start)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
 
