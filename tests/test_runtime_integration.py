@@ -96,8 +96,10 @@ def _plan_with(policy, command_delay: float):
         assert planner.plan_once() == 1
         out = np.zeros((chunks.spec.capacity, chunks.spec.dim))
         header = chunks.read_newest(out)
-        t_obs = planner.tel.chunk_log[-1]["t_obs"]
-        return header, t_obs, planner.next_start
+        log = planner.tel.chunk_log[-1]
+        assert log["t0"] == pytest.approx(header.t0)
+        assert ("decided" in log) == bool(getattr(policy, "sampler_options", {}).get("inpaint"))
+        return header, log["t_obs"], planner.next_start
     finally:
         chunks.close()
         ring.close()
@@ -116,6 +118,22 @@ def test_command_delay_times_chunks_early_by_the_actuation_latency(small_policy)
     late0 = int((now - h0.t0) // h0.dt) + 1
     late1 = int((now - h1.t0) // h1.dt) + 1
     assert late1 == late0 + 1  # 0.25 s is 2.5 steps late without the delay, 3.1 with it
+
+
+def test_inpainting_plans_the_next_chunk_earlier_and_logs_what_it_decided():
+    """With inpainting the next chunk is started MARGIN + 1 periods earlier (so the switch and the cubic segment
+    around it fall inside the steps both chunks agree on), and the chunk log says when each chunk starts and how
+    many of its published steps the previous chunk decided."""
+    from edgedp.policy_loading import load_policy
+    from edgedp.runtime.conditioning import ChunkConditioner
+
+    plain = load_policy("preset:small", "cpu", 2, 0)
+    inpainted = load_policy("preset:small", "cpu", 2, 0)
+    inpainted.configure_sampler(inpaint="guided")
+    h0, _, next0 = _plan_with(plain, 0.0)
+    h1, _, next1 = _plan_with(inpainted, 0.0)
+    assert next0 - next1 == pytest.approx((ChunkConditioner.MARGIN + 1) * 0.1)
+    assert h0.t0 == pytest.approx(h1.t0)
 
 
 def test_time_offset_file_is_read_and_checked(tmp_path):

@@ -53,6 +53,18 @@ class ChunkConditioner:
             return None
         return cls(policy, action_period, first, n_action_steps, warm, inpaint)
 
+    @property
+    def lead(self) -> float:
+        """How much earlier (s) the planner starts the next chunk with inpainting: MARGIN + 1 action periods.
+
+        Why: the asynchronous planner times each chunk to arrive just before the previous executed slice ends,
+        but only that slice can be decided, and the servo's cubic segment at the switch reads two knots past
+        it, which do not exist in the old chunk (its last knots have one-sided tangents, and the new chunk's
+        knots there are free). Arriving MARGIN + 1 periods before the end puts the switch, its margin and the
+        segment's knots inside the slice both chunks agree on. The cost: each chunk executes that many steps
+        fewer before the next one replaces it."""
+        return (self.MARGIN + 1) * self.dt if self.inpaint else 0.0
+
     def snap(self, t0: float) -> float:
         """The new chunk's time grid put on the previous chunk's (nearest grid time to t0).
 

@@ -180,13 +180,17 @@ class Planner:
             self._notify(PublishedChunk(seq, obs.data, obs.t, obs.sample_times, action, self.first, chunk.shape[0],
                                         t0, self.dt, t_start, t_pub))
         self._lat.append(t_pub - t_start)
+        decided = None
+        if self.conditioner is not None and self.conditioner.inpaint:
+            decided = max(0, self.conditioner.last_n_fixed - self.first)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, stages, self.steps, t_pub,
-                                  obs.age * 1e3)
+                                  obs.age * 1e3, t0=t0, decided=decided)
         chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
         if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
             self.next_start = chunk_end + self.dt
-        else:
-            self.next_start = chunk_end - self.expected_latency()
+        else:  # inpainting plans a few periods earlier still (ChunkConditioner.lead says why)
+            lead = self.conditioner.lead if self.conditioner is not None else 0.0
+            self.next_start = chunk_end - self.expected_latency() - lead
         return seq
 
     def _notify(self, event: "PublishedChunk") -> None:

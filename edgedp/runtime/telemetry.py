@@ -94,7 +94,8 @@ class Telemetry:
 
     # ---- planner side ---------------------------------------------------------------------------
     def record_inference(self, seq: int, t_obs: float, t_start: float, obs_ms: float, stages: dict[str, float],
-                         steps: int, t_publish: float, age_ms: float) -> None:
+                         steps: int, t_publish: float, age_ms: float, t0: Optional[float] = None,
+                         decided: Optional[int] = None) -> None:
         """One published chunk: `stages` is what the policy itself measured (normalize, encode, sample,
         unnormalize, in ms; see DiffusionPolicy.predict_chunk); the denoising step is sample / K."""
         with self._lock:
@@ -105,7 +106,12 @@ class Telemetry:
             self.denoise_step_source = "sampler time / K"
             self.stage_ms["inference"].append((t_publish - t_start) * 1e3)
             self.observation_age_ms.append(age_ms)
-            self.chunk_log.append({"seq": seq, "t_obs": t_obs, "t_start": t_start, "t_publish": t_publish})
+            entry = {"seq": seq, "t_obs": t_obs, "t_start": t_start, "t_publish": t_publish}
+            if t0 is not None:  # when the chunk's first published action is due
+                entry["t0"] = t0
+            if decided is not None:  # inpainting: published steps decided by the previous chunk
+                entry["decided"] = decided
+            self.chunk_log.append(entry)
 
     def note_policy(self, policy, retry: str | None = None) -> None:
         """A remote policy's fault events and current source (a local policy has neither: nothing changes)."""
