@@ -280,3 +280,20 @@ def test_inpaint_join_that_would_jerk_is_cross_faded_and_counted():
     agreeing = TimedChunk(ramp[3:], 0.3, 0.1, "cubic", 3)
     assert j.adopt(TimedChunk(ramp, 0.0, 0.1, "cubic", 1), agreeing, 0.35) is agreeing
     assert not j.joins[-1].inpaint_fallback
+
+
+def test_inpaint_join_during_a_fade_is_checked_against_what_the_fade_goes_into():
+    """A chunk arriving while a ramp or an earlier fallback fade runs: swapping the fade's target is seamless only
+    if the chunk agrees with that target; one that does not is faded into from the blend, never swapped in."""
+    j = Joiner("inpaint", crossfade_steps=3, ensemble_decay=0.0, servo_period=0.002)
+    ramp = np.linspace(0, 1, 8)[:, None].repeat(2, 1)
+    target = TimedChunk(ramp, 0.0, 0.1, "cubic", 1)
+    fade = Crossfade(Constant(np.zeros(2)), target, 0.0, 1.0)
+    agreeing = TimedChunk(ramp[2:], 0.2, 0.1, "cubic", 2)
+    kept = j.adopt(fade, agreeing, 0.25)
+    assert isinstance(kept, Crossfade) and kept.old is fade.old and kept.new is agreeing
+    assert not j.joins[-1].inpaint_fallback
+    off = TimedChunk(ramp[2:] + 0.2, 0.2, 0.1, "cubic", 3)  # 0.2 rad away from the fade's target
+    plan = j.adopt(fade, off, 0.25)
+    assert j.joins[-1].inpaint_fallback and plan.old is not fade.old
+    assert j.joins[-1].velocity_jump <= j.joins[-1].chunk_velocity

@@ -130,15 +130,15 @@ class Joiner:
 
     def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
         """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own steps."""
-        if isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
-            # The new chunk agrees with the chunk being ramped into, not with the ramp: keep ramping, into it.
-            return Crossfade(current.old, chunk, current.t_s, current.duration)
         if current is None or isinstance(current, Constant):
             return chunk  # nothing to agree with / a hold (adopt fades in from a hold anyway)
-        _, direct = self.measure(current, chunk, t_s)
+        fading = isinstance(current, Crossfade) and t_s < current.t_s + current.duration
+        # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
+        _, direct = self.measure(current.new if fading else current, chunk, t_s)
         if direct <= chunk_step_velocity(chunk):
             self._fallback = (False, direct)
-            return chunk
+            # Keep fading, into the new chunk (it equals the old target where the fade is now).
+            return Crossfade(current.old, chunk, current.t_s, current.duration) if fading else chunk
         self._fallback = (True, direct)
         return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt)
 
