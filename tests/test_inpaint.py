@@ -12,7 +12,7 @@ from torch import nn
 
 from edgedp.runtime.conditioning import ChunkConditioner
 from edgedp.runtime.interpolation import Constant, TimedChunk
-from edgedp.runtime.joins import Crossfade, Joiner
+from edgedp.runtime.joins import Crossfade, Deferred, Joiner
 from models.inpainting import overlap_weights, shift_chunk
 from models.sampler import Sampler
 from models.schedulers import SchedulerSpec
@@ -252,8 +252,10 @@ def test_inpaint_join_switches_directly_keeps_a_ramp_and_fades_from_a_hold():
     j = Joiner("inpaint", crossfade_steps=3, ensemble_decay=0.0, servo_period=0.002)
     old = TimedChunk(np.linspace(0, 1, 8)[:, None].repeat(2, 1), 0.0, 0.1, "cubic", 1)
     same = TimedChunk(np.linspace(0, 1, 8)[:, None].repeat(2, 1)[2:], 0.2, 0.1, "cubic", 2)
-    assert j.adopt(old, same, 0.25) is same
+    assert j.adopt(old, same, 0.32) is same  # past the new chunk's second knot: switched to directly
     assert j.joins[-1].position_jump < 1e-12 and j.joins[-1].velocity_jump < 1e-9
+    early = j.adopt(old, same, 0.25)  # inside its first segment: switched at its second knot (0.3)
+    assert isinstance(early, Deferred) and early.new is same and early.t_switch == pytest.approx(0.3)
     assert j.joins[-1].chunk_velocity == pytest.approx((1 / 7) / 0.1)
     ramp = Crossfade(Constant(np.zeros(2)), old, 0.0, 1.0)
     kept = j.adopt(ramp, same, 0.3)
@@ -278,7 +280,7 @@ def test_inpaint_join_that_would_jerk_is_cross_faded_and_counted():
     assert stats.inpaint_fallback and stats.direct_velocity_jump == pytest.approx(direct_jump, rel=1e-6)
     assert stats.velocity_jump <= stats.chunk_velocity  # what the servo follows is smooth
     agreeing = TimedChunk(ramp[3:], 0.3, 0.1, "cubic", 3)
-    assert j.adopt(TimedChunk(ramp, 0.0, 0.1, "cubic", 1), agreeing, 0.35) is agreeing
+    assert j.adopt(TimedChunk(ramp, 0.0, 0.1, "cubic", 1), agreeing, 0.42) is agreeing
     assert not j.joins[-1].inpaint_fallback
 
 
@@ -297,3 +299,23 @@ def test_inpaint_join_during_a_fade_is_checked_against_what_the_fade_goes_into()
     plan = j.adopt(fade, off, 0.25)
     assert j.joins[-1].inpaint_fallback and plan.old is not fade.old
     assert j.joins[-1].velocity_jump <= j.joins[-1].chunk_velocity
+
+
+def test_inpaint_join_inside_the_first_segment_waits_for_the_second_knot():
+    """Every knot agrees, but the new chunk's first knot has a one-sided cubic tangent: switching inside its first
+    segment would jerk; switching at its second knot (where its segments read only agreeing knots) does not."""
+    values = np.sin(np.linspace(0, 3, 10))[:, None].repeat(2, 1)
+    old = TimedChunk(values, 0.0, 0.1, "cubic", 1)
+    new = TimedChunk(values[3:], 0.3, 0.1, "cubic", 2)  # the same knots from 0.3 s on
+    j = Joiner("inpaint", crossfade_steps=3, ensemble_decay=0.0, servo_period=0.002)
+    _, hard_jump = j.measure(old, new, 0.33)
+    assert hard_jump > 1e-3  # a direct switch inside the first segment steps the velocity
+    plan = j.adopt(old, new, 0.33)
+    assert isinstance(plan, Deferred) and plan.t_switch == pytest.approx(0.4)
+    assert j.joins[-1].velocity_jump < 1e-6 and not j.joins[-1].inpaint_fallback
+    out_a, out_b = np.zeros(2), np.zeros(2)
+    for t in np.linspace(0.33, 0.8, 48):  # the servo follows the old plan, then the new one, without a seam
+        plan.evaluate(t, out_a)
+        old.evaluate(t, out_b)
+        assert np.allclose(out_a, out_b, atol=1e-12)
+    assert plan.simplify(0.45) is new

@@ -68,6 +68,32 @@ class Crossfade(Trajectory):
         return self
 
 
+class Deferred(Trajectory):
+    """The old plan until ``t_switch``, the new one from then on (inpaint joins on a cubic plan).
+
+    Why: a published chunk's first knot has a one-sided Catmull-Rom tangent (there is no knot before it), so its
+    first segment differs from the old plan even where every knot agrees. From its second knot on, the segments
+    read only agreeing knots and equal the old plan's: switching there instead of mid-first-segment is seamless."""
+
+    def __init__(self, old: Trajectory, new: Trajectory, t_switch: float):
+        self.old = old
+        self.new = new
+        self.t_switch = float(t_switch)
+        self.dim = new.dim
+
+    def evaluate(self, t: float, out: np.ndarray) -> bool:
+        return (self.old if t < self.t_switch else self.new).evaluate(t, out)
+
+    def end_time(self) -> float:
+        return self.new.end_time()
+
+    def simplify(self, t: float) -> Trajectory:
+        if t >= self.t_switch:
+            return self.new.simplify(t)
+        self.old = self.old.simplify(t)
+        return self
+
+
 @dataclass
 class JoinStats:
     t: float
@@ -122,6 +148,8 @@ class Joiner:
             new = Crossfade(current, new, t_s, max(1, self.crossfade_steps) * chunk.dt)
         if current is not None:
             pj, vj = self.measure(current, new, t_s)
+            if isinstance(new, Deferred):  # the switch really happens later: measure it there too
+                pj, vj = (max(a, b) for a, b in zip((pj, vj), self.measure(current, new.new, new.t_switch)))
             fallback, direct = self._fallback if self._fallback is not None else (False, vj)
             self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, chunk_step_velocity(chunk), fallback,
                                         direct))
@@ -135,10 +163,15 @@ class Joiner:
         fading = isinstance(current, Crossfade) and t_s < current.t_s + current.duration
         # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
         _, direct = self.measure(current.new if fading else current, chunk, t_s)
+        second_knot = chunk.t0 + chunk.dt
+        deferred = not fading and chunk.kind == "cubic" and chunk.n > 1 and t_s < second_knot
+        if deferred:  # switch at the second knot instead (Deferred says why), so judge the join there
+            direct = self.measure(current, chunk, second_knot)[1]
         if direct <= chunk_step_velocity(chunk):
             self._fallback = (False, direct)
-            # Keep fading, into the new chunk (it equals the old target where the fade is now).
-            return Crossfade(current.old, chunk, current.t_s, current.duration) if fading else chunk
+            if fading:  # keep fading, into the new chunk (it equals the old target where the fade is now)
+                return Crossfade(current.old, chunk, current.t_s, current.duration)
+            return Deferred(current.simplify(t_s), chunk, second_knot) if deferred else chunk
         self._fallback = (True, direct)
         return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt)
 
