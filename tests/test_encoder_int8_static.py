@@ -3,7 +3,8 @@
 Checked: the graph really holds int8 convolutions (Q/DQ around every Conv, int8 weights, and onnxruntime fuses
 them into QLinearConv), its features stay within the chooser's 2 % on held-out observations yet differ from
 float32 (it really runs quantized), the calibration observations the build receives set its activation ranges,
-and the chooser lists it with its error and time and refuses it when it misses the tolerance.
+and the chooser lists it with its feature and action errors and its time, and refuses it when its actions miss
+the limit.
 """
 from __future__ import annotations
 
@@ -110,20 +111,34 @@ def test_calibration_observations_set_the_activation_ranges(built, tmp_path):
         entry / "encoder_int8_static.onnx")
 
 
-def test_the_chooser_lists_it_and_refuses_it_past_the_tolerance(built, monkeypatch):
+def test_the_chooser_lists_it_and_refuses_it_past_the_action_limit(built, monkeypatch):
+    """Checked by actions through the float32 loop: accepted within the limits even when its features are off by
+    more than they would be from float rounding, refused (however fast) once the limit is under its error."""
+    from edgedp.compile.base import FloatOut, float_unet_copy, make_loop
+
     pol, entry, keys = built
-    choice = ort_loop.choose_encoder(pol, entry, keys, 1, repeats=1)
+    cpu = torch.device("cpu")
+    loop = make_loop(pol, FloatOut(float_unet_copy(pol, cpu, "fp32")).eval(), 2, cpu)
+
+    def choose():
+        return ort_loop.choose_encoder(pol, entry, keys, 1, repeats=1, loop=loop, steps=2,
+                                       stochastic=bool(loop.needs_variance_noise))
+
+    # the static candidate timed fastest (injected: no wall-clock in tests), so only its error decides
+    monkeypatch.setattr(ort_loop, "_median_ms", lambda calls, repeats: {k: (1.0 if k == "onnx-int8-static" else 9.0)
+                                                                         for k in calls})
+    choice = choose()
     json.dumps(choice)  # what the build writes to encoder_choice.json
-    assert "onnx-int8-static" in choice["ms"] and choice["ms"]["onnx-int8-static"] > 0
-    err = choice["relative_feature_error"]["onnx-int8-static"]
-    assert choice["feature_tolerance"] == 0.02 and choice["checked_observations"] == 4
-    assert 1e-4 < err <= 0.02
-    assert choice["relative_feature_error"][choice["chosen"]] <= ort_loop.FEATURE_TOL
-    # a tolerance it misses: never chosen, however fast
-    monkeypatch.setattr(ort_loop, "FEATURE_TOL", err / 2)
-    tight = ort_loop.choose_encoder(pol, entry, keys, 1, repeats=1)
-    assert tight["chosen"] != "onnx-int8-static"
-    assert tight["relative_feature_error"][tight["chosen"]] <= err / 2
+    assert "onnx-int8-static" in choice["ms"] and choice["checked_observations"] == 4
+    act = choice["action_error"]["onnx-int8-static"]
+    assert 0 < act["rmse"] <= ort_loop.ENCODER_MAX_RMSE and act["max"] <= ort_loop.ENCODER_MAX_ABS, act
+    assert 1e-4 < choice["relative_feature_error"]["onnx-int8-static"]  # still recorded
+    assert choice["accepted"]["onnx-int8-static"] and choice["chosen"] == "onnx-int8-static"
+    # a limit it misses: never chosen, however fast
+    monkeypatch.setattr(ort_loop, "ENCODER_MAX_ABS", act["max"] / 2)
+    tight = choose()
+    assert not tight["accepted"]["onnx-int8-static"] and tight["chosen"] != "onnx-int8-static"
+    assert tight["action_error"][tight["chosen"]]["max"] <= act["max"] / 2
 
 
 def test_recorded_calibration_is_checked_on_its_own_held_out_observations(built):
@@ -147,7 +162,9 @@ def test_build_records_the_static_candidate_and_its_calibration(tmp_path):
     pol = load_policy("preset:small")
     rep = compile_policy(pol, "onnxruntime-loop", "int8", 2, "cpu", tmp_path, gate=False, gate_samples=2)
     choice = json.loads((rep.path / "encoder_choice.json").read_text())
-    assert "onnx-int8-static" in choice["relative_feature_error"]
+    assert "onnx-int8-static" in choice["relative_feature_error"] and "onnx-int8-static" in choice["action_error"]
+    assert choice["accepted"][choice["chosen"]]
+    assert json.loads((rep.path / "loop_choice.json").read_text())["chosen"] == rep.sampler.info["loop"]
     assert choice["static_calibration"] == {"source": rep.calibration["source"], "n": 2}
     # the build's held-out observations; stand-in sources (synthetic, sim) are checked on 4 more synthetic scenes
     assert choice["checked_observations"] == 2 + 4, choice["checked_on"]
