@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgedp.cli import main
@@ -65,19 +66,21 @@ def test_a_failed_episode_is_an_error_row_and_the_rest_still_run(tmp_path, monke
     assert len(runtimes) == 3
 
 
-def test_an_interrupt_keeps_the_finished_episodes(tmp_path, monkeypatch, capsys):
-    def ctrl_c(rt, original, *args):
-        rt.request_stop("ctrl-c")  # what the runtime's SIGINT handler does
+@pytest.mark.parametrize("signal_name, exit_code, reason", [("ctrl-c", 130, "interrupted"),
+                                                             ("sigterm", 143, "terminated (SIGTERM)")])
+def test_an_interrupt_keeps_the_finished_episodes(tmp_path, monkeypatch, capsys, signal_name, exit_code, reason):
+    def stop_signal(rt, original, *args):
+        rt.request_stop(signal_name)  # what the runtime's SIGINT / SIGTERM handler does during an episode
         return original(rt, *args)
 
-    _fault_on_second_episode(monkeypatch, ctrl_c)
+    _fault_on_second_episode(monkeypatch, stop_signal)
     out = tmp_path / "eval.json"
     code = main(["eval", _config(tmp_path), "--episodes", "3", "--episode-timeout", "1.0", "--seed", "7",
                  "--steps", "4", "--json", str(out)])
-    assert code == 130
+    assert code == exit_code
     err = capsys.readouterr().err.strip().splitlines()
     summary = [line for line in err if line.startswith("edgedp eval:")]
-    assert len(summary) == 1 and "interrupted after 1 finished episode(s)" in summary[0]
+    assert len(summary) == 1 and f"{reason} after 1 finished episode(s)" in summary[0]
     doc = json.loads(out.read_text())
     assert doc["interrupted"] is True and doc["episodes"] == 1
     assert [r["seed"] for r in doc["runs"][0]["per_episode"]] == [7]

@@ -186,9 +186,9 @@ def run(args: argparse.Namespace) -> int:
                 runs.append((c, done))
                 session.run(c, seeds, args.episode_timeout, lambda c_, r: (done.append(r), progress(c_, r)),
                             args.dwell, on_error=on_error)
-    except KeyboardInterrupt:  # Ctrl-C, or either signal while an episode's runtime ran (it handles both)
+    except KeyboardInterrupt:  # Ctrl-C, between episodes or while an episode's runtime ran
         stop = (130, "interrupted")
-    except Terminated:  # SIGTERM between episodes (edgedp/cli.py)
+    except Terminated:  # SIGTERM between episodes (edgedp/cli.py) or while an episode's runtime ran (episodes.py)
         stop = (143, "terminated (SIGTERM)")
     except RuntimeError as exc:  # the devices failed to start: no episode ran
         raise UserError(str(exc), exit_code=1) from None

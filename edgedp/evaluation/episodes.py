@@ -191,6 +191,10 @@ class EvalSession:
         code = rt.run()
         self.last_telemetry = rt.tel
         tel = rt.tel.to_dict()
+        if tel["stopped_by"] == "sigterm":  # the runtime caught it and stopped the arm; end the evaluation as
+            from edgedp.cli import Terminated  # SIGTERM between episodes does (exit 143, not Ctrl-C's 130)
+
+            raise Terminated()
         if tel["stopped_by"] in INTERRUPTED:
             raise KeyboardInterrupt
         if code == EXIT_WATCHDOG:  # the servo loop stopped the arm safely (bus timeouts): a failed episode,
