@@ -62,6 +62,7 @@ class Cell:
     steps: int = 10                  # denoising steps K
     sampler: Optional[str] = None    # policy.sampler (ddim | dpmsolver++ ...); None: the checkpoint's
     warm_start: bool = False         # policy.warm_start: each chunk starts from the previous one
+    inpaint_form: Optional[str] = None  # safety.inpaint_form (guided | replace); None: the config's
     backend: Optional[str] = None    # None: the config's (eager)
     precision: Optional[str] = None  # None: the config's (fp32)
     checkpoint: Optional[str] = None  # None: the config's (or --state-/--image-checkpoint)
@@ -79,6 +80,8 @@ CELLS = [
     Cell("state_dpm_k4", "state, async, dpmsolver++ K=4", "state", 20, sampler="dpmsolver++", steps=4),
     # issue 15: inpainting without added latency, and the sampler-vs-K cells with warm start
     Cell("state_async_inpaint", "state, async, inpaint join", "state", 20, join="inpaint"),
+    Cell("state_async_inpaint_replace", "state, async, inpaint join (replace form)", "state", 20, join="inpaint",
+         inpaint_form="replace"),
     Cell("state_ddim_k4", "state, async, ddim K=4", "state", 20, sampler="ddim", steps=4),
     Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", warm_start=True),
     Cell("state_dpm_k4_warm", "state, async, dpmsolver++ K=4, warm start", "state", 20, sampler="dpmsolver++",
@@ -272,7 +275,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     cdir = out / "cells" / cell.name
     derived = None
     config = src
-    if cell.join is not None or cell.sampler is not None or cell.warm_start:
+    if cell.join is not None or cell.sampler is not None or cell.warm_start or cell.inpaint_form:
         derived = _absolute(read_yaml_file(src), src.resolve().parent)
         derived.setdefault("policy", {})
         derived.setdefault("safety", {})
@@ -282,18 +285,22 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["policy"]["sampler"] = cell.sampler
         if cell.warm_start:
             derived["policy"]["warm_start"] = True
+        if cell.inpaint_form:
+            derived["safety"]["inpaint_form"] = cell.inpaint_form
         check = parse_config(json.loads(json.dumps(derived)), base=cdir)  # validates join/sampler as eval will
         if os.path.realpath(check.policy.checkpoint) != os.path.realpath(load_config(src).policy.checkpoint):
             raise ValueError(f"{cell.name}: the derived config reads checkpoint {check.policy.checkpoint}, "
                              f"not the original's")
         cfg.safety.join, cfg.policy.sampler = check.safety.join, check.policy.sampler
+        cfg.safety.inpaint_form = check.safety.inpaint_form
         config = cdir / "config.yaml"
         if write:
             import yaml
 
             cdir.mkdir(parents=True, exist_ok=True)
             what = ([f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
-                    + ["policy.warm_start true"] * cell.warm_start)
+                    + ["policy.warm_start true"] * cell.warm_start
+                    + [f"safety.inpaint_form {cell.inpaint_form}"] * bool(cell.inpaint_form))
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
                       f"{', '.join(what)}; paths made absolute\n")
             config.write_text(header + yaml.safe_dump(derived, sort_keys=False))

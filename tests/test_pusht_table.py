@@ -104,7 +104,8 @@ def test_markdown_renders_every_cell_with_its_interval():
     assert "2.0/1.0/1.0 → 3.0/2.0/1.0" in md
 
 
-@pytest.mark.parametrize("name", ["state_async_200ms_inpaint", "state_dpm_k4", "state_dpm_k4_warm"])
+@pytest.mark.parametrize("name", ["state_async_200ms_inpaint", "state_dpm_k4", "state_dpm_k4_warm",
+                                  "state_async_inpaint_replace"])
 def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path, name):
     cell = next(c for c in pt.CELLS if c.name == name)
     plan = pt.plan_cell(cell, tmp_path, {}, None)
@@ -116,6 +117,8 @@ def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path
     if cell.sampler:
         assert derived.policy.sampler == cell.sampler == plan.sampler
     assert derived.policy.warm_start is cell.warm_start and original.policy.warm_start is False
+    if cell.inpaint_form:
+        assert derived.safety.inpaint_form == cell.inpaint_form == plan.inpaint_form
     cmd = pt.eval_command(plan, [100000, 100001], tmp_path / "x.json", None)
     assert cmd[cmd.index("--steps") + 1] == str(cell.steps)
     assert cmd[cmd.index("--latency-ms") + 1] == f"{cell.latency_ms:g}"
