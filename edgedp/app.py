@@ -606,6 +606,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
         camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
+        action_lead=p.action_lead_periods * plan.action_period,
         closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps),
     )
     parts.scene = dev.scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)

@@ -200,6 +200,10 @@ class PolicyConfig(_Strict):
     state_key: Optional[str] = Field(None, description="checkpoint feature fed with joint positions")
     cache_dir: Optional[Path] = None
     extra_latency_ms: float = Field(0.0, ge=0, description="inject latency into every inference (evaluation)")
+    action_lead_periods: float = Field(
+        0.0, ge=0, le=4, description="the chunk's 'now' action is the target for this many action periods after the "
+        "observation: 1 for data recorded as 'joint target one period after the observation' (edgedp record), "
+        "0 for targets commanded at the frame's time (LeRobot teleoperation data, the original runtime)")
     sync: bool = Field(False, description="synchronous planning: the arm holds while the policy thinks (a baseline)")
     sampler: Optional[Literal[SAMPLERS]] = Field(  # type: ignore[valid-type]
         None, description="denoising method over the same weights (docs/samplers.md); None = checkpoint's")

@@ -110,6 +110,7 @@ CHANGES: dict[str, tuple] = {
     "policy.cache_dir": ({}, {"policy.cache_dir": lambda t: str(t / "cache_a")},
                          {"policy.cache_dir": lambda t: str(t / "cache_b")}),
     "policy.extra_latency_ms": ({}, {}, {"policy.extra_latency_ms": 5.0}),
+    "policy.action_lead_periods": ({}, {}, {"policy.action_lead_periods": 1.0}),
     "policy.sync": ({}, {}, {"policy.sync": True}),
     "rates.servo_hz": ({}, {}, {"rates.servo_hz": 250}),
     "rates.max_observation_age": ({}, {}, {"rates.max_observation_age": 0.5}),
@@ -238,7 +239,8 @@ def _fingerprint(tmp: Path, cfg: RunConfig) -> dict:
         return {
             "parts": {k: _plain(getattr(parts, k)) for k in (
                 "steps", "action_period", "n_action_steps", "state_key", "image_shapes", "servo", "servo_in_process",
-                "max_observation_age", "extra_latency", "sync", "camera_delay", "command_delay", "config_summary")},
+                "max_observation_age", "extra_latency", "sync", "camera_delay", "command_delay", "action_lead",
+                "config_summary")},
             "bus": bus,
             "emulator": None if dev.emulator is None else {"servos": dev.emulator.servos, "baud": dev.emulator.baud,
                                                            "initial": dev.emulator.initial},

@@ -83,7 +83,7 @@ def small_policy():
     return load_policy("preset:small", "cpu", 2, 0)
 
 
-def _plan_with(policy, command_delay: float):
+def _plan_with(policy, command_delay: float, action_lead: float = 0.0):
     shape = tuple(policy.feature_shapes["observation.image"])
     state_key = policy.state_keys[0]
     ring, cam, window, hw = _world_window(0.0, image_shape=shape, n_obs=policy.n_obs_steps)
@@ -91,7 +91,7 @@ def _plan_with(policy, command_delay: float):
     _feed_frames(cam, hw)
     chunks = ChunkRing.create(capacity=policy.n_action_steps, dim=policy.action_dim, slots=4)
     planner = Planner(policy, policy.sample, window, chunks, Telemetry(250, "thread"), 0.1, policy.n_action_steps,
-                      2, clock=lambda: 101.0, command_delay=command_delay)
+                      2, clock=lambda: 101.0, command_delay=command_delay, action_lead=action_lead)
     try:
         assert planner.plan_once() == 1
         out = np.zeros((chunks.spec.capacity, chunks.spec.dim))
@@ -118,6 +118,18 @@ def test_command_delay_times_chunks_early_by_the_actuation_latency(small_policy)
     late0 = int((now - h0.t0) // h0.dt) + 1
     late1 = int((now - h1.t0) // h1.dt) + 1
     assert late1 == late0 + 1  # 0.25 s is 2.5 steps late without the delay, 3.1 with it
+
+
+def test_action_lead_times_the_chunk_one_period_after_the_observation(small_policy):
+    """policy.action_lead_periods: 1 (data whose action i is the target one period after frame i): index `first`
+    is for t_obs + one period, so the servo reaches each action when the demonstrations did, not one period early."""
+    h0, t_obs0, next0 = _plan_with(small_policy, 0.0)
+    h1, t_obs1, next1 = _plan_with(small_policy, 0.0, action_lead=0.1)
+    assert t_obs0 == t_obs1
+    assert h1.t0 == pytest.approx(h0.t0 + 0.1) and h0.t0 == pytest.approx(t_obs0)
+    assert next1 - next0 == pytest.approx(0.1)  # the chunk runs out one period later, so the next starts later
+    both = _plan_with(small_policy, 0.06, action_lead=0.1)[0]
+    assert both.t0 == pytest.approx(t_obs0 - 0.06 + 0.1)  # composes with the calibrated command delay
 
 
 def test_inpainting_plans_the_next_chunk_earlier_and_logs_what_it_decided():

@@ -1,8 +1,10 @@
 """The planner thread: newest observation -> encode once -> K-step sampler -> timed chunk -> ChunkRing.
 
-Action j of a chunk is for time t_obs + (j - (n_obs_steps - 1)) * dt: index n_obs_steps-1 is "now" at the
-newest observation. The executed slice (T_a steps from that index) is published with t0 = t_obs, so the
-servo loop can drop the steps whose time has passed by the time it arrives.
+Action j of a chunk is for time t_obs + lead + (j - (n_obs_steps - 1)) * dt: index n_obs_steps-1 is "now" at the
+newest observation, or one period later when the training data's action i is the target reached one period after
+frame i (`policy.action_lead_periods: 1`, edgedp record's convention: lead = one action period). The executed
+slice (T_a steps from that index) is published with t0 = t_obs + lead, so the servo loop can drop the steps whose
+time has passed by the time it arrives.
 
 When to start the next chunk: it must be published before the current one runs out, so planning starts at
 (end of current chunk) - (expected latency), where the expected latency is the largest of the last few
@@ -73,7 +75,7 @@ class Planner:
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
                  extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic,
-                 sync: bool = False, command_delay: float = 0.0):
+                 sync: bool = False, command_delay: float = 0.0, action_lead: float = 0.0):
         self.policy = policy
         self.sampler = sampler
         # A compiled sampler may bring its own compiled encoder (raw observation -> condition); else the policy's.
@@ -92,6 +94,9 @@ class Planner:
         # Motion follows a command after this long (calibrated): an action meant for time T is commanded at
         # T - command_delay, so the chunk is timed that much earlier (see plan_once).
         self.command_delay = float(command_delay)
+        # policy.action_lead_periods x the action period: when the training data's action i is the target reached one
+        # period after frame i (edgedp record), index `first` is for t_obs + one period, not t_obs (see plan_once).
+        self.action_lead = float(action_lead)
         self._lat = deque(maxlen=5)
         self._backoff = 0.0
         self._stop = threading.Event()
@@ -142,7 +147,7 @@ class Planner:
         t_obs_done = self.clock()
         # When index `first` of the new chunk is due (see the timing note at publish); with warm start or
         # inpainting it is put on the previous chunk's grid, and that chunk conditions the sampler.
-        t0_plan = obs.t - self.command_delay
+        t0_plan = obs.t - self.command_delay + self.action_lead
         cond: dict = {}
         if self.conditioner is not None:
             t0_plan = self.conditioner.snap(t0_plan)
@@ -168,7 +173,7 @@ class Planner:
         # With a command delay d the arm reaches a command d after it is written: timing the chunk at t_obs - d
         # makes the servo loop command each action d ahead of its time, drop the ones it can no longer reach in
         # time, and (through chunk_end) start the next chunk d earlier.
-        t0 = self.clock() if self.sync else t0_plan
+        t0 = self.clock() + self.action_lead if self.sync else t0_plan
         try:
             seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
         except ValueError as exc:
