@@ -246,3 +246,16 @@ def test_an_int8_build_without_an_int8_loop_keeps_the_float32_one(tmp_path, monk
     g = torch.zeros((1, pol.global_cond_dim))
     x = torch.zeros((1, pol.horizon, pol.action_dim))
     assert torch.isfinite(cs(g, x)).all()
+
+
+@pytest.mark.parametrize("damage", ['{"chosen": "int4"}', '{"chosen'])
+def test_a_cache_hit_with_a_damaged_choice_record_is_rebuilt(tmp_path, damage):
+    """An entry whose choice record was edited or truncated is stale, not a traceback: compile_policy rebuilds it
+    (the path every stale entry takes) and says why."""
+    pol = tiny_policy()
+    first = compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate=False, gate_samples=2)
+    (first.path / "loop_choice.json").write_text(damage)
+    again = compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate=False, gate_samples=2)
+    assert again.state == "stale" and "entry unusable" in again.reason and "loop_choice.json" in again.reason
+    assert json.loads((again.path / "loop_choice.json").read_text())["chosen"] in ort_loop.LOOP_GRAPHS
+    assert compile_policy(pol, "onnxruntime-loop", "int8", 4, "cpu", tmp_path, gate=False).state == "hit"

@@ -91,9 +91,15 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
     key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, versions)
     found = cache_mod.lookup(cache_dir, key)
     needs_gate = gate and precision != "fp32"
+    cs = None
     if found.state == "hit" and not force:
         say(f"cache hit: {found.path}")
-        cs = b.load(policy, precision, k, dev, found.path, say)
+        try:
+            cs = b.load(policy, precision, k, dev, found.path, say)
+        except cache_mod.UnusableEntry as exc:
+            say(f"cached entry unusable ({exc}): rebuilding it")
+            found = cache_mod.Lookup("stale", found.path, f"entry unusable: {exc}")
+    if cs is not None:
         result = None
         manifest = found.manifest or {}
         calibration = dict(manifest.get("calibration_detail") or {})

@@ -79,6 +79,16 @@ def make_key(weights: str, backend: str, precision: str, steps: int, device: tor
     return CacheKey(weights, backend, precision, int(steps), device_tag(device), tuple(sorted(v.items())))
 
 
+class UnusableEntry(ValueError):
+    """A backend found a cache hit it cannot load (a record file edited, truncated or from another edgedp):
+    compile_policy treats the entry as stale and rebuilds it, like any other stale entry (a direct
+    ``backend.load`` caller gets the message, which says to rebuild with --force)."""
+
+
+class MissingEntryFile(UnusableEntry, FileNotFoundError):
+    """An UnusableEntry because a file the entry's record names is not there."""
+
+
 @dataclass
 class Lookup:
     state: str               # "hit" | "miss" | "stale"

@@ -32,6 +32,7 @@ from torch import nn
 
 from edgedp.compile.backends import _noop
 from edgedp.compile.base import CompiledSampler, EncoderFromPrepared, FloatOut, float_unet_copy, make_loop
+from edgedp.compile.cache import MissingEntryFile, UnusableEntry
 from edgedp.compile.onnx import OnnxRuntimeBackend, _session_opens
 from edgedp.compile.quantize import DEFAULT_MAX_ABS, DEFAULT_MAX_RMSE
 from edgedp.errors import UserError
@@ -222,25 +223,23 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         info: dict[str, Any] = {"fused_loop": True, "graphs": ["encoder", "loop"]}
         loop_kind = "fp32"
         if precision == "int8":
-            recorded = entry / "loop_choice.json"
-            if not recorded.exists():
-                raise FileNotFoundError(f"{recorded} is missing (an entry from an older edgedp?): rebuild with --force")
-            info["loop_choice"] = json.loads(recorded.read_text())
+            info["loop_choice"] = _read_choice(entry / "loop_choice.json")
             loop_kind = info["loop_choice"].get("chosen")
             if loop_kind not in LOOP_GRAPHS:
-                raise ValueError(f"unknown loop graph {loop_kind!r} in {recorded}: rebuild with --force")
+                raise UnusableEntry(f"unknown loop graph {loop_kind!r} in {entry / 'loop_choice.json'}: "
+                                    "rebuild with --force")
         info["loop"] = loop_kind
         cold_name, warm_name = LOOP_GRAPHS[loop_kind]
         warm = entry / warm_name if eager.warm_start is not None else None
         if warm is not None and not warm.exists():
-            raise FileNotFoundError(f"{warm} is missing (built without warm start): rebuild with --force")
+            raise MissingEntryFile(f"{warm} is missing (built without warm start): rebuild with --force")
         loop = OrtLoop(entry / cold_name, threads, bool(eager.needs_variance_noise), eager, warm)
         keys = list(policy.image_keys) + list(policy.state_keys)
         encoder = None
         if (entry / "encoder.onnx").exists():
             chosen = "onnx-fp32"
             if (entry / "encoder_choice.json").exists():
-                info["encoder_choice"] = json.loads((entry / "encoder_choice.json").read_text())
+                info["encoder_choice"] = _read_choice(entry / "encoder_choice.json")
                 chosen = info["encoder_choice"]["chosen"]
             encoder = make_encoder(chosen, policy, entry, keys, threads)
             info["encoder"] = chosen
@@ -332,8 +331,23 @@ def make_encoder(kind: str, policy: Any, entry: Path, keys: list[str], threads: 
     if kind == "torch-bf16":
         return TorchBf16Encoder(policy)
     if kind not in ONNX_ENCODERS:
-        raise ValueError(f"unknown encoder kind {kind!r} (encoder_choice.json from another edgedp?): rebuild with --force")
+        raise UnusableEntry(f"unknown encoder kind {kind!r} (encoder_choice.json from another edgedp?): "
+                            "rebuild with --force")
     return OrtEncoder(entry / ONNX_ENCODERS[kind], threads, policy, keys)
+
+
+def _read_choice(path: Path) -> dict[str, Any]:
+    """A build's recorded choice (loop_choice.json / encoder_choice.json); missing or unreadable: the entry is
+    unusable, and compile_policy rebuilds it."""
+    if not path.exists():
+        raise MissingEntryFile(f"{path} is missing (an entry from an older edgedp?): rebuild with --force")
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnusableEntry(f"{path} unreadable ({type(exc).__name__}): rebuild with --force") from None
+    if not isinstance(choice, dict):
+        raise UnusableEntry(f"{path} is not a record of a choice: rebuild with --force")
+    return choice
 
 
 def _median_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -388,28 +402,34 @@ def _first_chunk(loop: OrtLoop) -> Callable[..., torch.Tensor]:
     return call
 
 
+class _EncoderThroughLoop:
+    """One encoder and the float32 loop graph, in the shape ``quantize.observation_action_error`` compares
+    (``encode(obs)``, ``(cond, noise, vnoise) -> actions``, ``policy``, ``stochastic``)."""
+
+    def __init__(self, policy: Any, encode: Callable[[Any], torch.Tensor], loop: Callable[..., torch.Tensor],
+                 stochastic: bool):
+        self.policy, self._encode, self._loop, self.stochastic = policy, encode, loop, stochastic
+
+    def encode(self, obs: Any) -> torch.Tensor:
+        return self._encode(obs).float()
+
+    def __call__(self, cond: torch.Tensor, noise: torch.Tensor, vnoise: torch.Tensor | None = None) -> torch.Tensor:
+        return self._loop(noise, cond, vnoise)
+
+
 def _action_errors(policy: Any, encoders: dict[str, Any], loop: Callable[..., torch.Tensor], steps: int,
                    stochastic: bool, observations: list, seed: int = 779) -> dict[str, dict[str, float]]:
     """Each encoder's actions vs the float32 encoder's (policy.encode), both through `loop` with the same initial
     and per-step noise per observation: RMSE and max |error| over all observations, normalized units."""
-    import math
+    from edgedp.compile.quantize import observation_action_error
 
-    from edgedp.compile.quantize import fixed_noise
-
-    noise, vnoise = fixed_noise(policy, len(observations), steps, seed)
-    refs = []
+    reference = _EncoderThroughLoop(policy, policy.encode, loop, stochastic)
+    out: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        for i, o in enumerate(observations):
-            refs.append(loop(noise[i], policy.encode(o).float(), vnoise[i] if stochastic else None).float())
-        out: dict[str, dict[str, float]] = {}
         for k, enc in encoders.items():
-            sq, count, worst = 0.0, 0, 0.0
-            for i, o in enumerate(observations):
-                d = loop(noise[i], enc(o).float(), vnoise[i] if stochastic else None).float() - refs[i]
-                sq += float(d.pow(2).sum())
-                count += d.numel()
-                worst = max(worst, float(d.abs().max()))
-            out[k] = {"rmse": math.sqrt(sq / max(count, 1)), "max": worst}
+            rmse, worst = observation_action_error(reference, _EncoderThroughLoop(policy, enc, loop, stochastic),
+                                                   observations, steps, seed)
+            out[k] = {"rmse": rmse, "max": worst}
     return out
 
 
