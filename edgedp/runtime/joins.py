@@ -126,11 +126,12 @@ class Joiner:
         self.joins: list[JoinStats] = []
         self._a = np.empty(0)
         self._b = np.empty(0)
-        self._fallback: tuple[bool, float] | None = None  # the last inpaint join's decision, for JoinStats
 
     def adopt(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
         """Return the new plan starting at t_s; record the join's discontinuity when there was an old plan."""
         dropped = max(0, min(chunk.n, int(np.floor((t_s - chunk.t0) / chunk.dt)) + 1)) if t_s > chunk.t0 else 0
+        step = chunk_step_velocity(chunk)
+        fallback, direct = False, None  # inpaint: whether the join was cross-faded, what switching would have had
         if self.method == "ensemble":
             new = self._ensemble(chunk, t_s)
             if isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
@@ -139,7 +140,7 @@ class Joiner:
         elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
             new = Crossfade(current.simplify(t_s), chunk, t_s, self.crossfade_steps * chunk.dt)
         elif self.method == "inpaint":
-            new = self._inpaint_join(current, chunk, t_s)
+            new, fallback, direct = self._inpaint_join(current, chunk, t_s, step)
         else:
             new = chunk
         if isinstance(current, Constant) and not isinstance(new, Crossfade):
@@ -150,30 +151,29 @@ class Joiner:
             pj, vj = self.measure(current, new, t_s)
             if isinstance(new, Deferred):  # the switch really happens later: measure it there too
                 pj, vj = (max(a, b) for a, b in zip((pj, vj), self.measure(current, new.new, new.t_switch)))
-            fallback, direct = self._fallback if self._fallback is not None else (False, vj)
-            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, chunk_step_velocity(chunk), fallback,
-                                        direct))
-        self._fallback = None
+            self.joins.append(JoinStats(t_s, chunk.seq, pj, vj, dropped, step, fallback,
+                                        vj if direct is None else direct))
         return new
 
-    def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float) -> Trajectory:
-        """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own steps."""
+    def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float, step: float
+                      ) -> tuple[Trajectory, bool, float | None]:
+        """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own ``step``.
+
+        Returns the plan, whether it is a fallback cross-fade, and the velocity jump a direct switch would have
+        had (None when there was nothing to check: no plan yet, or a hold, which adopt fades in from anyway)."""
         if current is None or isinstance(current, Constant):
-            return chunk  # nothing to agree with / a hold (adopt fades in from a hold anyway)
+            return chunk, False, None
         fading = isinstance(current, Crossfade) and t_s < current.t_s + current.duration
-        # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
-        _, direct = self.measure(current.new if fading else current, chunk, t_s)
         second_knot = chunk.t0 + chunk.dt
+        # Inside the first segment, switch at the second knot instead (Deferred says why): judge the join there.
         deferred = not fading and chunk.kind == "cubic" and chunk.n > 1 and t_s < second_knot
-        if deferred:  # switch at the second knot instead (Deferred says why), so judge the join there
-            direct = self.measure(current, chunk, second_knot)[1]
-        if direct <= chunk_step_velocity(chunk):
-            self._fallback = (False, direct)
-            if fading:  # keep fading, into the new chunk (it equals the old target where the fade is now)
-                return Crossfade(current.old, chunk, current.t_s, current.duration)
-            return Deferred(current.simplify(t_s), chunk, second_knot) if deferred else chunk
-        self._fallback = (True, direct)
-        return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt)
+        # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
+        _, direct = self.measure(current.new if fading else current, chunk, second_knot if deferred else t_s)
+        if direct > step:
+            return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt), True, direct
+        if fading:  # keep fading, into the new chunk (it equals the old target where the fade is now)
+            return Crossfade(current.old, chunk, current.t_s, current.duration), False, direct
+        return (Deferred(current.simplify(t_s), chunk, second_knot) if deferred else chunk), False, direct
 
     def measure(self, old: Trajectory, new: Trajectory, t_s: float) -> tuple[float, float]:
         if self._a.shape[0] != new.dim:
