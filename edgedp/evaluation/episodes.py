@@ -60,6 +60,15 @@ class EpisodeResult:
     final_coverage: Optional[float] = None
 
 
+def _from_telemetry(tel: dict) -> dict[str, Any]:
+    """The EpisodeResult fields every task reads from the episode's telemetry document (joins, chunks, timing)."""
+    jj = tel["join_jump_max"]
+    return dict(join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
+                inpaint_fallbacks=tel["inpaint_fallbacks"], chunks=tel["chunks"], dropped_steps=tel["dropped_steps"],
+                inference_ms_p50=tel["inference_ms"]["p50"], e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"],
+                duration_s=tel["duration_s"], stopped_by=tel["stopped_by"])
+
+
 @dataclass
 class EpisodeError:
     """An episode that failed (a runtime or physics error): recorded, and the evaluation goes on with the next
@@ -150,16 +159,12 @@ class EvalSession:
         move_home(self.parts.make_bus, self.home, self.max_velocity)
         judge = SuccessJudge(self.scene, dwell=dwell)
         tel = self._run_runtime(index, seed, condition, timeout, judge)
-        jj = tel["join_jump_max"]
         final = self.scene.distance_to_target()  # where the arm is held after the stop
         return EpisodeResult(
             index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
             final_distance_m=final, min_distance_m=min(judge.min_distance, final),
             chosen_target=nearest_target(self.scene), targets=self.scene.targets.round(4).tolist(),
-            join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
-            inpaint_fallbacks=tel.get("inpaint_fallbacks", 0), chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
-            e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
-            stopped_by=tel["stopped_by"])
+            **_from_telemetry(tel))
 
     def _run_pusht_episode(self, index: int, seed: int, condition: Condition, timeout: float) -> EpisodeResult:
         """Push-T: the pusher is homed (over the bus) to gym-pusht's start position for ``seed`` first, then the T
@@ -173,15 +178,11 @@ class EvalSession:
         from edgedp.sim_task.pusht_expert import pose_error
 
         d, _ = pose_error(self.scene.block_pose(), self.scene.world.goal_pose)
-        jj = tel["join_jump_max"]
         return EpisodeResult(
             index=index, seed=seed, success=judge.t_success is not None, time_to_success_s=judge.time_to_success,
             final_distance_m=d / 1000.0, min_distance_m=d / 1000.0, chosen_target=None, targets=[],
-            join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
-            inpaint_fallbacks=tel.get("inpaint_fallbacks", 0), chunks=tel["chunks"], dropped_steps=tel["dropped_steps"], inference_ms_p50=tel["inference_ms"]["p50"],
-            e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"], duration_s=tel["duration_s"],
-            stopped_by=tel["stopped_by"], max_coverage=round(judge.max_coverage, 4),
-            final_coverage=round(self.scene.world.coverage(), 4))
+            max_coverage=round(judge.max_coverage, 4), final_coverage=round(self.scene.world.coverage(), 4),
+            **_from_telemetry(tel))
 
     def _run_runtime(self, index: int, seed: int, condition: Condition, timeout: float, judge) -> dict:
         """A fresh Runtime for one episode, stopped by ``judge`` at success; its telemetry document."""
