@@ -22,7 +22,6 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (onnx extra) is not insta
 onnx = pytest.importorskip("onnx", reason="onnx (onnx extra) is not installed")
 
 from edgedp.compile import ort_loop  # noqa: E402
-from edgedp.compile.base import EncoderFromPrepared  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,7 @@ def built(tmp_path_factory):
     pol = load_policy("preset:small")
     entry = tmp_path_factory.mktemp("static")
     keys = list(pol.image_keys) + list(pol.state_keys)
-    args = tuple(torch.rand((1, pol.n_obs_steps, *pol.feature_shapes[k])) for k in keys)
-    ort_loop.OrtLoopBackend._export(EncoderFromPrepared(pol, keys).eval(), args,
-                                    [f"obs{i}" for i in range(len(keys))], entry / "encoder.onnx")
+    ort_loop.export_encoder(pol, keys, entry / "encoder.onnx")
     cal, source = ort_loop._encoder_calibration(pol, None)
     assert source == "synthetic" and len(cal) == 8
     ort_loop.quantize_encoder_static(entry / "encoder.onnx", entry / "encoder_int8_static.onnx", pol, keys, cal)

@@ -27,7 +27,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (onnx extra) is not insta
 onnx = pytest.importorskip("onnx", reason="onnx (onnx extra) is not installed")
 
 from edgedp.compile import ort_loop  # noqa: E402
-from edgedp.compile.base import EncoderFromPrepared, FloatOut, float_unet_copy, make_loop  # noqa: E402
+from edgedp.compile.base import FloatOut, float_unet_copy, make_loop  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -148,15 +148,13 @@ def encoder_entry(tmp_path_factory):
     pol = load_policy("preset:small")
     entry = tmp_path_factory.mktemp("encgate")
     keys = list(pol.image_keys) + list(pol.state_keys)
-    args = tuple(torch.rand((1, pol.n_obs_steps, *pol.feature_shapes[k])) for k in keys)
-    names = [f"obs{i}" for i in range(len(keys))]
-    ort_loop.OrtLoopBackend._export(EncoderFromPrepared(pol, keys).eval(), args, names, entry / "encoder.onnx")
+    ort_loop.export_encoder(pol, keys, entry / "encoder.onnx")
     # a deliberately bad candidate: the same graph with the first convolution's weights scrambled
     bad = copy.deepcopy(pol)
     conv = next(m for m in bad.obs_encoder.modules() if isinstance(m, torch.nn.Conv2d))
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(1)))
-    ort_loop.OrtLoopBackend._export(EncoderFromPrepared(bad, keys).eval(), args, names, entry / "bad.onnx")
+    ort_loop.export_encoder(bad, keys, entry / "bad.onnx")
     loop = make_loop(pol, FloatOut(float_unet_copy(pol, CPU, "fp32")).eval(), 2, CPU)
     return pol, entry, keys, loop
 

@@ -161,10 +161,7 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         keys = list(policy.image_keys) + list(policy.state_keys)
         if keys:
             progress("exporting the observation encoder to ONNX")
-            shapes = policy.feature_shapes
-            enc_args = tuple(torch.rand((1, policy.n_obs_steps, *shapes[k])) for k in keys)
-            self._export(EncoderFromPrepared(policy, keys).eval(), enc_args, [f"obs{i}" for i in range(len(keys))],
-                         entry / "encoder.onnx")
+            export_encoder(policy, keys, entry / "encoder.onnx")
         if precision == "int8":
             progress("onnxruntime dynamic int8 quantization: loop")
             threads = torch.get_num_threads()
@@ -247,6 +244,14 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         nbytes = n_params * (1 if loop_kind == "int8" else 4)  # what the chosen loop graph reads per step (roofline)
         return CompiledSampler(self.name, precision, steps, device, policy, loop, eager.denoiser, encoder,
                                weight_bytes=nbytes, info=info)
+
+
+def export_encoder(policy: Any, keys: list[str], path: Path) -> None:
+    """normalize + encode on prepared tensors (EncoderFromPrepared) as an ONNX graph with inputs obs0, obs1, ...
+    (one per key, batch 1, the policy's n_obs_steps and feature shapes), what OrtEncoder feeds."""
+    args = tuple(torch.rand((1, policy.n_obs_steps, *policy.feature_shapes[k])) for k in keys)
+    OrtLoopBackend._export(EncoderFromPrepared(policy, keys).eval(), args, [f"obs{i}" for i in range(len(keys))],
+                           path)
 
 
 @contextlib.contextmanager
