@@ -54,7 +54,7 @@ class ChunkConditioner:
         return cls(policy, action_period, first, n_action_steps, warm, inpaint)
 
     @property
-    def lead(self) -> float:
+    def replan_advance(self) -> float:
         """How much earlier (s) the planner starts the next chunk with inpainting: MARGIN + 1 action periods.
 
         Why: the asynchronous planner times each chunk to arrive just before the previous executed slice ends,

@@ -193,9 +193,9 @@ class Planner:
         chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
         if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
             self.next_start = chunk_end + self.dt
-        else:  # inpainting plans a few periods earlier still (ChunkConditioner.lead says why)
-            lead = self.conditioner.lead if self.conditioner is not None else 0.0
-            self.next_start = chunk_end - self.expected_latency() - lead
+        else:  # inpainting plans a few periods earlier still (ChunkConditioner.replan_advance says why)
+            advance = self.conditioner.replan_advance if self.conditioner is not None else 0.0
+            self.next_start = chunk_end - self.expected_latency() - advance
         return seq
 
     def _notify(self, event: "PublishedChunk") -> None:
