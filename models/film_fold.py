@@ -7,10 +7,11 @@ exactly into W_t·mish(e(t)) + (W_g·mish(g) + b). Inside a loop graph with K fi
 * t is a constant at each unrolled step, so W_t·mish(e(t)) is a constant the exporter folds away;
 * g is the same for all K steps of a chunk, so W_g·mish(g) + b is computed once per chunk, not K times.
 
-The per-chunk part is also split into FiLM's scale and bias and shaped for the block once per chunk. What
-remains per step and block is two Adds, instead of a GEMM and the reshapes and slices around it: at the common size (U-Net 64/128/256, 12 blocks) that is about a fifth of the small kernels each step
-launches, and the per-kernel cost is what bounds a step there (docs/compile.md). The result equals the
-unsplit U-Net up to float rounding (the two partial products are summed in another order).
+The per-chunk part is also split into FiLM's scale and bias and shaped for the block once per chunk
+(ConditionalResidualBlock1D.split_film). What remains per step and block is two Adds, instead of a GEMM and the
+reshapes and slices around it: at the common size (U-Net 64/128/256, 12 blocks) onnxruntime's optimized loop
+graph has 3143 kernels instead of 3588, and the per-kernel cost is what bounds a step there (docs/compile.md).
+The result equals the unsplit U-Net up to float rounding (the two partial products are summed in another order).
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ FiLMParts = Tuple[Optional[torch.Tensor], torch.Tensor]  # (scale or None, bias)
 class FoldedFiLMUnet(nn.Module):
     """ConditionalUnet1D's forward with each block's FiLM split into a step part and a per-chunk part.
 
-    The per-chunk part is cached on the condition tensor (and the trace) while tracing (the sampler passes one tensor
-    to all K denoiser calls of a chunk), so the traced graph computes it once, already split into scale and
-    bias and shaped (B, C, 1). Outside tracing nothing is cached: every call recomputes both parts, so eager
+    The per-chunk part is cached on the condition tensor (and the trace) while tracing (the sampler passes one
+    tensor to all K denoiser calls of a chunk), so the traced graph computes it once, already split into scale
+    and bias and shaped (B, C, 1). Outside tracing nothing is cached: every call recomputes both parts, so eager
     use is correct whatever the caller does to the tensor.
     """
 
@@ -39,21 +40,11 @@ class FoldedFiLMUnet(nn.Module):
         self.unet = unet
         d = unet.diffusion_step_encoder[1].in_features  # width of the step embedding, the first part of c
         blocks = unet.residual_blocks()
-        self.scaled = [blk.cond_predict_scale for blk in blocks]
-        self.channels = [blk.out_channels for blk in blocks]
         frozen = lambda t: nn.Parameter(t.detach().clone(), requires_grad=False)  # noqa: E731
         self.step_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, :d]) for blk in blocks)
         self.cond_weights = nn.ParameterList(frozen(blk.cond_encoder[1].weight[:, d:]) for blk in blocks)
         self.biases = nn.ParameterList(frozen(blk.cond_encoder[1].bias) for blk in blocks)
         self._traced: Optional[tuple[Any, torch.Tensor, list[FiLMParts]]] = None
-
-    def _split(self, i: int, v: torch.Tensor) -> FiLMParts:
-        """(B, 2C or C) -> (scale or None, bias), each (B, C, 1): the layout ConditionalResidualBlock1D reads."""
-        v = v.unsqueeze(-1)
-        if self.scaled[i]:
-            c = self.channels[i]
-            return v[:, :c], v[:, c:]
-        return None, v
 
     def chunk_terms(self, global_cond: torch.Tensor) -> list[FiLMParts]:
         """W_g·mish(g) + b for every block, split: the part of the FiLM vectors that is the same at every step."""
@@ -62,7 +53,8 @@ class FoldedFiLMUnet(nn.Module):
                 and self._traced[1] is global_cond:
             return self._traced[2]
         m = F.mish(global_cond)
-        terms = [self._split(i, F.linear(m, w, b)) for i, (w, b) in enumerate(zip(self.cond_weights, self.biases))]
+        terms = [blk.split_film(F.linear(m, w, b))
+                 for blk, w, b in zip(self.unet.residual_blocks(), self.cond_weights, self.biases)]
         # Keyed on the trace too: two exports of one module may be handed the same input tensor.
         self._traced = (trace, global_cond, terms) if trace is not None else None
         return terms
@@ -72,8 +64,8 @@ class FoldedFiLMUnet(nn.Module):
             timestep = torch.as_tensor(timestep, dtype=torch.long, device=sample.device).reshape(1)
         step = F.mish(self.unet.step_feature(timestep.expand(sample.shape[0]), sample.dtype))
         films = []
-        for i, (w, (scale, bias)) in enumerate(zip(self.step_weights, self.chunk_terms(global_cond))):
-            step_scale, step_bias = self._split(i, F.linear(step, w))
+        for blk, w, (scale, bias) in zip(self.unet.residual_blocks(), self.step_weights, self.chunk_terms(global_cond)):
+            step_scale, step_bias = blk.split_film(F.linear(step, w))
             films.append((None if scale is None else step_scale + scale, step_bias + bias))
         return self.unet.forward_film(sample, films)
 

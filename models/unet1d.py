@@ -117,18 +117,19 @@ class ConditionalResidualBlock1D(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.forward_film(x, self.cond_encoder(cond))
 
+    def split_film(self, film: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """The cond encoder's output (B, 2C with a scale, else C) as (scale or None, bias), each (B, C, 1)."""
+        if not self.cond_predict_scale:
+            return None, film.unsqueeze(-1)
+        embed = film.unsqueeze(-1).reshape(film.shape[0], 2, self.out_channels, 1)
+        return embed[:, 0, ...], embed[:, 1, ...]
+
     def forward_film(self, x: torch.Tensor, film: FiLM) -> torch.Tensor:
         """The block with its FiLM given: ``cond_encoder(cond)`` ((B, 2C) with a scale, else (B, C)), or already
         split as (scale or None, bias), each (B, C, 1) (models/film_fold.py does that once per chunk)."""
         out = self.blocks[0](x)
-        if isinstance(film, tuple):
-            scale, bias = film
-            out = out + bias if scale is None else scale * out + bias
-        elif self.cond_predict_scale:
-            embed = film.unsqueeze(-1).reshape(film.shape[0], 2, self.out_channels, 1)
-            out = embed[:, 0, ...] * out + embed[:, 1, ...]
-        else:
-            out = out + film.unsqueeze(-1)
+        scale, bias = film if isinstance(film, tuple) else self.split_film(film)
+        out = out + bias if scale is None else scale * out + bias
         out = self.blocks[1](out)
         return out + self.residual_conv(x)
 
