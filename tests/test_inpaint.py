@@ -319,3 +319,139 @@ def test_inpaint_join_inside_the_first_segment_waits_for_the_second_knot():
         old.evaluate(t, out_b)
         assert np.allclose(out_a, out_b, atol=1e-12)
     assert plan.simplify(0.45) is new
+
+
+# ------------------------------------------------------------ lookahead knots (the executed slice's last tangents)
+
+
+def _smooth(n=16, dim=2):
+    t = np.linspace(0.0, 2.5, n)
+    return np.stack([np.sin(t), 0.5 * np.cos(1.3 * t)], axis=1)[:, :dim]
+
+
+def test_timed_chunk_with_lookahead_ends_at_the_executed_end_with_two_sided_tangents():
+    """Lookahead rows shape the tangents and are never executed: up to the last executed knot the trajectory is the
+    full chunk's (two-sided tangent there), after it the plan is over (covered=False, last executed knot held)."""
+    rows = _smooth(10)
+    full = TimedChunk(rows, 2.0, 0.1, "cubic", 1)
+    ahead = TimedChunk(rows, 2.0, 0.1, "cubic", 1, lookahead=2)
+    bare = TimedChunk(rows[:8], 2.0, 0.1, "cubic", 1)  # the same executed slice without lookahead (as before)
+    assert ahead.n == 8 and ahead.end_time() == pytest.approx(2.7) and ahead.values.shape == (8, 2)
+    np.testing.assert_allclose(ahead.tangents[-1], 0.5 * (rows[8] - rows[6]))  # two-sided
+    np.testing.assert_allclose(bare.tangents[-1], rows[7] - rows[6])           # one-sided
+    a, b, c = np.empty(2), np.empty(2), np.empty(2)
+    for t in np.linspace(2.0, 2.699, 71):
+        assert ahead.evaluate(t, a) and full.evaluate(t, b)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    bare.evaluate(2.65, c)
+    ahead.evaluate(2.65, a)
+    assert float(np.abs(a - c).max()) > 1e-4  # without lookahead the last segment is another curve
+    assert not ahead.evaluate(2.75, a)  # past the last executed knot: not covered (the servo holds) ...
+    np.testing.assert_array_equal(a, rows[7])  # ... at that knot, never moving on to a lookahead row
+    lin = TimedChunk(rows, 2.0, 0.1, "linear", 1, lookahead=2)
+    assert lin.n == 8 and lin.tangents is None and lin.end_time() == pytest.approx(2.7)
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match="lookahead"):
+            TimedChunk(rows, 2.0, 0.1, "cubic", 1, lookahead=bad)
+
+
+def test_lookahead_and_advance_follow_the_join_and_the_horizon():
+    """MARGIN lookahead knots only with inpainting (crossfade/ensemble chunks are the executed slice alone), fewer
+    when the horizon ends sooner; the replan advance is one period with them, MARGIN + 1 without (as before)."""
+    dt, m = 0.1, ChunkConditioner.MARGIN
+    assert ChunkConditioner.lookahead_for(_Policy({}), 1, 8) == 0
+    assert ChunkConditioner.lookahead_for(_Policy({"warm_start_level": 0.5}), 1, 8) == 0
+    assert ChunkConditioner.lookahead_for(_Policy({"inpaint": "guided"}), 1, 8) == m
+    assert ChunkConditioner.lookahead_for(_Policy({"inpaint": "guided"}), 1, 14) == 1  # horizon 16: one left
+    assert ChunkConditioner.lookahead_for(_Policy({"inpaint": "guided"}), 1, 15) == 0
+    c = ChunkConditioner(_Policy({"inpaint": "replace"}), dt, first=1, n_action_steps=8, warm=False, inpaint=True)
+    assert c.lookahead == m and c.replan_advance == pytest.approx(dt)
+    short = ChunkConditioner(_Policy({"inpaint": "replace"}), dt, first=1, n_action_steps=15, warm=False,
+                             inpaint=True)
+    assert short.lookahead == 0 and short.replan_advance == pytest.approx((m + 1) * dt)
+    warm = ChunkConditioner(_Policy({"warm_start_level": 0.5}), dt, first=1, n_action_steps=8, warm=True,
+                            inpaint=False)
+    assert warm.lookahead == 0 and warm.replan_advance == 0.0
+
+
+def test_conditioner_decides_up_to_the_previous_lookahead_knots():
+    """n_fixed is capped at the previous chunk's executed slice + the lookahead knots it published with it (old
+    knots, all of them), never at knots it did not publish."""
+    prev = np.stack([np.arange(16.0), -np.arange(16.0)], axis=1)
+    c = ChunkConditioner(_Policy({}), 0.1, first=1, n_action_steps=8, warm=False, inpaint=True)
+    c.remember(prev, 5.0, lookahead=ChunkConditioner.MARGIN)
+    t0 = c.snap(5.3)
+    slow = c.inputs(t0, t0 + 2.0)  # the switch far past the previous slice: everything it published is decided
+    assert int(slow["n_fixed"]) == 1 + 8 - 3 + ChunkConditioner.MARGIN
+    late = c.inputs(t0, t0 + 0.4)  # switch at the previous chunk's last executed knot: its margin is lookahead
+    assert int(late["n_fixed"]) == 1 + 4 + ChunkConditioner.MARGIN == 1 + 8 - 3 + 1
+    c.remember(prev, 5.0)  # a chunk published without lookahead (synchronous mode): capped at its executed slice
+    assert int(c.inputs(t0, t0 + 2.0)["n_fixed"]) == 1 + 8 - 3
+
+
+def _published(actions, first, n, lookahead, t0, seq):
+    return TimedChunk(actions[first: first + n + lookahead], t0, 0.1, "cubic", seq, lookahead=lookahead)
+
+
+@pytest.mark.parametrize("t_s", [5.55, 5.61, 5.65, 5.69, 5.697])  # (the join is measured one servo period on)
+def test_switch_in_the_old_slices_last_segment_is_seamless_with_lookahead_knots(t_s):
+    """The whole chain without a sampler: the old chunk is published with its lookahead knots, the new chunk agrees
+    with it on exactly the indices the conditioner decides and is something else after them. A switch anywhere up
+    to the old slice's last executed knot is then seamless, and the servo switches directly. Without lookahead
+    (old last tangent one-sided, decided capped at the executed slice) a switch in that last segment jerks."""
+    first, ta, m, dt = 1, 8, ChunkConditioner.MARGIN, 0.1
+    prev = _smooth(16)
+
+    def new_chunk(lookahead_prev):
+        c = ChunkConditioner(_Policy({}), dt, first=first, n_action_steps=ta, warm=False, inpaint=True)
+        c.remember(prev, 5.0, lookahead_prev)
+        t0 = c.snap(5.3)
+        n_fixed = int(c.inputs(t0, 5.7)["n_fixed"])  # planned to arrive at the old slice's last knot (no advance)
+        new = shift_chunk(prev, 3) + 0.3 * np.linspace(0, 1, 16)[:, None] ** 2  # its own plan ...
+        new[:n_fixed] = shift_chunk(prev, 3)[:n_fixed]                           # ... after the decided knots
+        return t0, n_fixed, new
+
+    t0, n_fixed, new = new_chunk(m)
+    assert n_fixed == first + 4 + m  # the decided margin reaches into the old lookahead knots
+    old = _published(prev, first, ta, m, 5.0, 1)
+    j = Joiner("inpaint", crossfade_steps=3, ensemble_decay=0.0, servo_period=0.002)
+    chunk = _published(new, first, ta, m, t0, 2)
+    assert j.adopt(old, chunk, t_s) is chunk  # switched to directly
+    assert j.joins[-1].velocity_jump < 1e-6 and j.joins[-1].position_jump < 1e-9
+    assert not j.joins[-1].inpaint_fallback
+
+    _, n_fixed0, new0 = new_chunk(0)  # before lookahead knots: same timing, capped decided range
+    assert n_fixed0 == first + ta - 3
+    old0 = _published(prev, first, ta, 0, 5.0, 1)
+    _, jump = j.measure(old0, _published(new0, first, ta, 0, t0, 3), t_s)
+    if t_s > 5.6:  # the last executed segment: it reads a knot the old chunk did not publish
+        assert jump > 1e-2
+    else:  # a segment earlier it was seamless already: that is what MARGIN + 1 periods of advance bought
+        assert jump < 1e-6
+
+
+def test_servo_loop_executes_only_the_executed_rows_of_a_chunk_with_lookahead():
+    """The servo side builds its plan from the ring header: tangents from every row, the plan ending at the last
+    executed knot (real ServoLoop, ring and control block; the bus is never touched before connect)."""
+    from edgedp.runtime.control import Control
+    from edgedp.runtime.ring import ChunkRing
+    from edgedp.runtime.servo_loop import ServoLoop, ServoParams
+
+    rows = _smooth(10)
+    chunks, states, control = ChunkRing.create(10, 2), ChunkRing.create(64, 3, slots=3, timed=False), Control.create()
+    try:
+        params = ServoParams(servo_hz=500, lower=[-3, -3], upper=[3, 3], max_velocity=[9, 9], max_acceleration=[99, 99],
+                             interpolation="cubic", join="inpaint", realtime_priority=0)
+        loop = ServoLoop(None, chunks, states, control, params)
+        chunks.publish(rows, t0=10.0, dt=0.1, lookahead=2)
+        loop.update(10.0)
+        plan = loop.plan.new  # the start ramp fades into the chunk
+        assert isinstance(plan, TimedChunk) and plan.n == 8 and plan.end_time() == pytest.approx(10.7)
+        full, got, want = TimedChunk(rows, 10.0, 0.1, "cubic"), np.empty(2), np.empty(2)
+        for t in (10.05, 10.62, 10.699):
+            assert plan.evaluate(t, got) and full.evaluate(t, want)
+            np.testing.assert_allclose(got, want, atol=1e-12)
+        assert not plan.evaluate(10.72, got)
+    finally:
+        for x in (chunks, states, control):
+            x.close()

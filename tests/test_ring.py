@@ -142,3 +142,74 @@ def test_atomic_word_fast_and_public_paths_agree():
         finally:
             fast.close()
             public.close()
+
+
+# ---------------------------------------------------------------- lookahead rows (real-time inpainting)
+
+
+def _read_in_child(spec, conn) -> None:
+    """The servo process's side: attach by spec, read the newest chunk, send back what its header says."""
+    ring = ChunkRing.attach(spec)
+    try:
+        out = np.zeros((spec.capacity, spec.dim))
+        h = ring.read_newest(out)
+        conn.send((h.seq, h.t0, h.dt, h.length, h.lookahead, h.executed, out[: h.length].copy()))
+    finally:
+        conn.close()
+        ring.close()
+
+
+def test_lookahead_count_travels_with_the_chunk_to_another_process():
+    """The planner publishes executed rows + lookahead rows; a consumer in another process (the servo process)
+    reads how many of them are lookahead from the header, together with the rows."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    rows = np.arange(20, dtype=float).reshape(10, 2) / 7.0
+    with ChunkRing.create(10, 2) as ring:
+        ring.publish(rows[:8], 3.0, 0.1)  # an older chunk without lookahead first: the newest one must win
+        ring.publish(rows, t0=4.0, dt=0.1, lookahead=2)
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_read_in_child, args=(ring.spec, child), daemon=True)
+        p.start()
+        child.close()
+        assert parent.poll(60), "the reading process sent nothing"
+        seq, t0, dt, length, lookahead, executed, got = parent.recv()
+        p.join(30)
+        assert p.exitcode == 0
+    assert (seq, t0, dt, length, lookahead, executed) == (2, 4.0, 0.1, 10, 2, 8)
+    np.testing.assert_array_equal(got, rows)
+
+
+def test_chunks_published_without_lookahead_read_as_all_executed():
+    """Every caller that does not pass lookahead (crossfade, ensemble, the state ring) is unchanged; a slot reused
+    after a chunk with lookahead does not keep the old count."""
+    with ChunkRing.create(6, 2, slots=3) as ring:
+        out = np.zeros((6, 2))
+        for i in range(7):  # cycles every slot, alternating with and without lookahead
+            la = 2 if i % 2 else 0
+            ring.publish(np.full((6, 2), float(i)), float(i), 0.1, lookahead=la)
+            h = ring.read_newest(out, after_seq=i)
+            assert (h.lookahead, h.executed) == (la, 6 - la)
+
+
+@pytest.mark.parametrize("lookahead", [3, 4, -1])
+def test_lookahead_that_leaves_nothing_to_execute_is_refused(lookahead):
+    with ChunkRing.create(4, 2) as ring:
+        with pytest.raises(ValueError, match=r"^chunk lookahead: ") as err:
+            ring.publish(np.ones((3, 2)), 0.0, 0.1, lookahead=lookahead)
+        assert "\n" not in str(err.value)
+        assert ring.newest_seq() == 0  # nothing published
+
+
+def test_checksum_covers_the_lookahead_count():
+    """A header whose lookahead count changed under the reader is a torn read like any other."""
+    with ChunkRing.create(4, 2, checksum=True) as ring:
+        out = np.zeros((4, 2))
+        ring.publish(np.ones((4, 2)), 0.0, 0.1, lookahead=1)
+        ring.read_newest(out)
+        assert ring.torn_reads == 0
+        ring.publish(np.ones((4, 2)), 1.0, 0.1, lookahead=1)
+        ring._hdr_u[1][5] = 2  # simulate a producer rewriting the count while the consumer copies
+        ring.read_newest(out, after_seq=1)
+        assert ring.torn_reads == 1

@@ -83,22 +83,33 @@ def small_policy():
     return load_policy("preset:small", "cpu", 2, 0)
 
 
-def _plan_with(policy, command_delay: float, action_lead: float = 0.0):
+def _plan_with(policy, command_delay: float, action_lead: float = 0.0, sync: bool = False, published=None):
+    """One chunk planned and published; returns (header, t_obs, next_start). `published`: a list that receives
+    (the PublishedChunk, the rows the servo side read from the ring)."""
+    from edgedp.runtime.conditioning import ChunkConditioner
+
     shape = tuple(policy.feature_shapes["observation.image"])
     state_key = policy.state_keys[0]
     ring, cam, window, hw = _world_window(0.0, image_shape=shape, n_obs=policy.n_obs_steps)
     window.state_key = state_key
     _feed_frames(cam, hw)
-    chunks = ChunkRing.create(capacity=policy.n_action_steps, dim=policy.action_dim, slots=4)
-    planner = Planner(policy, policy.sample, window, chunks, Telemetry(250, "thread"), 0.1, policy.n_action_steps,
-                      2, clock=lambda: 101.0, command_delay=command_delay, action_lead=action_lead)
+    # sized as the runtime sizes it (lifecycle): the executed slice plus an inpainting planner's lookahead knots
+    capacity = policy.n_action_steps + ChunkConditioner.lookahead_for(policy, policy.n_obs_steps - 1,
+                                                                      policy.n_action_steps)
+    chunks = ChunkRing.create(capacity=capacity, dim=policy.action_dim, slots=4)
     try:
+        planner = Planner(policy, policy.sample, window, chunks, Telemetry(250, "thread"), 0.1, policy.n_action_steps,
+                          2, clock=lambda: 101.0, command_delay=command_delay, action_lead=action_lead, sync=sync)
+        events = []
+        planner.listeners.append(events.append)
         assert planner.plan_once() == 1
         out = np.zeros((chunks.spec.capacity, chunks.spec.dim))
         header = chunks.read_newest(out)
         log = planner.tel.chunk_log[-1]
         assert log["t0"] == pytest.approx(header.t0)
         assert ("decided" in log) == bool(getattr(policy, "sampler_options", {}).get("inpaint"))
+        if published is not None:
+            published.append((events[-1], out[: header.length].copy()))
         return header, log["t_obs"], planner.next_start
     finally:
         chunks.close()
@@ -133,19 +144,31 @@ def test_action_lead_times_the_chunk_one_period_after_the_observation(small_poli
 
 
 def test_inpainting_plans_the_next_chunk_earlier_and_logs_what_it_decided():
-    """With inpainting the next chunk is started MARGIN + 1 periods earlier (so the switch and the cubic segment
-    around it fall inside the steps both chunks agree on), and the chunk log says when each chunk starts and how
-    many of its published steps the previous chunk decided."""
+    """With inpainting the next chunk is started one period earlier (ChunkConditioner.replan_advance: the Deferred
+    switch at the new chunk's second knot must fall inside the old executed slice), the chunk goes out with MARGIN
+    lookahead knots past its executed slice (the chunk's own next predictions, marked in the ring header), and the
+    chunk log says when each chunk starts and how many of its published steps the previous chunk decided. Without
+    inpainting (and in synchronous mode) only the executed slice is published, as before."""
     from edgedp.policy_loading import load_policy
     from edgedp.runtime.conditioning import ChunkConditioner
 
     plain = load_policy("preset:small", "cpu", 2, 0)
     inpainted = load_policy("preset:small", "cpu", 2, 0)
     inpainted.configure_sampler(inpaint="guided")
-    h0, _, next0 = _plan_with(plain, 0.0)
-    h1, _, next1 = _plan_with(inpainted, 0.0)
-    assert next0 - next1 == pytest.approx((ChunkConditioner.MARGIN + 1) * 0.1)
+    ta, first, margin = inpainted.n_action_steps, inpainted.n_obs_steps - 1, ChunkConditioner.MARGIN
+    assert first + ta + margin <= inpainted.horizon  # the preset has room for the lookahead knots
+    seen_plain, seen_inpainted, seen_sync = [], [], []
+    h0, _, next0 = _plan_with(plain, 0.0, published=seen_plain)
+    h1, _, next1 = _plan_with(inpainted, 0.0, published=seen_inpainted)
+    assert next0 - next1 == pytest.approx(0.1)  # one action period of advance (three before lookahead knots)
     assert h0.t0 == pytest.approx(h1.t0)
+    assert (h0.length, h0.lookahead, h0.executed) == (ta, 0, ta)
+    assert (h1.length, h1.lookahead, h1.executed) == (ta + margin, margin, ta)
+    for (event, rows), n in ((seen_plain[0], ta), (seen_inpainted[0], ta + margin)):
+        np.testing.assert_array_equal(rows, event.actions[first: first + n])  # the chunk's own predictions
+        assert event.executed == ta  # recorders and viewers still get the executed slice
+    hs, _, _ = _plan_with(inpainted, 0.0, sync=True, published=seen_sync)
+    assert (hs.length, hs.lookahead) == (ta, 0)  # synchronous: every chunk runs to its end, nothing to agree on
 
 
 def test_time_offset_file_is_read_and_checked(tmp_path):

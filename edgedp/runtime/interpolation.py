@@ -2,10 +2,10 @@
 
 A chunk arrives as actions at absolute times t0 + j*dt (host monotonic seconds). The servo loop samples it
 every servo period (2 ms at 500 Hz) between those knots: linearly, or with a C1 cubic (Catmull-Rom tangents,
-one-sided at the ends) when velocity continuity at the knots matters more than staying inside the segment
-hull. Every trajectory answers `evaluate(t, out) -> covered`: the position at t is written to `out`, and
-`covered` says whether t lies inside the data (outside it the nearest end value is held and the caller
-decides to decelerate).
+one-sided at the ends unless lookahead rows follow the executed ones, see TimedChunk) when velocity continuity
+at the knots matters more than staying inside the segment hull. Every trajectory answers
+`evaluate(t, out) -> covered`: the position at t is written to `out`, and `covered` says whether t lies inside
+the data (outside it the nearest end value is held and the caller decides to decelerate).
 """
 from __future__ import annotations
 
@@ -86,23 +86,37 @@ class Constant(Trajectory):
 
 
 class TimedChunk(Trajectory):
-    """Actions at t0 + j*dt, interpolated linearly or with a C1 cubic."""
+    """Actions at t0 + j*dt, interpolated linearly or with a C1 cubic.
 
-    def __init__(self, values: np.ndarray, t0: float, dt: float, kind: str = "linear", seq: int = 0):
+    ``lookahead``: the last rows of ``values`` are predicted actions past the executed slice (real-time
+    inpainting publishes them, edgedp/runtime/conditioning.py). They only shape the cubic tangents: the
+    tangents are computed over all rows, then ``values``, ``tangents``, ``n`` and ``end_time`` keep the
+    executed rows alone. Why: without them the last executed knot has a one-sided tangent, so the plan's
+    last segment differs from the one a later chunk (which has knots there) draws through the same knots;
+    with them the trajectory up to the last executed knot is exactly the full chunk's, and it still ends
+    (covered=False, the servo decelerates to a hold) at the last executed knot."""
+
+    def __init__(self, values: np.ndarray, t0: float, dt: float, kind: str = "linear", seq: int = 0,
+                 lookahead: int = 0):
         if kind not in ("linear", "cubic"):
             raise ValueError(f"unknown interpolation '{kind}' (allowed: linear, cubic)")
         if not dt > 0:
             raise ValueError(f"action period must be > 0, got {dt}")
-        self.values = np.array(values, dtype=np.float64, copy=True)
-        if self.values.ndim != 2 or self.values.shape[0] < 1:
-            raise ValueError(f"chunk must be (steps, dim), got shape {self.values.shape}")
+        rows = np.array(values, dtype=np.float64, copy=True)
+        if rows.ndim != 2 or rows.shape[0] < 1:
+            raise ValueError(f"chunk must be (steps, dim), got shape {rows.shape}")
+        if not 0 <= lookahead < rows.shape[0]:
+            raise ValueError(f"lookahead must be 0..{rows.shape[0] - 1} (one row executed), got {lookahead}")
+        executed = rows.shape[0] - int(lookahead)
+        self.values = np.ascontiguousarray(rows[:executed])
         self.n, self.dim = self.values.shape
         self.t0 = float(t0)
         self.dt = float(dt)
         self.kind = kind
         self.seq = seq
         if kind == "cubic" and self.n >= 2:
-            self.tangents = _catmull_rom_tangents(self.values)  # per knot, in units per step
+            # per knot, in units per step
+            self.tangents = np.ascontiguousarray(_catmull_rom_tangents(rows)[:executed])
         else:
             self.tangents = None
         self._tangents = _NONE if self.tangents is None else self.tangents

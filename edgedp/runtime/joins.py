@@ -73,7 +73,9 @@ class Deferred(Trajectory):
 
     Why: a published chunk's first knot has a one-sided Catmull-Rom tangent (there is no knot before it), so its
     first segment differs from the old plan even where every knot agrees. From its second knot on, the segments
-    read only agreeing knots and equal the old plan's: switching there instead of mid-first-segment is seamless."""
+    read only agreeing knots and equal the old plan's: switching there instead of mid-first-segment is seamless.
+    The old plan must still run at that second knot: the inpainting planner's one period of advance
+    (ChunkConditioner.replan_advance) keeps it inside the old executed slice."""
 
     def __init__(self, old: Trajectory, new: Trajectory, t_switch: float):
         self.old = old

@@ -177,7 +177,11 @@ class Runtime:
         keep = (n_obs - 1) * p.action_period + p.max_observation_age + 0.5
         state_cap = max(16, int(p.servo.servo_hz * keep))
         n_joints = len(p.servo.lower)
-        chunks = ChunkRing.create(capacity=max(p.n_action_steps, 1), dim=n_joints, slots=4)
+        from edgedp.runtime.conditioning import ChunkConditioner  # as the planner imports it (pulls in models/)
+
+        # The executed slice, plus the lookahead knots an inpainting planner sends along (Planner.lookahead).
+        lookahead = ChunkConditioner.lookahead_for(p.policy, n_obs - 1, p.n_action_steps)
+        chunks = ChunkRing.create(capacity=max(p.n_action_steps, 1) + lookahead, dim=n_joints, slots=4)
         states = ChunkRing.create(capacity=state_cap, dim=1 + n_joints, slots=3, timed=False)
         control = Control.create()
         frames = {k: FrameHistory(k, cam, keep, camera_delay=p.camera_delay) for k, cam in p.cameras.items()}

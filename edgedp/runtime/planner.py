@@ -4,7 +4,8 @@ Action j of a chunk is for time t_obs + lead + (j - (n_obs_steps - 1)) * dt: ind
 newest observation, or one period later when the training data's action i is the target reached one period after
 frame i (`policy.action_lead_periods: 1`, edgedp record's convention: lead = one action period). The executed
 slice (T_a steps from that index) is published with t0 = t_obs + lead, so the servo loop can drop the steps whose
-time has passed by the time it arrives.
+time has passed by the time it arrives. With inpainting (asynchronous) the chunk's next few predicted actions go
+along as lookahead knots, marked in the ring header: the servo uses them for its tangents and never executes them.
 
 When to start the next chunk: it must be published before the current one runs out, so planning starts at
 (end of current chunk) - (expected latency), where the expected latency is the largest of the last few
@@ -110,6 +111,13 @@ class Planner:
         from edgedp.runtime.conditioning import ChunkConditioner
 
         self.conditioner = ChunkConditioner.for_policy(policy, action_period, self.first, n_action_steps)
+        # Inpainting (asynchronous): a few predicted actions past the executed slice go along, never executed, so
+        # the servo's tangents at the slice's end are two-sided and the next chunk can agree with them
+        # (ChunkConditioner.lookahead_for / replan_advance say why). Every other join publishes the slice alone.
+        self.lookahead = 0 if self.sync or self.conditioner is None else self.conditioner.lookahead
+        if ring.spec.capacity < n_action_steps + self.lookahead:
+            raise ValueError(f"chunk ring holds {ring.spec.capacity} steps; the planner publishes {n_action_steps} "
+                             f"executed + {self.lookahead} lookahead")
         # Recording and viewing hooks (edgedp/datasets/deploy.py, edgedp/view): called on this thread with each
         # PublishedChunk; each must only hand it to its own queue and thread, never block or write files.
         self.listeners: list[Callable[["PublishedChunk"], None]] = []
@@ -164,6 +172,8 @@ class Planner:
         self._backoff = 0.0
         self.tel.note_policy(self.policy)
         chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
+        published = np.ascontiguousarray(action[self.first: self.first + chunk.shape[0] + self.lookahead])
+        lookahead = published.shape[0] - chunk.shape[0]
         if self.extra > 0:
             self._stop.wait(self.extra)
         if self._stop.is_set():  # the run is stopping: the ring may already be gone
@@ -175,11 +185,11 @@ class Planner:
         # time, and (through chunk_end) start the next chunk d earlier.
         t0 = self.clock() + self.action_lead if self.sync else t0_plan
         try:
-            seq = self.ring.publish(chunk, t0=t0, dt=self.dt)
+            seq = self.ring.publish(published, t0=t0, dt=self.dt, lookahead=lookahead)
         except ValueError as exc:
             raise RefusedChunk(f"chunk refused before it reached the servo loop: {exc}") from None
         if self.conditioner is not None:
-            self.conditioner.remember(action, t0)
+            self.conditioner.remember(action, t0, lookahead)
         t_pub = self.clock()
         if self.listeners:
             self._notify(PublishedChunk(seq, obs.data, obs.t, obs.sample_times, action, self.first, chunk.shape[0],
@@ -193,7 +203,7 @@ class Planner:
         chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
         if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
             self.next_start = chunk_end + self.dt
-        else:  # inpainting plans a few periods earlier still (ChunkConditioner.replan_advance says why)
+        else:  # inpainting plans a period earlier still (ChunkConditioner.replan_advance says why)
             advance = self.conditioner.replan_advance if self.conditioner is not None else 0.0
             self.next_start = chunk_end - self.expected_latency() - advance
         return seq

@@ -4,8 +4,12 @@ Layout (one `multiprocessing.shared_memory` block, so the consumer can live in a
 
     control:  published (u64) = (seq << 8) | slot    -- written with RELEASE, read with ACQUIRE
               reading   (u64) = slot + 1, 0 = none    -- the consumer's hazard: the slot it may be copying
-    slot[i]:  header  seq u64, t0 f64, dt f64, length u64, checksum u64
+    slot[i]:  header  seq u64, t0 f64, dt f64, length u64, checksum u64, lookahead u64
               actions f64[capacity, dim]
+
+A chunk's last ``lookahead`` rows are not to be executed: the planner sends a few of the chunk's predicted
+actions past its executed slice so that the servo's cubic interpolation has two-sided tangents at the slice's
+last knots (real-time inpainting, edgedp/runtime/conditioning.py). Every other chunk has lookahead 0.
 
 Why this is correct without locks, also on aarch64 (weak memory order):
   * The producer fills a slot with plain stores, then stores `published` with release order; the
@@ -109,10 +113,18 @@ class RingSpec:
 
 @dataclass
 class ChunkHeader:
+    """One chunk's header: `length` rows were copied, the last `lookahead` of them are for tangents only."""
+
     seq: int
     t0: float
     dt: float
     length: int
+    lookahead: int = 0
+
+    @property
+    def executed(self) -> int:
+        """Rows the servo executes (the first `length - lookahead`)."""
+        return self.length - self.lookahead
 
 
 def _nbytes(slots: int, capacity: int, dim: int) -> int:
@@ -170,16 +182,20 @@ class ChunkRing:
         return cls(shm, spec, owner=False, checksum=checksum)
 
     # ---- producer -----------------------------------------------------------------------------------
-    def publish(self, actions: np.ndarray, t0: float, dt: float) -> int:
+    def publish(self, actions: np.ndarray, t0: float, dt: float, lookahead: int = 0) -> int:
         """Copy a chunk (length x dim) into a free slot and make it the newest; return its sequence number.
 
-        A malformed chunk raises ValueError naming the field (length, dim, t0, dt, actions) and publishes
-        nothing: the consumer only ever sees chunks it can execute."""
+        `lookahead`: how many of the last rows are not executed (tangents only; see the module docstring).
+        A malformed chunk raises ValueError naming the field (length, dim, lookahead, t0, dt, actions) and
+        publishes nothing: the consumer only ever sees chunks it can execute."""
         n = actions.shape[0]
         if n > self.spec.capacity or n < 1:
             raise ValueError(f"chunk length {n} outside 1..{self.spec.capacity}")
         if actions.ndim != 2 or actions.shape[1] != self.spec.dim:
             raise ValueError(f"chunk dim: expected {self.spec.dim} values per step, got shape {actions.shape}")
+        lookahead = int(lookahead)
+        if not 0 <= lookahead < n:
+            raise ValueError(f"chunk lookahead: {lookahead} outside 0..{n - 1} (at least one of {n} rows is executed)")
         if self.spec.timed:
             _check_timed(actions, t0, dt)
         busy = self._reading.load(_SC)
@@ -194,8 +210,9 @@ class ChunkRing:
         hf[1] = t0
         hf[2] = dt
         hu[3] = n
+        hu[5] = lookahead
         if self.checksum:
-            hu[4] = _crc(act, n, seq, t0, dt)
+            hu[4] = _crc(act, n, seq, t0, dt, lookahead)
         self._pub.store((seq << 8) | slot, _SC)  # release (SC is release plus the Dekker guarantee)
         self._seq = seq
         self._last_slot = slot
@@ -219,8 +236,8 @@ class ChunkRing:
         hu, hf, act = self._hdr_u[slot], self._hdr_f[slot], self._act[slot]
         n = int(hu[3])
         out[:n] = act[:n]
-        header = ChunkHeader(int(hu[0]), float(hf[1]), float(hf[2]), n)
-        if self.checksum and int(hu[4]) != _crc(out, n, header.seq, header.t0, header.dt):
+        header = ChunkHeader(int(hu[0]), float(hf[1]), float(hf[2]), n, int(hu[5]))
+        if self.checksum and int(hu[4]) != _crc(out, n, header.seq, header.t0, header.dt, header.lookahead):
             self.torn_reads += 1
         if header.seq != seq:
             self.torn_reads += 1
@@ -257,8 +274,8 @@ def _check_timed(actions: np.ndarray, t0: float, dt: float) -> None:
                          f"({int((~finite).sum())} in all)")
 
 
-def _crc(act: np.ndarray, n: int, seq: int, t0: float, dt: float) -> int:
-    head = np.array([seq, 0], dtype=np.uint64).tobytes() + np.array([t0, dt]).tobytes()
+def _crc(act: np.ndarray, n: int, seq: int, t0: float, dt: float, lookahead: int = 0) -> int:
+    head = np.array([seq, lookahead], dtype=np.uint64).tobytes() + np.array([t0, dt]).tobytes()
     return zlib.crc32(act[:n].tobytes(), zlib.crc32(head))
 
 

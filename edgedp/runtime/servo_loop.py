@@ -311,9 +311,10 @@ class ServoLoop:
         p = self.p
         self.last_seq = h.seq
         self.chunks_adopted += 1
-        chunk = TimedChunk(self._chunk_buf[: h.length], h.t0, h.dt, p.interpolation, h.seq)
+        # Lookahead rows (inpainting) shape the tangents at the end of the executed rows; never executed.
+        chunk = TimedChunk(self._chunk_buf[: h.length], h.t0, h.dt, p.interpolation, h.seq, lookahead=h.lookahead)
         late = int((deadline - h.t0) // h.dt) + 1 if deadline > h.t0 else 0
-        self.inst.adopted(h.seq, deadline, min(late, h.length))
+        self.inst.adopted(h.seq, deadline, min(late, chunk.n))
         if self.plan is None:
             self.plan = start_ramp(self.cmd, self.joiner.adopt(None, chunk, deadline), deadline, p.start_ramp_time)
             self.ramp_end = deadline + p.start_ramp_time
