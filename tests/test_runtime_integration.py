@@ -138,7 +138,13 @@ def test_action_lead_times_the_chunk_one_period_after_the_observation(small_poli
     h1, t_obs1, next1 = _plan_with(small_policy, 0.0, action_lead=0.1)
     assert t_obs0 == t_obs1
     assert h1.t0 == pytest.approx(h0.t0 + 0.1) and h0.t0 == pytest.approx(t_obs0)
-    assert next1 - next0 == pytest.approx(0.1)  # the chunk runs out one period later, so the next starts later
+    latency = h0.t0 + (h0.length - 1) * h0.dt - next0  # the planner's expected latency (no lead: next = end - it)
+    end1 = h1.t0 + (h1.length - 1) * h1.dt              # the chunk runs out one period later ...
+    assert end1 - (h0.t0 + (h0.length - 1) * h0.dt) == pytest.approx(0.1)
+    # ... and the next one starts the longer of latency and lead before that end, so that its own first step
+    # (due one lead after its observation) is due before this chunk runs out, even when inference is faster.
+    assert latency < 0.1 and next1 == pytest.approx(end1 - 0.1)
+    assert next1 + 0.1 <= end1 + 1e-9
     both = _plan_with(small_policy, 0.06, action_lead=0.1)[0]
     assert both.t0 == pytest.approx(t_obs0 - 0.06 + 0.1)  # composes with the calibrated command delay
 

@@ -210,6 +210,52 @@ def test_crossfade_ends_on_the_new_chunk():
     assert plan.simplify(0.8) is new
 
 
+@pytest.mark.parametrize("method", ["crossfade", "ensemble", "switch", "inpaint"])
+def test_a_chunk_that_arrives_before_it_is_due_waits_for_its_first_step(method):
+    """policy.action_lead_periods times a chunk's first step after its observation, so a fast sampler delivers it
+    early. The old plan must keep running (and cover) until the new chunk's first step is due; joining at arrival
+    followed a chunk that did not cover "now" yet, and the servo braked (uncovered) at every such join."""
+    ramp = np.linspace(0.0, 1.0, 11)[:, None] * np.array([[1.0, -0.5]])
+    old = TimedChunk(ramp, t0=0.0, dt=0.1, kind="cubic", seq=1)              # covers 0 .. 1.0
+    new = TimedChunk(ramp[5:] + 0.01, t0=0.5, dt=0.1, kind="cubic", seq=2)   # first step due at 0.5
+    plan = Joiner(method, 3, 0.5, 0.002).adopt(old, new, 0.42)              # arrives 80 ms early
+    got, want = np.empty(2), np.empty(2)
+    for t in np.arange(0.42, 0.499, 0.002):
+        assert plan.evaluate(t, got), f"{method}: uncovered at t={t:.3f}, before the new chunk's first step"
+        old.evaluate(t, want)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    assert all(plan.evaluate(t, got) for t in np.arange(0.5, 1.0, 0.002))
+    plan.evaluate(0.95, got)
+    new.evaluate(0.95, want)
+    if method != "ensemble":  # ensembling averages with the old chunk where both cover
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_start_ramp_waits_for_a_first_chunk_that_is_not_due_yet():
+    """The servo loop's first chunk with an action lead: the arm stays where it is until the chunk's first step."""
+    from edgedp.runtime.control import Control
+    from edgedp.runtime.ring import ChunkRing
+    from edgedp.runtime.servo_loop import ServoLoop, ServoParams
+
+    chunks, states, control = ChunkRing.create(8, 2), ChunkRing.create(64, 3, slots=3, timed=False), Control.create()
+    try:
+        params = ServoParams(servo_hz=500, lower=[-3, -3], upper=[3, 3], max_velocity=[9, 9],
+                             max_acceleration=[99, 99], interpolation="cubic", realtime_priority=0)
+        loop = ServoLoop(None, chunks, states, control, params)
+        loop.cmd[:] = [0.2, -0.1]  # the pose read at connect (ServoLoop.connect sets both)
+        loop.safety.reset(loop.cmd.copy())
+        chunks.publish(np.ones((8, 2)), t0=10.1, dt=0.1)
+        for k in range(50):  # 10.00 .. 10.098: before the chunk's first step
+            loop.update(10.0 + 0.002 * k)
+            assert loop.uncovered == 0 and not loop.holding
+            np.testing.assert_allclose(loop.cmd, [0.2, -0.1], atol=1e-12)
+        loop.update(10.3)
+        assert loop.uncovered == 0 and loop.cmd[0] > 0.2  # ramping into the chunk
+    finally:
+        for x in (chunks, states, control):
+            x.close()
+
+
 def test_ensemble_weights_oldest_most():
     j = Joiner("ensemble", 0, 0.5, 0.002)
     a = TimedChunk(np.zeros((5, 1)), t0=0.0, dt=0.1, seq=1)

@@ -51,6 +51,8 @@ class Crossfade(Trajectory):
         self._tmp = np.empty(self.dim)
 
     def evaluate(self, t: float, out: np.ndarray) -> bool:
+        if t < self.t_s:  # not started: the old plan alone, and its coverage (the new one may not have begun)
+            return self.old.evaluate(t, out)
         w = smoothstep((t - self.t_s) / self.duration) if self.duration > 0 else 1.0
         covered = self.new.evaluate(t, out)
         if w < 1.0:
@@ -133,22 +135,29 @@ class Joiner:
         """Return the new plan starting at t_s; record the join's discontinuity when there was an old plan."""
         dropped = max(0, min(chunk.n, int(np.floor((t_s - chunk.t0) / chunk.dt)) + 1)) if t_s > chunk.t0 else 0
         step = chunk_step_velocity(chunk)
+        # A chunk can arrive before its own first step is due (policy.action_lead_periods times it after the
+        # observation; a fast sampler delivers it sooner than that). The old plan keeps running until then:
+        # starting the join at arrival would follow a chunk that does not cover "now" yet, and the servo would
+        # brake (uncovered) and then fade in from a hold.
+        t_join = max(t_s, chunk.t0) if current is not None else t_s
         fallback, direct = False, None  # inpaint: whether the join was cross-faded, what switching would have had
         if self.method == "ensemble":
             new = self._ensemble(chunk, t_s)
             if isinstance(current, Crossfade) and t_s < current.t_s + current.duration:
                 # Still ramping in (start ramp or a crossfade): keep the ramp, swap what it ramps into.
                 new = Crossfade(current.old, new, current.t_s, current.duration)
+            elif current is not None and t_join > t_s:
+                new = Deferred(current.simplify(t_s), new, t_join)
         elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
-            new = Crossfade(current.simplify(t_s), chunk, t_s, self.crossfade_steps * chunk.dt)
+            new = Crossfade(current.simplify(t_s), chunk, t_join, self.crossfade_steps * chunk.dt)
         elif self.method == "inpaint":
             new, fallback, direct = self._inpaint_join(current, chunk, t_s, step)
         else:
-            new = chunk
+            new = chunk if t_join <= t_s else Deferred(current.simplify(t_s), chunk, t_join)
         if isinstance(current, Constant) and not isinstance(new, Crossfade):
             # Joining from a hold (the arm ran out of plan and stopped): never jump, whatever the method. Done
             # here rather than by the caller so that the join is measured on what the servo will follow.
-            new = Crossfade(current, new, t_s, max(1, self.crossfade_steps) * chunk.dt)
+            new = Crossfade(current, new, t_join, max(1, self.crossfade_steps) * chunk.dt)
         if current is not None:
             pj, vj = self.measure(current, new, t_s)
             if isinstance(new, Deferred):  # the switch really happens later: measure it there too
@@ -172,7 +181,9 @@ class Joiner:
         # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
         _, direct = self.measure(current.new if fading else current, chunk, second_knot if deferred else t_s)
         if direct > step:
-            return Crossfade(current.simplify(t_s), chunk, t_s, max(1, self.crossfade_steps) * chunk.dt), True, direct
+            fade_from = max(t_s, chunk.t0)  # not before the chunk's first step is due (adopt says why)
+            fade = Crossfade(current.simplify(t_s), chunk, fade_from, max(1, self.crossfade_steps) * chunk.dt)
+            return fade, True, direct
         if fading:  # keep fading, into the new chunk (it equals the old target where the fade is now)
             return Crossfade(current.old, chunk, current.t_s, current.duration), False, direct
         return (Deferred(current.simplify(t_s), chunk, second_knot) if deferred else chunk), False, direct

@@ -205,8 +205,16 @@ class Planner:
             self.next_start = chunk_end + self.dt
         else:  # inpainting plans a period earlier still (ChunkConditioner.replan_advance says why)
             advance = self.conditioner.replan_advance if self.conditioner is not None else 0.0
-            self.next_start = chunk_end - self.expected_latency() - advance
+            self.next_start = chunk_end - self.lead_time() - advance
         return seq
+
+    def lead_time(self) -> float:
+        """How long before the current chunk runs out the next one is started: the expected inference latency,
+        or the action lead when that is longer. Why the lead: the next chunk's first step is due action_lead
+        after its observation however fast the sampler is; started only `latency` before the end, a chunk that
+        computes faster than the lead would begin after the current one ended, and the arm would stop in between
+        (a fast sampler on Push-T did, at every chunk)."""
+        return max(self.expected_latency(), self.action_lead)
 
     def _notify(self, event: "PublishedChunk") -> None:
         for listener in self.listeners:

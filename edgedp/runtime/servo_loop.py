@@ -315,15 +315,17 @@ class ServoLoop:
         chunk = TimedChunk(self._chunk_buf[: h.length], h.t0, h.dt, p.interpolation, h.seq, lookahead=h.lookahead)
         late = int((deadline - h.t0) // h.dt) + 1 if deadline > h.t0 else 0
         self.inst.adopted(h.seq, deadline, min(late, chunk.n))
+        # A chunk that arrives before its first step is due (an action lead longer than the inference) starts then.
+        due = max(deadline, h.t0)
         if self.plan is None:
-            self.plan = start_ramp(self.cmd, self.joiner.adopt(None, chunk, deadline), deadline, p.start_ramp_time)
-            self.ramp_end = deadline + p.start_ramp_time
+            self.plan = start_ramp(self.cmd, self.joiner.adopt(None, chunk, deadline), due, p.start_ramp_time)
+            self.ramp_end = due + p.start_ramp_time
             self.control.set_phase("ramping")
         elif self.holding:  # we decelerated away from the plan: fade in from where we are
             held = Constant(self.cmd)
             plan = self.joiner.adopt(held, chunk, deadline)
             if not isinstance(plan, Crossfade):  # ensemble/switch: still never jump
-                plan = Crossfade(held, plan, deadline, max(1, p.crossfade_steps) * h.dt)
+                plan = Crossfade(held, plan, due, max(1, p.crossfade_steps) * h.dt)
             self.plan = plan
             self.holding = False
         else:
