@@ -52,6 +52,9 @@ class EpisodeResult:
     inpaint_fallbacks: int = 0  # inpaint joins that were cross-faded (the chunk came later than planned)
     chunks: int = 0
     dropped_steps: int = 0
+    # servo ticks with no plan covering "now" (the arm braked and held): a plan that ran out, or a join that
+    # started before its chunk was due; 0 in a healthy run
+    uncovered_ticks: int = 0
     inference_ms_p50: Optional[float] = None
     e2e_latency_ms_p50: Optional[float] = None
     duration_s: float = 0.0
@@ -65,6 +68,7 @@ def _from_telemetry(tel: dict) -> dict[str, Any]:
     jj = tel["join_jump_max"]
     return dict(join_jump_position_rad=jj["position_rad"], join_jump_velocity_rad_s=jj["velocity_rad_s"],
                 inpaint_fallbacks=tel["inpaint_fallbacks"], chunks=tel["chunks"], dropped_steps=tel["dropped_steps"],
+                uncovered_ticks=tel["uncovered_ticks"],
                 inference_ms_p50=tel["inference_ms"]["p50"], e2e_latency_ms_p50=tel["e2e_latency_ms"]["p50"],
                 duration_s=tel["duration_s"], stopped_by=tel["stopped_by"])
 

@@ -58,6 +58,7 @@ def summarize(results: Sequence[EpisodeResult], conditions: dict, per_episode: b
         "final_distance_m": _stats([r.final_distance_m for r in results]),
         "inference_ms_p50": _stats([r.inference_ms_p50 for r in results])["median"],
         "dropped_steps": int(sum(r.dropped_steps for r in results)),
+        "uncovered_ticks": int(sum(r.uncovered_ticks for r in results)),
         "inpaint_fallbacks": int(sum(r.inpaint_fallbacks for r in results)),
         "joins": int(sum(max(0, r.chunks - 1) for r in results)),
         "watchdog_stops": sum(r.stopped_by == "watchdog" for r in results),  # failed episodes: bus timeouts
