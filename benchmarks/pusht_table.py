@@ -62,6 +62,7 @@ class Cell:
     steps: int = 10                  # denoising steps K
     sampler: Optional[str] = None    # policy.sampler (ddim | dpmsolver++ ...); None: the checkpoint's
     warm_start: bool = False         # policy.warm_start: each chunk starts from the previous one
+    timesteps: Optional[object] = None  # policy.timesteps (a descending list or 'logsnr'); None: the spacing
     inpaint_form: Optional[str] = None  # safety.inpaint_form (guided | replace); None: the config's
     backend: Optional[str] = None    # None: the config's (eager)
     precision: Optional[str] = None  # None: the config's (fp32)
@@ -86,6 +87,8 @@ CELLS = [
     Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", warm_start=True),
     Cell("state_dpm_k4_warm", "state, async, dpmsolver++ K=4, warm start", "state", 20, sampler="dpmsolver++",
          steps=4, warm_start=True),
+    Cell("state_dpm_k4_logsnr", "state, async, dpmsolver++ K=4, log-SNR timesteps", "state", 20,
+         sampler="dpmsolver++", steps=4, timesteps="logsnr"),
     # README / docs/compile.md: at the U-Net 64/128/256 size onnxruntime-loop fp32 is the fastest CPU backend
     # (int8 about equal); the state checkpoint (no image) builds with it (the encoder graph is the state path).
     Cell("state_ortloop", "state, async, K=10, onnxruntime-loop fp32", "state", 20,
@@ -275,7 +278,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     cdir = out / "cells" / cell.name
     derived = None
     config = src
-    if cell.join is not None or cell.sampler is not None or cell.warm_start or cell.inpaint_form:
+    if cell.join is not None or cell.sampler is not None or cell.warm_start or cell.inpaint_form or cell.timesteps:
         derived = _absolute(read_yaml_file(src), src.resolve().parent)
         derived.setdefault("policy", {})
         derived.setdefault("safety", {})
@@ -287,12 +290,16 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["policy"]["warm_start"] = True
         if cell.inpaint_form:
             derived["safety"]["inpaint_form"] = cell.inpaint_form
+        if cell.timesteps is not None:  # K: the cell's steps, which eval's --steps sets
+            derived["policy"]["timesteps"] = cell.timesteps
+            derived["policy"]["steps"] = cell.steps
         check = parse_config(json.loads(json.dumps(derived)), base=cdir)  # validates join/sampler as eval will
         if os.path.realpath(check.policy.checkpoint) != os.path.realpath(load_config(src).policy.checkpoint):
             raise ValueError(f"{cell.name}: the derived config reads checkpoint {check.policy.checkpoint}, "
                              f"not the original's")
         cfg.safety.join, cfg.policy.sampler = check.safety.join, check.policy.sampler
         cfg.safety.inpaint_form = check.safety.inpaint_form
+        cfg.policy.timesteps = check.policy.timesteps
         config = cdir / "config.yaml"
         if write:
             import yaml
@@ -300,7 +307,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             cdir.mkdir(parents=True, exist_ok=True)
             what = ([f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
                     + ["policy.warm_start true"] * cell.warm_start
-                    + [f"safety.inpaint_form {cell.inpaint_form}"] * bool(cell.inpaint_form))
+                    + [f"safety.inpaint_form {cell.inpaint_form}"] * bool(cell.inpaint_form)
+                    + [f"policy.timesteps {cell.timesteps}"] * (cell.timesteps is not None))
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
                       f"{', '.join(what)}; paths made absolute\n")
             config.write_text(header + yaml.safe_dump(derived, sort_keys=False))
@@ -589,7 +597,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log(f"# {p.cell.name}: {p.cell.label}; {p.cell.episodes} episodes, shards "
                 + ", ".join(f"{s[0]}–{s[-1]}" for s in seeds))
             if p.derived is not None:
-                log(f"#   derived config {p.config}: safety.join={p.join} policy.sampler={p.sampler}")
+                log(f"#   derived config {p.config}: safety.join={p.join} policy.sampler={p.sampler}"
+                    + ("" if p.cell.timesteps is None else f" policy.timesteps={p.cell.timesteps}"))
             pre = prebuild_command(p)
             if pre:
                 log(show(pre))

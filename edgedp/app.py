@@ -126,30 +126,48 @@ def _check_sampler(spec, cfg: RunConfig) -> None:
     """policy.sampler / warm_start / join: inpaint against K (see check_sampler_choice)."""
     p, s = cfg.policy, cfg.safety
     check_sampler_choice(spec, p.steps, p.sampler, p.warm_start_level if p.warm_start else None,
-                         s.inpaint_form if s.join == "inpaint" else None, label="policy.sampler")
+                         s.inpaint_form if s.join == "inpaint" else None, label="policy.sampler",
+                         timesteps=p.timesteps, timesteps_label="policy.timesteps")
 
 
 def check_sampler_choice(spec, steps: Optional[int], sampler: Optional[str], warm_start_level: Optional[float],
-                         inpaint: Optional[str], label: str) -> None:
-    """A sampler kind, warm start and inpainting against K, by building the K-step loop the policy will build
-    (configure_sampler at assembly) over no network: its tables are where an unsuitable choice shows. Shared by
-    validate and edgedp serve, so both refuse the same choices with one line before anything starts."""
+                         inpaint: Optional[str], label: str, timesteps: Any = None,
+                         timesteps_label: str = "timesteps"):
+    """A sampler kind, explicit timesteps, warm start and inpainting against K, by building the K-step loop the
+    policy will build (configure_sampler at assembly) over no network: its tables are where an unsuitable choice
+    shows. Shared by validate and edgedp serve, so both refuse the same choices with one line before anything
+    starts. Returns the models.schedulers.SchedulerSpec the loop was built from (its ``timesteps``: those the run
+    samples at, resolved)."""
     import dataclasses
 
     from torch import nn
 
     from models.sampler import Sampler
-    from models.schedulers import SchedulerSpec
+    from models.schedulers import SchedulerSpec, with_timesteps
 
     sched = SchedulerSpec.from_dict(spec.scheduler)
+    given_steps = steps
     steps = steps or sched.resolved_steps()
-    try:
-        if sampler is not None and sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
+    if sampler is not None and sampler != sched.kind:  # as DiffusionPolicy.configure_sampler does
+        try:
             sched = dataclasses.replace(sched, kind=sampler, eta=sched.eta if sampler == "ddim" else 0.0,
                                         num_inference_steps=None)
+        except ValueError as exc:
+            raise UserError(f"{label}: {exc}") from None
+    if timesteps is not None:
+        if not isinstance(timesteps, str) and given_steps is not None and given_steps != len(timesteps):
+            raise UserError(f"{timesteps_label}: {len(timesteps)} timesteps but {steps} steps asked for (they must "
+                            f"agree, or leave the steps out)")
+        try:
+            sched = with_timesteps(sched, timesteps, steps)
+        except ValueError as exc:
+            raise UserError(f"{timesteps_label}: {exc}") from None
+        steps = len(sched.timesteps)
+    try:
         Sampler(nn.Identity(), sched, steps, warm_start_level=warm_start_level, inpaint=inpaint)
     except ValueError as exc:
         raise UserError(f"{label}: {exc}") from None
+    return sched
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,12 @@ def _check_remote(cfg: RunConfig, spec) -> Optional[RemoteServer]:
     if (served.get("sampler_options") or {}) != asked:
         raise UserError(f"policy.remote: the server samples with {served.get('sampler_options') or 'no options'}, "
                         f"this config needs {asked or 'none'} (edgedp serve --warm-start-level / --inpaint)")
+    want_ts = None if p.timesteps is None else list(check_sampler_choice(
+        spec, p.steps, p.sampler, None, None, label="policy.sampler", timesteps=p.timesteps,
+        timesteps_label="policy.timesteps").timesteps)
+    if served.get("timesteps") != want_ts:
+        raise UserError(f"policy.remote: the server samples at timesteps {served.get('timesteps') or 'of its spacing'}, "
+                        f"this config needs {want_ts or 'the spacing (no policy.timesteps)'} (edgedp serve --timesteps)")
     return RemoteServer(r.url, token, r.timeout_ms / 1000.0, r.fallback, served)
 
 
@@ -526,8 +550,9 @@ def run_bus_tuning(cfg: RunConfig) -> BusTuning:
     return BusTuning(torque_off_on_close=cfg.safety.on_stop == "torque_off")
 
 
-def summary(plan: RunPlan, steps: int) -> dict:
-    """The configuration a run used, for the summary table and the telemetry file."""
+def summary(plan: RunPlan, steps: int, timesteps: Optional[list[int]] = None) -> dict:
+    """The configuration a run used, for the summary table and the telemetry file (``timesteps``: the explicit
+    ones the policy samples at, policy.timesteps resolved; None = the spacing rule)."""
     cfg, p, s = plan.cfg, plan.cfg.policy, plan.cfg.safety
     return {
         "checkpoint": p.checkpoint, "backend": p.backend, "precision": p.precision, "device": p.device,
@@ -536,7 +561,7 @@ def summary(plan: RunPlan, steps: int) -> dict:
         "action_period": plan.action_period, "servo_hz": cfg.rates.servo_hz, "servo_in_process": cfg.rates.servo_in_process,
         "interpolation": s.interpolation, "join": s.join, "crossfade_steps": s.crossfade_steps,
         "sampler": p.sampler or "checkpoint", "warm_start_level": p.warm_start_level if p.warm_start else None,
-        "inpaint_form": s.inpaint_form if s.join == "inpaint" else None,
+        "inpaint_form": s.inpaint_form if s.join == "inpaint" else None, "timesteps": timesteps,
         "on_stop": s.on_stop, "robot": cfg.robot.name, "bus": cfg.robot.bus.port, "joints": [j.name for j in plan.joints],
         "joint_calibration": {j.name: {"zero_offset": j.zero_offset, "zero_offset_from": src["zero_offset"],
                                         "direction": j.direction, "direction_from": src["direction"]}
@@ -552,14 +577,14 @@ def summary(plan: RunPlan, steps: int) -> dict:
 
 # ------------------------------------------------------------------------------------------- assembly
 def configure_sampler(policy: Any, cfg: RunConfig) -> None:
-    """policy.sampler, policy.warm_start(_level) and safety.join: inpaint (+ inpaint_form) onto the policy's
-    K-step loop; every backend's loop and the planner read them from there (docs/samplers.md)."""
+    """policy.sampler, policy.timesteps, policy.warm_start(_level) and safety.join: inpaint (+ inpaint_form) onto
+    the policy's K-step loop; every backend's loop and the planner read them from there (docs/samplers.md)."""
     p, s = cfg.policy, cfg.safety
     try:
         policy.configure_sampler(p.sampler, p.warm_start_level if p.warm_start else None,
-                                 s.inpaint_form if s.join == "inpaint" else None)
+                                 s.inpaint_form if s.join == "inpaint" else None, timesteps=p.timesteps)
     except ValueError as exc:
-        raise UserError(f"policy.sampler: {exc}") from None
+        raise UserError(f"{'policy.timesteps' if 'timesteps' in str(exc) else 'policy.sampler'}: {exc}") from None
 
 
 @dataclass
@@ -587,6 +612,8 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
     configure_sampler(policy, cfg)
     steps = p.steps or policy.num_inference_steps
+    explicit = policy.scheduler_spec.timesteps
+    timesteps = None if explicit is None else [int(t) for t in explicit]
     sampler = None
     if plan.remote is None or plan.remote.fallback == "local":
         sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
@@ -607,7 +634,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
         camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
         action_lead=p.action_lead_periods * plan.action_period,
-        closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps),
+        closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps, timesteps),
     )
     parts.scene = dev.scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)
     parts.emulator = dev.emulator  # type: ignore[attr-defined]

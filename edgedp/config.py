@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -209,6 +209,10 @@ class PolicyConfig(_Strict):
         None, description="denoising method over the same weights (docs/samplers.md); None = checkpoint's")
     warm_start: bool = Field(False, description="start each chunk from the previous one, noised part-way (Falcon)")
     warm_start_level: float = Field(0.5, gt=0, le=1, description="warm start: fraction of the K steps that run")
+    timesteps: Optional[Union[list[int], Literal["logsnr"]]] = Field(
+        None, description="dpmsolver++/unipc only: explicit descending train timesteps (K = their number), or "
+        "'logsnr' (K uniform in log-SNR from t = 9*(N//10) to the smallest t with sigma >= 0.05; docs/samplers.md); "
+        "None = the checkpoint's timestep spacing")
     remote: Optional[RemoteConfig] = Field(None, description="run the policy on a server (edgedp serve)")
 
     @field_validator("device")
@@ -217,6 +221,35 @@ class PolicyConfig(_Strict):
         if not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
             raise ValueError(f"unknown device '{v}' (allowed: cpu, cuda, cuda:N)")
         return v
+
+    @field_validator("timesteps", mode="before")
+    @classmethod
+    def _timesteps(cls, v: Any) -> Any:
+        """One line for every malformed list (a Union's per-branch errors would be several); the range
+        [0, N-1] needs the checkpoint and is checked at validate (edgedp.app)."""
+        if v is None or v == "logsnr":
+            return v
+        if isinstance(v, str) or not isinstance(v, list):
+            raise ValueError(f"must be a descending list of train timesteps or 'logsnr', got {_short(v)}")
+        if not v or any(isinstance(t, bool) or not isinstance(t, int) for t in v):
+            raise ValueError(f"must be a non-empty list of integers, got {_short(v)}")
+        if any(b >= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be strictly descending (no repeats), got {_short(v)}")
+        if v[-1] < 0:
+            raise ValueError(f"must be >= 0, got {_short(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _timesteps_fit(self) -> "PolicyConfig":
+        if self.timesteps is None:
+            return self
+        if self.sampler in ("ddim", "ddpm"):
+            raise _FieldError(("timesteps",), f"applies to the multistep samplers (dpmsolver++, unipc), not "
+                                              f"policy.sampler {self.sampler}")
+        if isinstance(self.timesteps, list) and self.steps is not None and self.steps != len(self.timesteps):
+            raise _FieldError(("timesteps",), f"{len(self.timesteps)} timesteps but policy.steps is {self.steps} "
+                                              f"(they must agree, or leave policy.steps out)")
+        return self
 
 
 class RatesConfig(_Strict):

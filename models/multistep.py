@@ -47,6 +47,45 @@ def solver_timesteps(spacing: str, num_train_timesteps: int, k: int, steps_offse
     return ts
 
 
+LOGSNR_SIGMA_MIN = 0.05
+
+
+def logsnr_bounds(alphas_cumprod: torch.Tensor) -> tuple[int, int]:
+    """(t_hi, t_lo) of the ``logsnr`` rule for a schedule of N = len(alphas_cumprod) train steps.
+
+    t_hi = 9 * (N // 10), the largest timestep of DDIM's "leading" spacing at K = 10 (90 for N = 100; N - 1 when
+    N < 10): the level Diffusion Policy's own K = 10 sampling starts from. The levels above it (sigma 7 -> 2000 for
+    squaredcos_cap_v2) change the clean-sample estimate little, and a step from t = 99 spends a solver step there.
+    t_lo = the smallest t with sigma(t) >= 0.05 (2 for Diffusion Policy's schedule): the last step, to sigma = 0,
+    is first order in every solver, so it should start from a small noise level; at t = 0 or 1 it is too small to
+    be worth the step it costs (docs/samplers.md has the offline errors)."""
+    n = int(alphas_cumprod.shape[0])
+    t_hi = 9 * (n // 10) if n >= 10 else n - 1
+    sig = train_sigmas(alphas_cumprod).double().numpy()
+    above = np.nonzero(sig >= LOGSNR_SIGMA_MIN)[0]
+    t_lo = int(above[0]) if len(above) else n - 1
+    return t_hi, min(t_lo, t_hi)
+
+
+def logsnr_timesteps(alphas_cumprod: torch.Tensor, k: int) -> np.ndarray:
+    """``policy.timesteps: logsnr``: K train timesteps nearest to uniform in lambda = log(alpha_t / sigma_t)
+    = -log sigma(t) from t_hi down to t_lo (:func:`logsnr_bounds`), both ends included.
+
+    Why uniform in lambda: the solvers' error per step grows with h = lambda_next - lambda_now, and the spacing
+    rules (uniform in t) put h ~ 6 into the first step and leave a large jump from t = 20-25 to the clean sample
+    at K = 4. Raises ValueError when rounding to integer timesteps repeats one (K too large for the range)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"timesteps logsnr needs K >= 1, got {k!r}")
+    t_hi, t_lo = logsnr_bounds(alphas_cumprod)
+    lam = -np.log(train_sigmas(alphas_cumprod).double().numpy())
+    targets = np.linspace(lam[t_hi], lam[t_lo], int(k))
+    ts = np.array([int(np.argmin(np.abs(lam - x))) for x in targets], dtype=np.int64)
+    if np.any(np.diff(ts) >= 0):
+        raise ValueError(f"timesteps logsnr with K = {k} repeats timesteps between t = {t_hi} and {t_lo} "
+                         f"({ts.tolist()}); use fewer steps or an explicit list")
+    return ts
+
+
 def _spaced(spacing: str, n: int, k: int, steps_offset: int) -> np.ndarray:
     if spacing == "linspace":
         return np.linspace(0, n - 1, k + 1).round()[::-1][:-1].copy().astype(np.int64)

@@ -184,13 +184,17 @@ class DiffusionPolicy(nn.Module):
         _ = self.sampler  # validate now, so a bad K fails here and not mid-run
 
     def configure_sampler(self, kind: str | None = None, warm_start_level: float | None = None,
-                          inpaint: str | None = None) -> None:
+                          inpaint: str | None = None, timesteps: Any = None) -> None:
         """Sample the same weights another way: ``kind`` (ddpm, ddim, dpmsolver++, unipc; None keeps the
         checkpoint's), a warm start that runs the last ``warm_start_level`` fraction of the K steps from the
         previous chunk, and an inpainting form (replace | guided). Runtime choices, never saved. A choice
         that does not suit K (e.g. dpmsolver++ with K = 100 and 'leading' spacing) raises ValueError here and
-        leaves the policy as it was."""
+        leaves the policy as it was. ``timesteps`` (multistep solvers only): an explicit descending list (K becomes
+        its length) or 'logsnr' (K timesteps uniform in log-SNR at the K in use); None = the spacing rule. It lives
+        in scheduler_spec.timesteps, so every loop built from this policy (compile backends, serve) uses it."""
         import dataclasses
+
+        from models.schedulers import with_timesteps
 
         old = (self._scheduler_spec, self._sampler_options, self._num_inference_steps)
         try:
@@ -200,7 +204,11 @@ class DiffusionPolicy(nn.Module):
                 self._num_inference_steps = self.num_inference_steps
                 eta = self._scheduler_spec.eta if kind == "ddim" else 0.0
                 self._scheduler_spec = dataclasses.replace(self._scheduler_spec, kind=kind, eta=eta,
-                                                           num_inference_steps=None)
+                                                           num_inference_steps=None, timesteps=None)
+            if timesteps is not None or self._scheduler_spec.timesteps is not None:
+                self._scheduler_spec = with_timesteps(self._scheduler_spec, timesteps, self._num_inference_steps)
+                if self._scheduler_spec.timesteps is not None:
+                    self._num_inference_steps = len(self._scheduler_spec.timesteps)
             self._sampler_options = {k: v for k, v in (("warm_start_level", warm_start_level), ("inpaint", inpaint))
                                      if v is not None}
             self._sampler = None

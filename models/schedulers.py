@@ -75,6 +75,9 @@ class SchedulerSpec:
     num_inference_steps: int | None = None
     eta: float = 0.0
     ddpm_prev_rule: str = "schedule"
+    # Explicit descending train timesteps for the multistep solvers (policy.timesteps, a run option like
+    # policy.sampler: the policy's configure_sampler sets it, checkpoints never carry it). None = the spacing.
+    timesteps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +116,8 @@ class SchedulerSpec:
                 raise ValueError("scheduler steps_offset must be 0 with ddpm_prev_rule 't_minus_one' (diffusers <= 0.12 had none)")
             if self.timestep_spacing != "leading":
                 raise ValueError("scheduler timestep_spacing must be 'leading' with ddpm_prev_rule 't_minus_one'")
+        if self.timesteps is not None:
+            self.timesteps = check_custom_timesteps(self.kind, self.num_train_timesteps, self.timesteps)
         if self.num_inference_steps is not None:
             check_num_inference_steps(self, self.num_inference_steps)
 
@@ -187,8 +192,11 @@ class SchedulerSpec:
 
     # ------------------------------------------------------------------ derived
     def resolved_steps(self, num_inference_steps: int | None = None) -> int:
-        """K asked for: the argument, else the spec's default, else num_train_timesteps (as DP and LeRobot do)."""
+        """K asked for: the argument, else the spec's default, else the length of explicit timesteps, else
+        num_train_timesteps (as DP and LeRobot do)."""
         k = num_inference_steps if num_inference_steps is not None else self.num_inference_steps
+        if k is None and self.timesteps is not None:
+            k = len(self.timesteps)
         k = self.num_train_timesteps if k is None else k
         check_num_inference_steps(self, k)
         return int(k)
@@ -202,6 +210,11 @@ def check_num_inference_steps(spec: SchedulerSpec, k: Any) -> None:
         raise ValueError(
             f"num_inference_steps {k} exceeds num_train_timesteps {spec.num_train_timesteps}"
         )
+    if spec.timesteps is not None:
+        if int(k) != len(spec.timesteps):
+            raise ValueError(f"num_inference_steps {k} != the {len(spec.timesteps)} explicit timesteps "
+                             f"{list(spec.timesteps)}")
+        return
     if spec.kind in SOLVER_KINDS:
         from models.multistep import solver_timesteps
 
@@ -214,6 +227,50 @@ def check_num_inference_steps(spec: SchedulerSpec, k: Any) -> None:
                 f"steps_offset {spec.steps_offset} with num_inference_steps {k} puts the first timestep at "
                 f"{first}, past the last trained timestep {spec.num_train_timesteps - 1}"
             )
+
+
+def check_custom_timesteps(kind: str, num_train_timesteps: int, values: Any) -> tuple[int, ...]:
+    """Explicit timesteps as a tuple of ints: multistep solvers only, strictly descending, inside [0, N-1].
+
+    Why only the solvers: their steps are built from any pair of noise levels (diffusers' set_timesteps(timesteps=)),
+    while DDIM/DDPM step by the fixed stride N // K (their tables assume it)."""
+    if kind not in SOLVER_KINDS:
+        raise ValueError(f"explicit timesteps apply to the multistep samplers ({', '.join(SOLVER_KINDS)}), "
+                         f"not {kind!r}")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"timesteps must be a list of integers, got {values!r}")
+    out = list(values)
+    if not out or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in out):
+        raise ValueError(f"timesteps must be a non-empty list of integers, got {out!r}")
+    out = [int(v) for v in out]
+    if any(b >= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"timesteps must be strictly descending (no repeats), got {out}")
+    if out[-1] < 0 or out[0] > num_train_timesteps - 1:
+        raise ValueError(f"timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps "
+                         f"{num_train_timesteps}), got {out}")
+    return tuple(out)
+
+
+def with_timesteps(spec: SchedulerSpec, value: Any, num_inference_steps: int | None = None) -> SchedulerSpec:
+    """``spec`` sampling at ``value`` (policy.timesteps): an explicit descending list, ``"logsnr"`` (K timesteps
+    uniform in log-SNR, models.multistep.logsnr_timesteps; K = ``num_inference_steps``, else the spec's K, else
+    num_train_timesteps), or None (the timestep_spacing rule). Raises ValueError on a bad list, a repeated
+    logsnr timestep, or a kind that is not a multistep solver."""
+    import dataclasses
+
+    if value is None:
+        return dataclasses.replace(spec, timesteps=None)
+    if isinstance(value, str):
+        if value != "logsnr":
+            raise ValueError(f"timesteps must be a descending list of train timesteps or 'logsnr', got {value!r}")
+        if spec.kind not in SOLVER_KINDS:
+            check_custom_timesteps(spec.kind, spec.num_train_timesteps, [0])  # the one-line kind error
+        from models.multistep import logsnr_timesteps
+
+        k = num_inference_steps or spec.num_inference_steps or spec.num_train_timesteps
+        value = logsnr_timesteps(alphas_cumprod(spec), int(k)).tolist()
+    return dataclasses.replace(spec, timesteps=check_custom_timesteps(spec.kind, spec.num_train_timesteps, value),
+                               num_inference_steps=None)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -291,9 +348,12 @@ def alphas_cumprod(spec: SchedulerSpec) -> torch.Tensor:
 
 
 def timesteps(spec: SchedulerSpec, num_inference_steps: int | None = None) -> torch.Tensor:
-    """The descending int64 timesteps diffusers' set_timesteps would produce for this spec."""
+    """The descending int64 timesteps diffusers' set_timesteps would produce for this spec (with explicit
+    ``spec.timesteps``: those, as ``set_timesteps(timesteps=...)`` takes them)."""
     k = spec.resolved_steps(num_inference_steps)
     n = spec.num_train_timesteps
+    if spec.timesteps is not None:  # validated: a solver kind, and k == len (resolved_steps)
+        return torch.tensor(spec.timesteps, dtype=torch.int64)
     if spec.kind in SOLVER_KINDS:
         from models.multistep import solver_timesteps
 

@@ -104,6 +104,8 @@ CHANGES: dict[str, tuple] = {
     "policy.sampler": ({}, {}, {"policy.sampler": "ddpm"}),
     "policy.warm_start": ({}, {}, {"policy.warm_start": True}),
     "policy.warm_start_level": ({"policy.warm_start": True}, {}, {"policy.warm_start_level": 0.3}),
+    "policy.timesteps": ({"policy.sampler": "dpmsolver++", "policy.steps": 4}, {},
+                         {"policy.timesteps": [90, 60, 16, 2]}),
     "policy.n_action_steps": ({}, {}, {"policy.n_action_steps": 4}),
     "policy.action_period": ({}, {}, {"policy.action_period": 0.2}),
     "policy.seed": ({}, {}, {"policy.seed": 1}),

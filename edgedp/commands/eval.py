@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override policy.steps (denoising steps K); 'checkpoint' uses the checkpoint's own K")
     p.add_argument("--sampler", default=None, metavar="{ddim,ddpm,dpmsolver++,unipc}",
                    help="override policy.sampler (denoising method over the same weights, docs/samplers.md)")
+    p.add_argument("--timesteps", default=None, metavar="LIST|logsnr|spacing",
+                   help="override policy.timesteps (dpmsolver++/unipc): descending train timesteps such as 90,60,16,2, "
+                        "'logsnr' (uniform in log-SNR), or 'spacing' for the checkpoint's timestep spacing")
     p.add_argument("--warm-start", default=None, metavar="{on,off}",
                    help="override policy.warm_start (each chunk starts from the previous one, noised part-way)")
     p.add_argument("--join", default=None, metavar="{crossfade,ensemble,inpaint}",
@@ -69,8 +72,21 @@ def parse_latencies(text: str) -> list[float]:
     return out
 
 
+def parse_timesteps(text: str, flag: str = "--timesteps"):
+    """'90,60,16,2' -> [90, 60, 16, 2]; 'logsnr' stays; 'spacing' -> None. The list's order and range are checked
+    where the config is validated (edgedp.config, edgedp.app), with the checkpoint's number of train steps."""
+    text = str(text).strip()
+    if text in ("logsnr", "spacing"):
+        return None if text == "spacing" else text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag}: '{text}' is not a comma-separated list of whole timesteps such as 90,60,16,2 "
+                        f"(or logsnr, spacing)") from None
+
+
 def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None, sampler=None,
-                    join=None, warm_start=None) -> None:
+                    join=None, warm_start=None, timesteps=None) -> None:
     """Command-line overrides of the policy and safety sections, checked against the config schema's own allowed
     values; edgedp/app.py's build then validates the result like any config (e.g. a sampler that does not suit K)."""
     from edgedp.config import BACKENDS, JOINS, PRECISIONS, PRESET_PREFIX, SAMPLERS
@@ -101,6 +117,17 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
         cfg.safety.join = _one_of("join", join, JOINS)
     if warm_start is not None:
         p.warm_start = _one_of("warm-start", warm_start, ("on", "off")) == "on"
+    if timesteps is not None:
+        # Re-validated as a policy section, so the list and its fit with steps/sampler fail like in a config file.
+        from edgedp.config import PolicyConfig, _problems
+        from pydantic import ValidationError
+
+        try:
+            checked = PolicyConfig.model_validate({**p.model_dump(exclude={"timesteps"}),
+                                                   "timesteps": parse_timesteps(timesteps)})
+        except ValidationError as exc:
+            raise UserError(f"--timesteps: {_problems(exc)[0].split(': ', 1)[-1]}") from None
+        p.timesteps = checked.timesteps
 
 
 def _one_of(flag: str, value: str, allowed) -> str:
@@ -136,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.video is not None and args.video.exists() and not args.video.is_dir():
         raise UserError(f"--video: {args.video} is a file (give a folder for the episode videos)")
     apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps, args.sampler, args.join,
-                    args.warm_start)
+                    args.warm_start, args.timesteps)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
 

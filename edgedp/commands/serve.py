@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve robots whose config has policy.warm_start (same level as their policy.warm_start_level)")
     p.add_argument("--inpaint", choices=("replace", "guided"), default=None,
                    help="serve robots whose config has safety.join: inpaint (same as their safety.inpaint_form)")
+    p.add_argument("--timesteps", default=None, metavar="LIST|logsnr",
+                   help="serve robots whose config has policy.timesteps (the same list, or logsnr at the same K)")
     p.add_argument("--replicas", type=int, default=1, help="copies of the policy (default 1)")
     p.add_argument("--max-batch", type=int, default=16, help="largest batch of requests answered together (1 = no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5 ms)")
@@ -69,7 +71,12 @@ def _check(args: argparse.Namespace) -> str:
                         "\"import secrets; print(secrets.token_urlsafe(32))\")")
     check_request(args.backend, args.precision, args.device, args.steps)
     spec = load_spec(args.checkpoint)  # a missing or unreadable checkpoint is one line, before Ray starts
-    check_sampler_choice(spec, args.steps, args.sampler, args.warm_start_level, args.inpaint, label="serve")
+    if args.timesteps is not None:
+        from edgedp.commands.eval import parse_timesteps
+
+        args.timesteps = parse_timesteps(args.timesteps)
+    check_sampler_choice(spec, args.steps, args.sampler, args.warm_start_level, args.inpaint, label="serve",
+                         timesteps=args.timesteps, timesteps_label="--timesteps")
     from edgedp.serve.server import require_ray
 
     require_ray()
@@ -85,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     opts = ServeOptions(checkpoint=args.checkpoint, backend=args.backend, precision=args.precision,
                         steps=args.steps, device=args.device, cache_dir=args.cache_dir, sampler=args.sampler,
-                        warm_start_level=args.warm_start_level, inpaint=args.inpaint, batch_mode=args.batch_mode)
+                        warm_start_level=args.warm_start_level, inpaint=args.inpaint, timesteps=args.timesteps,
+                        batch_mode=args.batch_mode)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

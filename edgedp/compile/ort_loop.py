@@ -129,10 +129,13 @@ class OrtLoopBackend(OnnxRuntimeBackend):
         return super().unavailable(device)
 
     def graph_key(self, policy) -> dict[str, str]:
-        """The sampler is baked into the loop graph: its kind and options belong in the cache key."""
+        """The sampler is baked into the loop graph: its kind, options and explicit timesteps (policy.timesteps)
+        belong in the cache key (the default spacing keeps the key it always had, so existing entries stay hits)."""
         spec = policy.scheduler_spec
         opts = ",".join(f"{k}={v}" for k, v in sorted(policy.sampler_options.items()))
-        return {"loop-sampler": f"{spec.kind}/eta={spec.eta}/{opts}"}
+        ts = getattr(spec, "timesteps", None)
+        tail = "" if ts is None else "/timesteps=" + "-".join(str(int(t)) for t in ts)
+        return {"loop-sampler": f"{spec.kind}/eta={spec.eta}/{opts}{tail}"}
 
     def build(self, policy, precision, steps, device, entry: Path, calib=None, progress=_noop):
         entry.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ class ServeOptions:
     sampler: Optional[str] = None
     warm_start_level: Optional[float] = None
     inpaint: Optional[str] = None
+    timesteps: Optional[Any] = None  # policy.timesteps: a descending list or 'logsnr' (dpmsolver++/unipc)
     batch_mode: str = "auto"  # auto | stack | loop
     threads: Optional[int] = None
 
@@ -58,7 +59,7 @@ class PolicyService:
             torch.set_num_threads(int(opts.threads))
         self.opts = opts
         self.policy = load_policy(opts.checkpoint, opts.device, opts.steps, opts.seed)
-        self.policy.configure_sampler(opts.sampler, opts.warm_start_level, opts.inpaint)
+        self.policy.configure_sampler(opts.sampler, opts.warm_start_level, opts.inpaint, timesteps=opts.timesteps)
         self.steps = opts.steps or self.policy.num_inference_steps
         self.sampler = get_compiled_sampler(self.policy, opts.backend, opts.precision, self.steps, opts.device,
                                             opts.cache_dir)
@@ -71,7 +72,8 @@ class PolicyService:
         return {"horizon": p.horizon, "n_obs_steps": p.n_obs_steps, "n_action_steps": p.n_action_steps,
                 "action_dim": p.action_dim, "features": {k: list(v) for k, v in p.feature_shapes.items()},
                 "steps": int(self.steps), "backend": self.opts.backend, "precision": self.opts.precision,
-                "sampler_options": p.sampler_options, "batch_mode": "stack" if self.stacks else "loop"}
+                "sampler_options": p.sampler_options, "batch_mode": "stack" if self.stacks else "loop",
+                "timesteps": _timesteps(p)}
 
     # ---- answering ------------------------------------------------------------------------------------
     def answer(self, items: list[dict]) -> list[Answer]:
@@ -140,3 +142,10 @@ class PolicyService:
         if single.actions is None:
             return False
         return all(np.allclose(a.actions, single.actions, rtol=1e-3, atol=1e-4) for a in pair)
+
+
+def _timesteps(policy: Any) -> Optional[list[int]]:
+    """The explicit timesteps the served loop samples at (policy.timesteps, resolved), None for the spacing rule:
+    a robot whose config asks for other timesteps refuses this server at check (edgedp.app)."""
+    ts = getattr(getattr(policy, "scheduler_spec", None), "timesteps", None)
+    return None if ts is None else [int(t) for t in ts]
