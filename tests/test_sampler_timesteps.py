@@ -270,3 +270,14 @@ def test_eval_and_serve_parse_timesteps():
         apply_overrides(cfg, steps="3", timesteps="90,60,16,2")
     with pytest.raises(UserError, match="^--timesteps: applies to the multistep samplers"):
         apply_overrides(_cfg(sampler="ddim"), timesteps="logsnr")
+
+
+def test_served_policy_reports_its_timesteps():
+    """edgedp serve --timesteps reaches the served loop, and /health says which (the robot compares at check)."""
+    from edgedp.serve.service import PolicyService, ServeOptions
+
+    ckpt = two_joint_config(scene={"task": "reach"})["policy"]["checkpoint"]
+    svc = PolicyService(ServeOptions(ckpt, steps=4, sampler="dpmsolver++", timesteps="logsnr", threads=1))
+    assert svc.spec()["timesteps"] == [90, 60, 16, 2] and svc.steps == 4
+    assert svc.policy.sampler.timesteps.tolist() == [90, 60, 16, 2]
+    assert PolicyService(ServeOptions(ckpt, steps=4, sampler="dpmsolver++", threads=1)).spec()["timesteps"] is None
