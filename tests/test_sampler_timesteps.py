@@ -281,3 +281,21 @@ def test_served_policy_reports_its_timesteps():
     assert svc.spec()["timesteps"] == [90, 60, 16, 2] and svc.steps == 4
     assert svc.policy.sampler.timesteps.tolist() == [90, 60, 16, 2]
     assert PolicyService(ServeOptions(ckpt, steps=4, sampler="dpmsolver++", threads=1)).spec()["timesteps"] is None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_assembled_run_samples_at_the_config_timesteps():
+    """Through edgedp.app's one assembly point: the policy, the compiled sampler's loop and the run summary (which
+    edgedp eval records per condition) all carry policy.timesteps, resolved."""
+    from edgedp.app import assemble
+
+    built = assemble(_cfg(sampler="dpmsolver++", steps=4, timesteps="logsnr"))
+    try:
+        parts = built.parts
+        assert parts.policy.scheduler_spec.timesteps == (90, 60, 16, 2)
+        loop = getattr(parts.sampler.loop, "loop", parts.sampler.loop)
+        assert loop.timesteps.tolist() == [90, 60, 16, 2] and parts.steps == 4
+        assert parts.config_summary["timesteps"] == [90, 60, 16, 2]
+    finally:
+        for close in reversed(built.devices.closers):
+            close()

@@ -232,13 +232,13 @@ class EvalSession:
 
     @property
     def summary(self) -> dict:
-        """What was evaluated (checkpoint, backend, precision, K, sampler, warm start, join, inpaint form ...),
+        """What was evaluated (checkpoint, backend, precision, K, sampler, explicit timesteps, warm start, join ...),
         from the assembly's own summary; the sampler is the kind the built policy samples with (the checkpoint's
         when policy.sampler is unset), so a results file never says just "checkpoint"."""
         s = self.parts.config_summary
         out = {k: s.get(k) for k in ("checkpoint", "backend", "precision", "device", "steps", "horizon",
                                       "n_obs_steps", "n_action_steps", "action_period", "servo_hz", "join",
-                                      "inpaint_form", "warm_start_level", "sampler")}
+                                      "inpaint_form", "warm_start_level", "sampler", "timesteps")}
         spec = getattr(self.parts.policy, "scheduler_spec", None)
         if spec is not None and getattr(spec, "kind", None):
             out["sampler"] = spec.kind
