@@ -299,3 +299,17 @@ def test_assembled_run_samples_at_the_config_timesteps():
     finally:
         for close in reversed(built.devices.closers):
             close()
+
+
+def test_serve_refuses_bad_timesteps_with_one_line_before_starting(capsys, monkeypatch):
+    from edgedp.cli import main
+
+    monkeypatch.setenv("EDGEDP_SERVE_TOKEN", "test-token-0123456789abcdef")
+    for argv, needle in ((["--timesteps", "90,x"], "--timesteps: '90,x' is not"),
+                         (["--sampler", "ddim", "--timesteps", "90,60"], "--timesteps: explicit timesteps apply"),
+                         (["--sampler", "unipc", "--timesteps", "60,90"], "--timesteps: timesteps must be strictly"),
+                         (["--sampler", "unipc", "--steps", "3", "--timesteps", "90,60"],
+                          "--timesteps: 2 timesteps but 3 steps")):
+        assert main(["serve", "preset:small", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
