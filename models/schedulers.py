@@ -133,7 +133,8 @@ class SchedulerSpec:
         Accepted besides our field names: ``_target_`` / ``_class_name`` (a class path or name
         ending in DDPMScheduler / DDIMScheduler, which sets ``kind``), ``noise_scheduler_type``
         ("DDPM"/"DDIM", LeRobot), ``_diffusers_version`` (picks ``ddpm_prev_rule`` when that is
-        not given), ``predict_epsilon`` (pre-0.12 spelling of prediction_type), and diffusers
+        not given), ``predict_epsilon`` (pre-0.12 spelling of prediction_type), ``timesteps`` only as None (explicit
+        timesteps are a run option, set by DiffusionPolicy.configure_sampler, never a checkpoint's), and diffusers
         options we can honour only at their neutral value (``trained_betas`` None,
         ``thresholding`` / ``rescale_betas_zero_snr`` False; ``dynamic_thresholding_ratio`` and
         ``sample_max_value`` are then unused). Any other key is an error, so a config option we
@@ -146,7 +147,11 @@ class SchedulerSpec:
         kind_sources: list[tuple[str, str]] = []
         version: tuple[int, ...] | None = None
         for key, value in raw.items():
-            if key in own:
+            if key == "timesteps":  # a run option (policy.timesteps), never read from a checkpoint's scheduler
+                if value is not None:
+                    raise ValueError("scheduler timesteps is a run option (policy.timesteps / configure_sampler), "
+                                     "not a checkpoint setting")
+            elif key in own:
                 out[key] = value
             elif key in ("_target_", "_class_name"):
                 kind_sources.append((key, _kind_from_class(key, value)))

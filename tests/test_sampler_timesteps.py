@@ -313,3 +313,15 @@ def test_serve_refuses_bad_timesteps_with_one_line_before_starting(capsys, monke
         assert main(["serve", "preset:small", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err, err
+
+
+def test_checkpoints_never_carry_timesteps():
+    """A checkpoint's scheduler config with timesteps is refused; the policy's own spec dict never gets them."""
+    from tests.test_sampler_backends import tiny_policy
+
+    with pytest.raises(ValueError, match="run option"):
+        SchedulerSpec.from_dict({"kind": "dpmsolver++", "timesteps": [90, 60]})
+    assert SchedulerSpec.from_dict(SchedulerSpec(kind="unipc").to_dict()).timesteps is None
+    policy = tiny_policy(4)
+    policy.configure_sampler("dpmsolver++", timesteps=[90, 60, 16, 2])
+    assert "timesteps" not in policy.spec.scheduler  # what native checkpoints save (models/native.py)
