@@ -325,3 +325,22 @@ def test_checkpoints_never_carry_timesteps():
     policy = tiny_policy(4)
     policy.configure_sampler("dpmsolver++", timesteps=[90, 60, 16, 2])
     assert "timesteps" not in policy.spec.scheduler  # what native checkpoints save (models/native.py)
+
+
+def test_pusht_table_cell_derives_the_timesteps_key(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from edgedp.config import load_config
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pusht_table.py"
+    spec = importlib.util.spec_from_file_location("pusht_table_timesteps", path)
+    pt = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pt  # dataclasses look their module up
+    spec.loader.exec_module(pt)
+    cell = next(c for c in pt.CELLS if c.name == "state_dpm_k4_logsnr")
+    plan = pt.plan_cell(cell, tmp_path, {}, None)
+    assert plan.derived["policy"]["timesteps"] == "logsnr" and plan.derived["policy"]["sampler"] == "dpmsolver++"
+    cfg = load_config(plan.config)  # the file edgedp eval reads
+    assert cfg.policy.timesteps == "logsnr" and cfg.policy.steps == 4
