@@ -89,6 +89,12 @@ CELLS = [
          steps=4, warm_start=True),
     Cell("state_dpm_k4_logsnr", "state, async, dpmsolver++ K=4, log-SNR timesteps", "state", 20,
          sampler="dpmsolver++", steps=4, timesteps="logsnr"),
+    Cell("state_dpm_k4_logsnr_warm", "state, async, dpmsolver++ K=4, log-SNR timesteps, warm start", "state", 20,
+         sampler="dpmsolver++", steps=4, timesteps="logsnr", warm_start=True),
+    Cell("state_unipc_k4_logsnr", "state, async, unipc K=4, log-SNR timesteps", "state", 20,
+         sampler="unipc", steps=4, timesteps="logsnr"),
+    Cell("state_dpm_k4_logsnr_200ms", "state, async, +200 ms, dpmsolver++ K=4, log-SNR timesteps", "state", 20,
+         latency_ms=200, sampler="dpmsolver++", steps=4, timesteps="logsnr"),
     # README / docs/compile.md: at the U-Net 64/128/256 size onnxruntime-loop fp32 is the fastest CPU backend
     # (int8 about equal); the state checkpoint (no image) builds with it (the encoder graph is the state path).
     Cell("state_ortloop", "state, async, K=10, onnxruntime-loop fp32", "state", 20,
