@@ -71,20 +71,23 @@ class Cell:
 
 
 CELLS = [
-    Cell("state_async_k10", "state, async, K=10", "state", 50, headline=True),
+    # examples/pusht_state.yaml as shipped (since round 5: DPM-Solver++ K=4 at log-SNR timesteps); no overrides
+    Cell("state_shipped", "state, async, as shipped", "state", 50, headline=True),
     Cell("image_async_k10", "image, async, K=10", "image", 50, headline=True),
-    Cell("state_sync_k10", "state, sync, K=10", "state", 20, sync=True),
-    Cell("state_async_100ms", "state, async, +100 ms", "state", 20, latency_ms=100),
-    Cell("state_async_200ms", "state, async, +200 ms", "state", 20, latency_ms=200),
+    Cell("state_async_k10", "state, async, K=10", "state", 50, headline=True, sampler="ddim", steps=10),
+    Cell("state_sync_k10", "state, sync, K=10", "state", 20, sync=True, sampler="ddim", steps=10),
+    Cell("state_async_100ms", "state, async, +100 ms", "state", 20, latency_ms=100, sampler="ddim", steps=10),
+    Cell("state_async_200ms", "state, async, +200 ms", "state", 20, latency_ms=200, sampler="ddim", steps=10),
     Cell("state_async_200ms_inpaint", "state, async, +200 ms, inpaint join", "state", 20, latency_ms=200,
-         join="inpaint"),
+         join="inpaint", sampler="ddim", steps=10),
     Cell("state_dpm_k4", "state, async, dpmsolver++ K=4", "state", 20, sampler="dpmsolver++", steps=4),
     # issue 15: inpainting without added latency, and the sampler-vs-K cells with warm start
-    Cell("state_async_inpaint", "state, async, inpaint join", "state", 20, join="inpaint"),
+    Cell("state_async_inpaint", "state, async, inpaint join", "state", 20, join="inpaint", sampler="ddim", steps=10),
     Cell("state_async_inpaint_replace", "state, async, inpaint join (replace form)", "state", 20, join="inpaint",
-         inpaint_form="replace"),
+         inpaint_form="replace", sampler="ddim", steps=10),
     Cell("state_ddim_k4", "state, async, ddim K=4", "state", 20, sampler="ddim", steps=4),
-    Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", warm_start=True),
+    Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", steps=10,
+         warm_start=True),
     Cell("state_dpm_k4_warm", "state, async, dpmsolver++ K=4, warm start", "state", 20, sampler="dpmsolver++",
          steps=4, warm_start=True),
     Cell("state_dpm_k4_logsnr", "state, async, dpmsolver++ K=4, log-SNR timesteps", "state", 20,
@@ -98,7 +101,7 @@ CELLS = [
     # README / docs/compile.md: at the U-Net 64/128/256 size onnxruntime-loop fp32 is the fastest CPU backend
     # (int8 about equal); the state checkpoint (no image) builds with it (the encoder graph is the state path).
     Cell("state_ortloop", "state, async, K=10, onnxruntime-loop fp32", "state", 20,
-         backend="onnxruntime-loop", precision="fp32"),
+         backend="onnxruntime-loop", precision="fp32", sampler="ddim", steps=10),
 ]
 
 
@@ -292,6 +295,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["safety"]["join"] = cell.join
         if cell.sampler is not None:
             derived["policy"]["sampler"] = cell.sampler
+            if cell.sampler in ("ddim", "ddpm"):  # explicit timesteps (the state example's) are for the solvers only
+                derived["policy"].pop("timesteps", None)
         if cell.warm_start:
             derived["policy"]["warm_start"] = True
         if cell.inpaint_form:

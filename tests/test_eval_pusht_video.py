@@ -26,7 +26,7 @@ def _share(frame: np.ndarray, rgb: np.ndarray, tol: float = 40.0) -> float:
 def test_state_config_video_shows_the_scene_and_flags_are_recorded(tmp_path):
     out, vids = tmp_path / "eval.json", tmp_path / "videos"
     code = main(["eval", str(STATE), "--episodes", "1", "--episode-timeout", "1.5", "--json", str(out),
-                 "--video", str(vids), "--sampler", "ddpm", "--join", "inpaint"])
+                 "--video", str(vids), "--sampler", "ddpm", "--steps", "10", "--join", "inpaint"])
     assert code == 0
     (mp4,) = sorted(vids.glob("*.mp4"))
     assert mp4.name.endswith("_ep000_seed100000.mp4")

@@ -105,7 +105,7 @@ def test_markdown_renders_every_cell_with_its_interval():
 
 
 @pytest.mark.parametrize("name", ["state_async_200ms_inpaint", "state_dpm_k4", "state_dpm_k4_warm",
-                                  "state_async_inpaint_replace"])
+                                  "state_async_inpaint_replace", "state_async_k10"])
 def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path, name):
     cell = next(c for c in pt.CELLS if c.name == name)
     plan = pt.plan_cell(cell, tmp_path, {}, None)
@@ -119,6 +119,8 @@ def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path
     assert derived.policy.warm_start is cell.warm_start and original.policy.warm_start is False
     if cell.inpaint_form:
         assert derived.safety.inpaint_form == cell.inpaint_form == plan.inpaint_form
+    if cell.sampler in ("ddim", "ddpm"):  # the state example's log-SNR timesteps are dropped: they are for solvers
+        assert derived.policy.timesteps is None
     cmd = pt.eval_command(plan, [100000, 100001], tmp_path / "x.json", None)
     assert cmd[cmd.index("--steps") + 1] == str(cell.steps)
     assert cmd[cmd.index("--latency-ms") + 1] == f"{cell.latency_ms:g}"
@@ -130,7 +132,8 @@ def test_plain_cells_use_the_example_config_and_headline_cells_get_video(tmp_pat
     image = pt.plan_cell(pt.CELLS[1], tmp_path, {}, tmp_path / "v")
     assert state.config == pt.CONFIGS["state"] and state.derived is None
     assert state.video == tmp_path / "v" / pt.CELLS[0].name  # a state config films the scene render
-    assert pt.plan_cell(pt.CELLS[2], tmp_path, {}, tmp_path / "v").video is None  # not a headline cell
+    plain = next(c for c in pt.CELLS if not c.headline)
+    assert pt.plan_cell(plain, tmp_path, {}, tmp_path / "v").video is None  # not a headline cell
     assert image.video == tmp_path / "v" / pt.CELLS[1].name
     ort = pt.plan_cell(next(c for c in pt.CELLS if c.name == "state_ortloop"), tmp_path, {}, None)
     pre = pt.prebuild_command(ort)

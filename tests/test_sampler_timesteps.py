@@ -344,3 +344,21 @@ def test_pusht_table_cell_derives_the_timesteps_key(tmp_path):
     assert plan.derived["policy"]["timesteps"] == "logsnr" and plan.derived["policy"]["sampler"] == "dpmsolver++"
     cfg = load_config(plan.config)  # the file edgedp eval reads
     assert cfg.policy.timesteps == "logsnr" and cfg.policy.steps == 4
+
+
+def test_eval_sampler_override_to_ddim_drops_the_configs_solver_timesteps():
+    """examples/pusht_state.yaml ships DPM-Solver++ at logsnr timesteps; `edgedp eval --sampler ddim` means DDIM's own
+    spacing (not a config error), while another solver keeps the timesteps."""
+    from pathlib import Path
+
+    from edgedp.commands.eval import apply_overrides
+    from edgedp.config import load_config
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "pusht_state.yaml"
+    cfg = load_config(example)
+    assert (cfg.policy.sampler, cfg.policy.timesteps, cfg.policy.steps) == ("dpmsolver++", "logsnr", 4)
+    apply_overrides(cfg, sampler="ddim", steps="10")
+    assert (cfg.policy.sampler, cfg.policy.timesteps) == ("ddim", None)
+    other = load_config(example)
+    apply_overrides(other, sampler="unipc")
+    assert (other.policy.sampler, other.policy.timesteps) == ("unipc", "logsnr")

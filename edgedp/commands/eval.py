@@ -113,6 +113,10 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
             p.steps = k
     if sampler is not None:
         p.sampler = _one_of("sampler", sampler, SAMPLERS)
+        if p.sampler in ("ddim", "ddpm") and timesteps is None:
+            # The config's explicit timesteps (the Push-T state example's logsnr) are for the multistep solvers:
+            # asking for DDIM/DDPM on the command line means their own spacing, not an error.
+            p.timesteps = None
     if join is not None:
         cfg.safety.join = _one_of("join", join, JOINS)
     if warm_start is not None:
