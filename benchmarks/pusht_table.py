@@ -64,6 +64,7 @@ class Cell:
     warm_start: bool = False         # policy.warm_start: each chunk starts from the previous one
     timesteps: Optional[object] = None  # policy.timesteps (a descending list or 'logsnr'); None: the spacing
     inpaint_form: Optional[str] = None  # safety.inpaint_form (guided | replace); None: the config's
+    inpaint_overlap: Optional[str] = None  # safety.inpaint_overlap (soft | none); None: the config's
     backend: Optional[str] = None    # None: the config's (eager)
     precision: Optional[str] = None  # None: the config's (fp32)
     checkpoint: Optional[str] = None  # None: the config's (or --state-/--image-checkpoint)
@@ -85,6 +86,11 @@ CELLS = [
     Cell("state_async_inpaint", "state, async, inpaint join", "state", 20, join="inpaint", sampler="ddim", steps=10),
     Cell("state_async_inpaint_replace", "state, async, inpaint join (replace form)", "state", 20, join="inpaint",
          inpaint_form="replace", sampler="ddim", steps=10),
+    # issue 15: guided inpainting with only the decided steps guided (no soft tail over the old chunk's predictions)
+    Cell("state_async_inpaint_none", "state, async, inpaint join, no soft overlap", "state", 20, join="inpaint",
+         sampler="ddim", steps=10, inpaint_overlap="none"),
+    Cell("state_async_200ms_inpaint_none", "state, async, +200 ms, inpaint join, no soft overlap", "state", 20,
+         latency_ms=200, join="inpaint", sampler="ddim", steps=10, inpaint_overlap="none"),
     Cell("state_ddim_k4", "state, async, ddim K=4", "state", 20, sampler="ddim", steps=4),
     Cell("state_ddim_k10_warm", "state, async, ddim K=10, warm start", "state", 20, sampler="ddim", steps=10,
          warm_start=True),
@@ -238,6 +244,7 @@ class CellPlan:
     checkpoint: str       # absolute path (or preset:NAME)
     join: str
     inpaint_form: Optional[str]
+    inpaint_overlap: Optional[str]  # safety.inpaint_overlap with join inpaint, else None
     sampler: str
     backend: str
     precision: str
@@ -287,7 +294,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     cdir = out / "cells" / cell.name
     derived = None
     config = src
-    if cell.join is not None or cell.sampler is not None or cell.warm_start or cell.inpaint_form or cell.timesteps:
+    if (cell.join is not None or cell.sampler is not None or cell.warm_start or cell.inpaint_form or cell.timesteps
+            or cell.inpaint_overlap):
         derived = _absolute(read_yaml_file(src), src.resolve().parent)
         derived.setdefault("policy", {})
         derived.setdefault("safety", {})
@@ -301,6 +309,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["policy"]["warm_start"] = True
         if cell.inpaint_form:
             derived["safety"]["inpaint_form"] = cell.inpaint_form
+        if cell.inpaint_overlap:
+            derived["safety"]["inpaint_overlap"] = cell.inpaint_overlap
         if cell.timesteps is not None:  # K: the cell's steps, which eval's --steps sets
             derived["policy"]["timesteps"] = cell.timesteps
             derived["policy"]["steps"] = cell.steps
@@ -310,6 +320,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
                              f"not the original's")
         cfg.safety.join, cfg.policy.sampler = check.safety.join, check.policy.sampler
         cfg.safety.inpaint_form = check.safety.inpaint_form
+        cfg.safety.inpaint_overlap = check.safety.inpaint_overlap
         cfg.policy.timesteps = check.policy.timesteps
         config = cdir / "config.yaml"
         if write:
@@ -319,6 +330,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             what = ([f"safety.join {cell.join}"] * bool(cell.join) + [f"policy.sampler {cell.sampler}"] * bool(cell.sampler)
                     + ["policy.warm_start true"] * cell.warm_start
                     + [f"safety.inpaint_form {cell.inpaint_form}"] * bool(cell.inpaint_form)
+                    + [f"safety.inpaint_overlap {cell.inpaint_overlap}"] * bool(cell.inpaint_overlap)
                     + [f"policy.timesteps {cell.timesteps}"] * (cell.timesteps is not None))
             header = (f"# derived by benchmarks/pusht_table.py from {src} for cell {cell.name}: "
                       f"{', '.join(what)}; paths made absolute\n")
@@ -327,6 +339,7 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     ck = ck if ck.startswith("preset:") else os.path.abspath(ck)  # examples/../models/... -> models/...
     return CellPlan(cell=cell, config=config, derived=derived, checkpoint=ck,
                     join=cfg.safety.join, inpaint_form=cfg.safety.inpaint_form if cfg.safety.join == "inpaint" else None,
+                    inpaint_overlap=cfg.safety.inpaint_overlap if cfg.safety.join == "inpaint" else None,
                     sampler=cfg.policy.sampler or "checkpoint's", backend=cfg.policy.backend,
                     precision=cfg.policy.precision,
                     cache_dir=str(cfg.policy.cache_dir) if cfg.policy.cache_dir else None,
@@ -609,7 +622,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + ", ".join(f"{s[0]}–{s[-1]}" for s in seeds))
             if p.derived is not None:
                 log(f"#   derived config {p.config}: safety.join={p.join} policy.sampler={p.sampler}"
-                    + ("" if p.cell.timesteps is None else f" policy.timesteps={p.cell.timesteps}"))
+                    + ("" if p.cell.timesteps is None else f" policy.timesteps={p.cell.timesteps}")
+                    + ("" if p.inpaint_form is None else f" safety.inpaint_form={p.inpaint_form}")
+                    + ("" if p.inpaint_overlap is None else f" safety.inpaint_overlap={p.inpaint_overlap}"))
             pre = prebuild_command(p)
             if pre:
                 log(show(pre))
@@ -651,7 +666,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for p in plans:
             seeds = shard_seeds(args.seed, p.cell.episodes, args.shards)
             entry = {"cell": dataclasses.asdict(p.cell), "status": "running", "checkpoint": p.checkpoint,
-                     "config": str(p.config), "join": p.join + (f" ({p.inpaint_form})" if p.inpaint_form else ""),
+                     "config": str(p.config), "join": p.join + (f" ({p.inpaint_form}"
+                                                          + (", no soft overlap" if p.inpaint_overlap == "none" else "")
+                                                          + ")" if p.inpaint_form else ""),
                      "sampler": p.sampler, "backend": p.backend, "precision": p.precision,
                      "seeds": [s for ss in seeds for s in ss], "shards": [[s[0], s[-1]] for s in seeds],
                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

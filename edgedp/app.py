@@ -561,7 +561,8 @@ def summary(plan: RunPlan, steps: int, timesteps: Optional[list[int]] = None) ->
         "action_period": plan.action_period, "servo_hz": cfg.rates.servo_hz, "servo_in_process": cfg.rates.servo_in_process,
         "interpolation": s.interpolation, "join": s.join, "crossfade_steps": s.crossfade_steps,
         "sampler": p.sampler or "checkpoint", "warm_start_level": p.warm_start_level if p.warm_start else None,
-        "inpaint_form": s.inpaint_form if s.join == "inpaint" else None, "timesteps": timesteps,
+        "inpaint_form": s.inpaint_form if s.join == "inpaint" else None,
+        "inpaint_overlap": s.inpaint_overlap if s.join == "inpaint" else None, "timesteps": timesteps,
         "on_stop": s.on_stop, "robot": cfg.robot.name, "bus": cfg.robot.bus.port, "joints": [j.name for j in plan.joints],
         "joint_calibration": {j.name: {"zero_offset": j.zero_offset, "zero_offset_from": src["zero_offset"],
                                         "direction": j.direction, "direction_from": src["direction"]}
@@ -633,7 +634,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         servo_in_process=cfg.rates.servo_in_process,
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
         camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
-        action_lead=p.action_lead_periods * plan.action_period,
+        action_lead=p.action_lead_periods * plan.action_period, inpaint_overlap=cfg.safety.inpaint_overlap,
         closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps, timesteps),
     )
     parts.scene = dev.scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)

@@ -42,6 +42,7 @@ BACKENDS = ("eager", "inductor", "tensorrt", "onnxruntime", "onnxruntime-loop", 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")
 JOINS = ("crossfade", "ensemble", "inpaint")  # safety.join
+INPAINT_OVERLAPS = ("soft", "none")  # safety.inpaint_overlap
 
 # A checkpoint value of this form builds a randomly initialised policy from a models/ preset.
 PRESET_PREFIX = "preset:"
@@ -267,6 +268,11 @@ class SafetyConfig(_Strict):
     join: Literal[JOINS] = "crossfade"  # type: ignore[valid-type]
     inpaint_form: Literal["replace", "guided"] = Field(
         "guided", description="join: inpaint: RTC-style guided soft mask, or RePaint replacement (docs/samplers.md)")
+    inpaint_overlap: Literal[INPAINT_OVERLAPS] = Field(  # type: ignore[valid-type]
+        "soft", description="join: inpaint, guided form: 'soft' also guides the new chunk, with RTC's decaying "
+        "weights, towards every later step the previous chunk still predicts; 'none' guides only the decided steps "
+        "(a task that must react to contact, such as Push-T, follows stale predictions less). Ignored with another "
+        "join, like inpaint_form; the replace form has no soft tail (docs/samplers.md)")
     crossfade_steps: int = Field(3, ge=0)
     ensemble_decay: float = Field(0.01, ge=0, description="ACT temporal-ensembling weight exp(-decay*i)")
 

@@ -125,6 +125,7 @@ CHANGES: dict[str, tuple] = {
     "safety.crossfade_steps": ({}, {}, {"safety.crossfade_steps": 1}),
     "safety.ensemble_decay": ({}, {}, {"safety.ensemble_decay": 0.5}),
     "safety.inpaint_form": ({"safety.join": "inpaint"}, {}, {"safety.inpaint_form": "replace"}),
+    "safety.inpaint_overlap": ({"safety.join": "inpaint"}, {}, {"safety.inpaint_overlap": "none"}),
     "telemetry.path": ({}, {}, {"telemetry.path": lambda t: str(t / "tel.json")}),
     "telemetry.live": ({}, {}, {"telemetry.live": False}),
     "telemetry.plot": ({}, {}, {"telemetry.plot": False}),
@@ -242,7 +243,7 @@ def _fingerprint(tmp: Path, cfg: RunConfig) -> dict:
             "parts": {k: _plain(getattr(parts, k)) for k in (
                 "steps", "action_period", "n_action_steps", "state_key", "image_shapes", "servo", "servo_in_process",
                 "max_observation_age", "extra_latency", "sync", "camera_delay", "command_delay", "action_lead",
-                "config_summary")},
+                "inpaint_overlap", "config_summary")},
             "bus": bus,
             "emulator": None if dev.emulator is None else {"servos": dev.emulator.servos, "baud": dev.emulator.baud,
                                                            "initial": dev.emulator.initial},

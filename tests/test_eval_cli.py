@@ -72,6 +72,8 @@ def _config(tmp_path, **changes) -> Path:
     (["--episodes", "1", "--join", "blend"], "--join: unknown join 'blend' (allowed: crossfade, ensemble, inpaint)"),
     (["--episodes", "1", "--checkpoint", "/nonexistent/ckpt"], "--checkpoint: /nonexistent/ckpt does not exist"),
     (["--episodes", "1", "--warm-start", "yes"], "--warm-start: unknown warm-start 'yes' (allowed: on, off)"),
+    (["--episodes", "1", "--inpaint-overlap", "half"],
+     "--inpaint-overlap: unknown inpaint-overlap 'half' (allowed: soft, none)"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert main(["eval", str(SIM), *args]) == 2

@@ -105,7 +105,8 @@ def test_markdown_renders_every_cell_with_its_interval():
 
 
 @pytest.mark.parametrize("name", ["state_async_200ms_inpaint", "state_dpm_k4", "state_dpm_k4_warm",
-                                  "state_async_inpaint_replace", "state_async_k10"])
+                                  "state_async_inpaint_replace", "state_async_k10", "state_async_inpaint_none",
+                                  "state_async_200ms_inpaint_none"])
 def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path, name):
     cell = next(c for c in pt.CELLS if c.name == name)
     plan = pt.plan_cell(cell, tmp_path, {}, None)
@@ -119,6 +120,9 @@ def test_derived_config_sets_the_override_and_reads_the_same_checkpoint(tmp_path
     assert derived.policy.warm_start is cell.warm_start and original.policy.warm_start is False
     if cell.inpaint_form:
         assert derived.safety.inpaint_form == cell.inpaint_form == plan.inpaint_form
+    if cell.inpaint_overlap:  # safety.inpaint_overlap in the file edgedp eval reads (the example says soft)
+        assert derived.safety.inpaint_overlap == cell.inpaint_overlap == plan.inpaint_overlap
+        assert original.safety.inpaint_overlap == "soft" and "inpaint_overlap" in plan.config.read_text()
     if cell.sampler in ("ddim", "ddpm"):  # the state example's log-SNR timesteps are dropped: they are for solvers
         assert derived.policy.timesteps is None
     cmd = pt.eval_command(plan, [100000, 100001], tmp_path / "x.json", None)

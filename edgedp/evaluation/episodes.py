@@ -238,7 +238,8 @@ class EvalSession:
         s = self.parts.config_summary
         out = {k: s.get(k) for k in ("checkpoint", "backend", "precision", "device", "steps", "horizon",
                                       "n_obs_steps", "n_action_steps", "action_period", "servo_hz", "join",
-                                      "inpaint_form", "warm_start_level", "sampler", "timesteps")}
+                                      "inpaint_form", "inpaint_overlap", "warm_start_level", "sampler",
+                                      "timesteps")}
         spec = getattr(self.parts.policy, "scheduler_spec", None)
         if spec is not None and getattr(spec, "kind", None):
             out["sampler"] = spec.kind

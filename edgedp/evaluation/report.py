@@ -117,7 +117,7 @@ def table(doc: dict, title: Optional[str] = None):
     c = doc["conditions"]
     t = Table(title=title or f"edgedp eval: {c.get('task')} — {c.get('checkpoint')} ({c.get('backend')} "
                              f"{c.get('precision')}, K={c.get('steps')}, {c.get('sampler')}, join "
-                             f"{c.get('join')})")
+                             f"{c.get('join')}{' (no soft overlap)' if c.get('inpaint_overlap') == 'none' else ''})")
     coverage = any("max_coverage" in run for run in doc["runs"])
     errors = any(run.get("episode_errors") for run in doc["runs"])
     inpaint = c.get("join") == "inpaint"

@@ -16,7 +16,9 @@ from the last published chunk and the planner's clock:
   so n_fixed is capped at the executed slice + lookahead. When inference outlasts the slice the arm stops at
   its end (the servo holds, then fades into the new chunk), and the steps after the lookahead knots are the
   new chunk's to choose; were they fixed to a hold, a slow planner would never move the arm again. The
-  overlap (guided form) covers the indices the previous chunk still predicts.
+  overlap (guided form) covers the indices the previous chunk still predicts (``overlap="soft"``, RTC's soft
+  tail), or only the decided ones (``overlap="none"``, safety.inpaint_overlap): on a contact-rich task the tail
+  makes each plan follow its predecessor's stale predictions past the switch.
 
 The first chunk has nothing to agree with: it gets n_fixed = n_overlap = 0 (same graph, no effect) and no
 warm start (the sampler runs its full K steps from noise).
@@ -35,10 +37,15 @@ class ChunkConditioner:
     # Decided steps past the switch: the servo's cubic (Catmull-Rom) segment around the switch reads the
     # knots one before and two after it, so those must agree too (linear needs one).
     MARGIN = 2
+    # safety.inpaint_overlap: the guided form's soft tail over every step the previous chunk still predicts, or none.
+    OVERLAPS = ("soft", "none")
 
     def __init__(self, policy: Any, action_period: float, first: int, n_action_steps: int, warm: bool,
-                 inpaint: bool):
+                 inpaint: bool, overlap: str = "soft"):
+        if overlap not in self.OVERLAPS:
+            raise ValueError(f"inpaint overlap '{overlap}' is not one of {', '.join(self.OVERLAPS)}")
         self.policy = policy
+        self.overlap = overlap
         self.dt = float(action_period)
         self.first = int(first)
         self.ta = int(n_action_steps)
@@ -63,13 +70,15 @@ class ChunkConditioner:
         return max(0, min(cls.MARGIN, int(policy.horizon) - int(first) - int(n_action_steps)))
 
     @classmethod
-    def for_policy(cls, policy: Any, action_period: float, first: int, n_action_steps: int) -> Optional["ChunkConditioner"]:
-        """One when the policy's sampler was configured for warm start or inpainting (configure_sampler), else None."""
+    def for_policy(cls, policy: Any, action_period: float, first: int, n_action_steps: int,
+                   overlap: str = "soft") -> Optional["ChunkConditioner"]:
+        """One when the policy's sampler was configured for warm start or inpainting (configure_sampler), else None.
+        ``overlap``: safety.inpaint_overlap (see decided)."""
         options = getattr(policy, "sampler_options", None) or {}
         warm, inpaint = "warm_start_level" in options, "inpaint" in options
         if not (warm or inpaint):
             return None
-        return cls(policy, action_period, first, n_action_steps, warm, inpaint)
+        return cls(policy, action_period, first, n_action_steps, warm, inpaint, overlap)
 
     @property
     def replan_advance(self) -> float:
@@ -143,13 +152,14 @@ class ChunkConditioner:
         return out
 
     def decided(self, shift: float, t0_new: float, t_switch: float, horizon: int) -> tuple[int, int]:
-        """(n_fixed, n_overlap) on the new grid; see the module docstring."""
+        """(n_fixed, n_overlap) on the new grid; see the module docstring. With overlap "none" n_overlap is n_fixed:
+        the sampler's guidance weights (models/inpainting.overlap_weights) then have no soft tail."""
         d = max(0, math.ceil((t_switch - t0_new) / self.dt - 1e-9))
         covered = math.floor(horizon - 1 - shift + 1e-9) + 1   # new indices the previous chunk still predicts
         executed = math.floor(self.first + self.ta - 1 - shift + 1e-9) + 1  # ... and the ones it executes
         published = executed + (self._prev[2] if self._prev is not None else 0)  # ... and its lookahead knots
         n_fixed = max(0, min(self.first + d + self.MARGIN, published, covered, horizon))
-        n_overlap = max(n_fixed, min(covered, horizon))
+        n_overlap = max(n_fixed, min(covered, horizon)) if self.overlap == "soft" else n_fixed
         return int(n_fixed), int(n_overlap)
 
     def _normalize(self, raw: np.ndarray):

@@ -84,6 +84,7 @@ class RunParts:
     camera_delay: float = 0.0  # s, calibrated: frame times are shifted back by this (robot.time_offset_file)
     command_delay: float = 0.0  # s, calibrated: actuation latency, actions are commanded this much early
     action_lead: float = 0.0  # s: the chunk's "now" action is the target this long after the observation
+    inpaint_overlap: str = "soft"  # safety.inpaint_overlap: the guided inpainting's soft tail, or none (planner)
     closers: list[Callable[[], None]] = field(default_factory=list)  # simulators etc., closed last
     starters: list[Callable[[], None]] = field(default_factory=list)  # started first
     config_summary: dict = field(default_factory=dict)
@@ -189,7 +190,7 @@ class Runtime:
                                    frames, p.image_shapes)
         planner = Planner(p.policy, p.sampler, window, chunks, self.tel, p.action_period, p.n_action_steps, p.steps,
                           extra_latency=p.extra_latency, sync=p.sync, command_delay=p.command_delay,
-                          action_lead=p.action_lead)
+                          action_lead=p.action_lead, inpaint_overlap=p.inpaint_overlap)
         planner.listeners.extend(p.chunk_listeners)
         return _Rig(chunks, states, control, frames, planner)
 

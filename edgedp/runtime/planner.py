@@ -76,7 +76,8 @@ class Planner:
     def __init__(self, policy: Any, sampler: Callable, window: ObservationWindow, ring: ChunkRing,
                  telemetry: Telemetry, action_period: float, n_action_steps: int, steps: int,
                  extra_latency: float = 0.0, margin: float = 0.02, clock: Callable[[], float] = time.monotonic,
-                 sync: bool = False, command_delay: float = 0.0, action_lead: float = 0.0):
+                 sync: bool = False, command_delay: float = 0.0, action_lead: float = 0.0,
+                 inpaint_overlap: str = "soft"):
         self.policy = policy
         self.sampler = sampler
         # A compiled sampler may bring its own compiled encoder (raw observation -> condition); else the policy's.
@@ -110,7 +111,10 @@ class Planner:
         # Warm start / real-time inpainting (policy.configure_sampler): the previous chunk conditions the next.
         from edgedp.runtime.conditioning import ChunkConditioner
 
-        self.conditioner = ChunkConditioner.for_policy(policy, action_period, self.first, n_action_steps)
+        # inpaint_overlap (safety.inpaint_overlap): whether the guided form also softly follows the old chunk's
+        # predictions past the decided steps.
+        self.conditioner = ChunkConditioner.for_policy(policy, action_period, self.first, n_action_steps,
+                                                       overlap=inpaint_overlap)
         # Inpainting (asynchronous): a few predicted actions past the executed slice go along, never executed, so
         # the servo's tangents at the slice's end are two-sided and the next chunk can agree with them
         # (ChunkConditioner.lookahead_for / replan_advance say why). Every other join publishes the slice alone.
