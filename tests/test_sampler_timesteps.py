@@ -11,7 +11,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgedp.config import parse_config
 from edgedp.errors import ConfigError, UserError
@@ -19,24 +18,10 @@ from models.multistep import MultistepScheduler, logsnr_bounds, logsnr_timesteps
 from models.sampler import Sampler
 from models.schedulers import SchedulerSpec, alphas_cumprod, timesteps, with_timesteps
 from tests.example_configs import two_joint_config
+from tests.test_sampler_solvers import Den  # the stand-in denoiser that records the t it is given
 
 LISTS = ([90, 60, 16, 2], [90, 60, 30, 5], [90, 60, 30, 0], [99, 50, 10], [70, 41, 20, 8, 3, 1])
 ACP = alphas_cumprod(SchedulerSpec(kind="ddim"))  # Diffusion Policy's schedule: squaredcos_cap_v2, N = 100
-
-
-class Den(nn.Module):
-    """A deterministic stand-in denoiser that depends on x, t and the condition, and records the t it is given."""
-
-    def __init__(self):
-        super().__init__()
-        gen = torch.Generator().manual_seed(1)
-        self.w = nn.Parameter(0.3 * torch.randn(3, 3, generator=gen))
-        self.emb = nn.Parameter(0.1 * torch.randn(100, 1, generator=gen))
-        self.calls: list[int] = []
-
-    def forward(self, x, t, cond):
-        self.calls.append(int(t[0]))
-        return torch.tanh(x @ self.w + self.emb[t][:, None, :] + cond[:, None, :3])
 
 
 # ------------------------------------------------------------------ against diffusers
