@@ -466,6 +466,18 @@ def _sim_run(cfg, tmp_path, kill):
     return code, rt, tel, marks
 
 
+def test_server_sampling_at_other_timesteps_is_refused(served, tmp_path):
+    """policy.timesteps: the served loop must sample at the same timesteps (edgedp serve --timesteps)."""
+    from edgedp.app import validate
+
+    cfg = _cfg(served.url, tmp_path)
+    cfg.policy.sampler, cfg.policy.steps, cfg.policy.timesteps = "dpmsolver++", 4, "logsnr"
+    with pytest.raises(UserError, match=r"policy.remote: the server samples at timesteps of its spacing, this "
+                                        r"config needs \[90, 60, 16, 2\]"):
+        validate(cfg)
+
+
+# The tests below kill the served application (module-scoped fixture): keep them last in this module.
 def test_server_killed_mid_run_falls_back_to_the_local_policy(served, tmp_path):
     served.ensure()
     code, rt, tel, marks = _sim_run(_cfg(served.url, tmp_path, fallback="local", timeout_ms=2000), tmp_path,
@@ -492,14 +504,3 @@ def test_server_killed_mid_run_without_fallback_holds_and_retries(served, tmp_pa
     assert not [c for c in rt.tel.chunk_log if c["t_start"] > marks["t_kill"] + 0.5]  # nothing planned after
     assert tel["uncovered_ticks"] > 0  # the servo loop ran out of plan and held the arm
     assert events.count("remote_unavailable") >= 2  # it kept trying
-
-
-def test_server_sampling_at_other_timesteps_is_refused(served, tmp_path):
-    """policy.timesteps: the served loop must sample at the same timesteps (edgedp serve --timesteps)."""
-    from edgedp.app import validate
-
-    cfg = _cfg(served.url, tmp_path)
-    cfg.policy.sampler, cfg.policy.steps, cfg.policy.timesteps = "dpmsolver++", 4, "logsnr"
-    with pytest.raises(UserError, match=r"policy.remote: the server samples at timesteps of its spacing, this "
-                                        r"config needs \[90, 60, 16, 2\]"):
-        validate(cfg)
