@@ -122,10 +122,11 @@ def _check_steps(spec, steps: Optional[int]) -> None:
         raise UserError(f"policy.steps: {exc}") from None
 
 
-def _check_sampler(spec, cfg: RunConfig) -> None:
-    """policy.sampler / warm_start / join: inpaint against K (see check_sampler_choice)."""
+def _check_sampler(spec, cfg: RunConfig):
+    """policy.sampler / timesteps / warm_start / join: inpaint against K (see check_sampler_choice); the resolved
+    models.schedulers.SchedulerSpec."""
     p, s = cfg.policy, cfg.safety
-    check_sampler_choice(spec, p.steps, p.sampler, p.warm_start_level if p.warm_start else None,
+    return check_sampler_choice(spec, p.steps, p.sampler, p.warm_start_level if p.warm_start else None,
                          s.inpaint_form if s.join == "inpaint" else None, label="policy.sampler",
                          timesteps=p.timesteps, timesteps_label="policy.timesteps")
 
@@ -186,9 +187,9 @@ class RemoteServer:
         return PolicyClient(self.url, self.token, self.timeout_s)
 
 
-def _check_remote(cfg: RunConfig, spec) -> Optional[RemoteServer]:
+def _check_remote(cfg: RunConfig, spec, sched) -> Optional[RemoteServer]:
     """policy.remote: token present, server reachable, token accepted, and the served policy fits the checkpoint
-    this config was checked against (shapes, sampler options). One line and exit 2 otherwise, before any port
+    this config was checked against (shapes, sampler options, ``sched``'s timesteps). One line and exit 2 otherwise, before any port
     opens (a run never powers the arm without a policy that answers)."""
     r = cfg.policy.remote
     if r is None:
@@ -220,9 +221,7 @@ def _check_remote(cfg: RunConfig, spec) -> Optional[RemoteServer]:
     if (served.get("sampler_options") or {}) != asked:
         raise UserError(f"policy.remote: the server samples with {served.get('sampler_options') or 'no options'}, "
                         f"this config needs {asked or 'none'} (edgedp serve --warm-start-level / --inpaint)")
-    want_ts = None if p.timesteps is None else list(check_sampler_choice(
-        spec, p.steps, p.sampler, None, None, label="policy.sampler", timesteps=p.timesteps,
-        timesteps_label="policy.timesteps").timesteps)
+    want_ts = None if sched.timesteps is None else list(sched.timesteps)
     if served.get("timesteps") != want_ts:
         raise UserError(f"policy.remote: the server samples at timesteps {served.get('timesteps') or 'of its spacing'}, "
                         f"this config needs {want_ts or 'the spacing (no policy.timesteps)'} (edgedp serve --timesteps)")
@@ -316,8 +315,8 @@ def validate(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> RunPl
     _check_scene(cfg, n_joints, shapes)
     _check_backend(cfg)
     _check_steps(spec, p.steps)
-    _check_sampler(spec, cfg)
-    remote = _check_remote(cfg, spec)
+    sched = _check_sampler(spec, cfg)
+    remote = _check_remote(cfg, spec, sched)
     settings = RunSettings(duration=cfg.duration, telemetry_path=Path(tel_path) if tel_path is not None else None,
                            plot=cfg.telemetry.plot, live=cfg.telemetry.live)
     return RunPlan(cfg=cfg, joints=joints, joint_sources=sources, calibration_notes=notes, horizon=spec.horizon,
@@ -613,8 +612,6 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
     policy = load_policy(p.checkpoint, p.device, p.steps, p.seed)
     configure_sampler(policy, cfg)
     steps = p.steps or policy.num_inference_steps
-    explicit = policy.scheduler_spec.timesteps
-    timesteps = None if explicit is None else [int(t) for t in explicit]
     sampler = None
     if plan.remote is None or plan.remote.fallback == "local":
         sampler = get_compiled_sampler(policy, p.backend, p.precision, steps, p.device, p.cache_dir)
@@ -635,7 +632,7 @@ def assemble(cfg: RunConfig, telemetry_override: Optional[Path] = None) -> Assem
         max_observation_age=cfg.rates.max_observation_age, extra_latency=p.extra_latency_ms / 1000.0,
         camera_delay=plan.camera_delay, command_delay=plan.command_delay, sync=p.sync,
         action_lead=p.action_lead_periods * plan.action_period, inpaint_overlap=cfg.safety.inpaint_overlap,
-        closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps, timesteps),
+        closers=dev.closers, starters=dev.starters, config_summary=summary(plan, steps, policy.explicit_timesteps),
     )
     parts.scene = dev.scene  # type: ignore[attr-defined]  # for tests and the summary (sim runs)
     parts.emulator = dev.emulator  # type: ignore[attr-defined]

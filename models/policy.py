@@ -219,6 +219,13 @@ class DiffusionPolicy(nn.Module):
             raise
 
     @property
+    def explicit_timesteps(self) -> list[int] | None:
+        """The timesteps policy.timesteps set (resolved: 'logsnr' as its list), None for the spacing rule: what a
+        run summary records and what edgedp serve reports, so a robot can refuse a server sampling elsewhere."""
+        ts = self._scheduler_spec.timesteps
+        return None if ts is None else [int(t) for t in ts]
+
+    @property
     def sampler_options(self) -> dict[str, Any]:
         """Keyword options every K-step loop over this policy is built with (compile backends use them too)."""
         return dict(self._sampler_options)

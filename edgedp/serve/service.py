@@ -73,7 +73,7 @@ class PolicyService:
                 "action_dim": p.action_dim, "features": {k: list(v) for k, v in p.feature_shapes.items()},
                 "steps": int(self.steps), "backend": self.opts.backend, "precision": self.opts.precision,
                 "sampler_options": p.sampler_options, "batch_mode": "stack" if self.stacks else "loop",
-                "timesteps": _timesteps(p)}
+                "timesteps": p.explicit_timesteps}
 
     # ---- answering ------------------------------------------------------------------------------------
     def answer(self, items: list[dict]) -> list[Answer]:
@@ -142,10 +142,3 @@ class PolicyService:
         if single.actions is None:
             return False
         return all(np.allclose(a.actions, single.actions, rtol=1e-3, atol=1e-4) for a in pair)
-
-
-def _timesteps(policy: Any) -> Optional[list[int]]:
-    """The explicit timesteps the served loop samples at (policy.timesteps, resolved), None for the spacing rule:
-    a robot whose config asks for other timesteps refuses this server at check (edgedp.app)."""
-    ts = getattr(getattr(policy, "scheduler_spec", None), "timesteps", None)
-    return None if ts is None else [int(t) for t in ts]
