@@ -151,7 +151,7 @@ class Joiner:
         elif self.method == "crossfade" and current is not None and self.crossfade_steps > 0:
             new = Crossfade(current.simplify(t_s), chunk, t_join, self.crossfade_steps * chunk.dt)
         elif self.method == "inpaint":
-            new, fallback, direct = self._inpaint_join(current, chunk, t_s, step)
+            new, fallback, direct = self._inpaint_join(current, chunk, t_s, t_join, step)
         else:
             new = chunk if t_join <= t_s else Deferred(current.simplify(t_s), chunk, t_join)
         if isinstance(current, Constant) and not isinstance(new, Crossfade):
@@ -166,9 +166,10 @@ class Joiner:
                                         vj if direct is None else direct))
         return new
 
-    def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float, step: float
+    def _inpaint_join(self, current: Trajectory | None, chunk: TimedChunk, t_s: float, t_join: float, step: float
                       ) -> tuple[Trajectory, bool, float | None]:
-        """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own ``step``.
+        """Switch straight to an inpainted chunk, unless that would jerk more than the chunk's own ``step``
+        (then cross-fade from ``t_join``, when the chunk's first step is due: adopt says why).
 
         Returns the plan, whether it is a fallback cross-fade, and the velocity jump a direct switch would have
         had (None when there was nothing to check: no plan yet, or a hold, which adopt fades in from anyway)."""
@@ -181,8 +182,7 @@ class Joiner:
         # While a ramp or fade runs, the new chunk was made to agree with what it fades into, not with the blend.
         _, direct = self.measure(current.new if fading else current, chunk, second_knot if deferred else t_s)
         if direct > step:
-            fade_from = max(t_s, chunk.t0)  # not before the chunk's first step is due (adopt says why)
-            fade = Crossfade(current.simplify(t_s), chunk, fade_from, max(1, self.crossfade_steps) * chunk.dt)
+            fade = Crossfade(current.simplify(t_s), chunk, t_join, max(1, self.crossfade_steps) * chunk.dt)
             return fade, True, direct
         if fading:  # keep fading, into the new chunk (it equals the old target where the fade is now)
             return Crossfade(current.old, chunk, current.t_s, current.duration), False, direct

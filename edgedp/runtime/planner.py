@@ -175,9 +175,9 @@ class Planner:
             return None
         self._backoff = 0.0
         self.tel.note_policy(self.policy)
-        chunk = np.ascontiguousarray(action[self.first: self.first + self.ta])
-        published = np.ascontiguousarray(action[self.first: self.first + chunk.shape[0] + self.lookahead])
-        lookahead = published.shape[0] - chunk.shape[0]
+        # The executed slice, plus the lookahead knots with inpainting (lookahead_for fits them in the horizon).
+        published = np.ascontiguousarray(action[self.first: self.first + self.ta + self.lookahead])
+        executed = published.shape[0] - self.lookahead
         if self.extra > 0:
             self._stop.wait(self.extra)
         if self._stop.is_set():  # the run is stopping: the ring may already be gone
@@ -189,14 +189,14 @@ class Planner:
         # time, and (through chunk_end) start the next chunk d earlier.
         t0 = self.clock() + self.action_lead if self.sync else t0_plan
         try:
-            seq = self.ring.publish(published, t0=t0, dt=self.dt, lookahead=lookahead)
+            seq = self.ring.publish(published, t0=t0, dt=self.dt, lookahead=self.lookahead)
         except ValueError as exc:
             raise RefusedChunk(f"chunk refused before it reached the servo loop: {exc}") from None
         if self.conditioner is not None:
-            self.conditioner.remember(action, t0, lookahead)
+            self.conditioner.remember(action, t0, self.lookahead)
         t_pub = self.clock()
         if self.listeners:
-            self._notify(PublishedChunk(seq, obs.data, obs.t, obs.sample_times, action, self.first, chunk.shape[0],
+            self._notify(PublishedChunk(seq, obs.data, obs.t, obs.sample_times, action, self.first, executed,
                                         t0, self.dt, t_start, t_pub))
         self._lat.append(t_pub - t_start)
         decided = None
@@ -204,7 +204,7 @@ class Planner:
             decided = max(0, self.conditioner.last_n_fixed - self.first)
         self.tel.record_inference(seq, obs.t, t_start, (t_obs_done - t_start) * 1e3, stages, self.steps, t_pub,
                                   obs.age * 1e3, t0=t0, decided=decided)
-        chunk_end = t0 + (chunk.shape[0] - 1) * self.dt
+        chunk_end = t0 + (executed - 1) * self.dt
         if self.sync:  # plan again once the chunk is done and the arm has settled into its hold
             self.next_start = chunk_end + self.dt
         else:  # inpainting plans a period earlier still (ChunkConditioner.replan_advance says why)

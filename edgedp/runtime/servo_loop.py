@@ -40,7 +40,7 @@ from edgedp.runtime.clock import RateLoop
 from edgedp.runtime.control import Control, LiveStatus
 from edgedp.runtime.instruments import HIST_BIN_US, HIST_BINS, TickInstruments  # noqa: F401 (re-exported)
 from edgedp.runtime.interpolation import Constant, TimedChunk, Trajectory, warm_up
-from edgedp.runtime.joins import Crossfade, Joiner, start_ramp
+from edgedp.runtime.joins import Joiner, start_ramp
 from edgedp.runtime.ring import ChunkHeader, ChunkRing, RingSpec
 from edgedp.runtime.safety import SafetyFilter
 from edgedp.runtime.signals import shielded_from_signals
@@ -322,11 +322,8 @@ class ServoLoop:
             self.ramp_end = due + p.start_ramp_time
             self.control.set_phase("ramping")
         elif self.holding:  # we decelerated away from the plan: fade in from where we are
-            held = Constant(self.cmd)
-            plan = self.joiner.adopt(held, chunk, deadline)
-            if not isinstance(plan, Crossfade):  # ensemble/switch: still never jump
-                plan = Crossfade(held, plan, due, max(1, p.crossfade_steps) * h.dt)
-            self.plan = plan
+            # Joiner.adopt fades in from a Constant whatever the join method (never a jump), from the chunk's first step.
+            self.plan = self.joiner.adopt(Constant(self.cmd), chunk, deadline)
             self.holding = False
         else:
             self.plan = self.joiner.adopt(self.plan, chunk, deadline)
