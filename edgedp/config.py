@@ -228,14 +228,11 @@ class PolicyConfig(_Strict):
     def _timesteps(cls, v: Any) -> Any:
         """One line for every malformed list (a Union's per-branch errors would be several); the range
         [0, N-1] needs the checkpoint and is checked at validate (edgedp.app)."""
+        from models.timestep_list import descending_timesteps
+
         if v is None or v == "logsnr":
             return v
-        if isinstance(v, str) or not isinstance(v, list):
-            raise ValueError(f"must be a descending list of train timesteps or 'logsnr', got {_short(v)}")
-        if not v or any(isinstance(t, bool) or not isinstance(t, int) for t in v):
-            raise ValueError(f"must be a non-empty list of integers, got {_short(v)}")
-        if any(b >= a for a, b in zip(v, v[1:])):
-            raise ValueError(f"must be strictly descending (no repeats), got {_short(v)}")
+        v = descending_timesteps(v, _short)
         if v[-1] < 0:
             raise ValueError(f"must be >= 0, got {_short(v)}")
         return v

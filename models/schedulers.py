@@ -242,14 +242,12 @@ def check_custom_timesteps(kind: str, num_train_timesteps: int, values: Any) -> 
     if kind not in SOLVER_KINDS:
         raise ValueError(f"explicit timesteps apply to the multistep samplers ({', '.join(SOLVER_KINDS)}), "
                          f"not {kind!r}")
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"timesteps must be a list of integers, got {values!r}")
-    out = list(values)
-    if not out or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in out):
-        raise ValueError(f"timesteps must be a non-empty list of integers, got {out!r}")
-    out = [int(v) for v in out]
-    if any(b >= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"timesteps must be strictly descending (no repeats), got {out}")
+    from models.timestep_list import descending_timesteps
+
+    try:
+        out = descending_timesteps(values)
+    except ValueError as exc:
+        raise ValueError(f"timesteps {exc}") from None
     if out[-1] < 0 or out[0] > num_train_timesteps - 1:
         raise ValueError(f"timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps "
                          f"{num_train_timesteps}), got {out}")
