@@ -127,4 +127,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgedp.errors import UserError
+
+    try:
+        sys.exit(main())
+    except (UserError, ValueError, OSError) as exc:  # a bad path, cell or checkpoint: one line, not a traceback
+        print(f"solver_error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        sys.exit(2)
