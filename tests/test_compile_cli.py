@@ -30,11 +30,33 @@ def test_tensorrt_without_gpu_is_one_line_exit_2():
     (["--backend", "cpu-int8", "--precision", "int8", "--device", "cuda"], "cpu-int8"),
     (["--backend", "eager", "--steps", "0"], "--steps must be at least 1"),
     (["--backend", "eager", "--gate-samples", "0"], "--gate-samples"),
+    (["--backend", "eager", "--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--backend", "eager", "--timesteps", "2,16,60"], "strictly descending"),
+    (["--backend", "eager", "--timesteps", "90,60,2", "--steps", "4"], "3 timesteps but --steps 4"),
+    (["--backend", "eager", "--timesteps", "ninety"], "not a comma-separated list"),
+    (["--backend", "eager", "--sampler", "ddim", "--timesteps", "logsnr"], "multistep samplers"),
+    (["--backend", "eager", "--sampler", "dpmsolver++", "--timesteps", "900,60,16,2"], "--timesteps"),
 ])
 def test_bad_requests_fail_fast_with_one_line(capsys, argv, needle):
     assert main(["compile", "preset:small", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_compile_builds_the_loop_a_run_config_with_sampler_and_timesteps_looks_up(capsys, tmp_path):
+    """`edgedp compile --sampler/--timesteps` prebuilds exactly what `policy.sampler: dpmsolver++` with
+    `policy.timesteps: logsnr` asks the cache for at run time (before these flags, compile built the checkpoint's
+    DDIM loop and the run rebuilt)."""
+    from edgedp.compile.api import compile_policy
+    from edgedp.policy_loading import load_policy
+
+    args = ["compile", "preset:small", "--backend", "onnxruntime-loop", "--sampler", "dpmsolver++", "--steps", "4",
+            "--timesteps", "logsnr", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "built: onnxruntime-loop/fp32 K=4" in capsys.readouterr().out
+    policy = load_policy("preset:small", steps=4)
+    policy.configure_sampler("dpmsolver++", timesteps="logsnr")  # what edgedp.app.configure_sampler does
+    assert compile_policy(policy, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path).state == "hit"
 
 
 def test_bad_checkpoint_path_is_one_line(capsys, tmp_path):

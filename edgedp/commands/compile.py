@@ -15,7 +15,7 @@ PROGRESS_STAGES = 7
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgedp.config import BACKENDS, PRECISIONS
+    from edgedp.config import BACKENDS, PRECISIONS, SAMPLERS
 
     p = sub.add_parser("compile", help="compile/quantize the denoiser for a backend and cache it",
                        description="Build a compiled sampler (backend x precision x K x device) and cache it; "
@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", required=True, help=f"one of: {', '.join(BACKENDS)}")
     p.add_argument("--precision", default="fp32", help=f"one of: {', '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps K (default: the checkpoint's)")
+    p.add_argument("--sampler", default=None, metavar="{" + ",".join(SAMPLERS) + "}",
+                   help="denoising method the loop is built for (policy.sampler; default: the checkpoint's). A run "
+                        "config with policy.sampler finds this build in the cache only when it names the same one")
+    p.add_argument("--timesteps", default=None, metavar="LIST|logsnr",
+                   help="policy.timesteps for dpmsolver++/unipc: descending train timesteps such as 90,60,16,2, or "
+                        "'logsnr' (K uniform in log-SNR)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", default=None, help="cache directory (default ~/.cache/edgedp/compiled or $EDGEDP_CACHE/compiled)")
     p.add_argument("--calib", default=None,
@@ -51,13 +57,19 @@ def run(args: argparse.Namespace) -> int:
         if v is not None and not v > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
     check_request(args.backend, args.precision, args.device, args.steps)
+    timesteps = _check_sampler_flags(args.sampler, args.timesteps, args.steps)
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgedp.policy_loading import load_policy
 
     console = make_console()
-    policy = load_policy(args.checkpoint)
+    policy = load_policy(args.checkpoint, steps=args.steps)
+    if args.sampler is not None or timesteps is not None:
+        try:  # the same call a run config's policy.sampler / policy.timesteps go through (edgedp/app.py)
+            policy.configure_sampler(args.sampler, timesteps=timesteps)
+        except ValueError as exc:
+            raise UserError(f"--{'timesteps' if timesteps is not None else 'sampler'}: {exc}") from None
     # transient: the bar is erased when done, so a refusal or the summary is all that stays on screen.
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=make_console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
@@ -88,6 +100,29 @@ def run(args: argparse.Namespace) -> int:
         if not report.gate.passed:
             console.print("[yellow]accepted because of --allow-inaccurate[/]")
     return 0
+
+
+def _check_sampler_flags(sampler, timesteps, steps):
+    """The --sampler name and the --timesteps text, checked before the checkpoint loads; returns the parsed
+    timesteps (a list, 'logsnr' or None). Whether they suit the checkpoint (its number of train steps, K) is
+    checked by the policy itself once it is loaded."""
+    from edgedp.commands.eval import _one_of, parse_timesteps
+    from edgedp.config import SAMPLERS
+    from models.timestep_list import descending_timesteps
+
+    if sampler is not None:
+        _one_of("sampler", sampler, SAMPLERS)
+    if timesteps is None:
+        return None
+    parsed = parse_timesteps(timesteps)
+    if isinstance(parsed, list):
+        try:
+            descending_timesteps(parsed)
+        except ValueError as exc:
+            raise UserError(f"--timesteps: {exc}") from None
+        if steps is not None and steps != len(parsed):
+            raise UserError(f"--timesteps: {len(parsed)} timesteps but --steps {steps} (a list sets K itself)")
+    return parsed
 
 
 def describe_calibration(c: dict) -> str:
