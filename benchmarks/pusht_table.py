@@ -59,7 +59,7 @@ class Cell:
     sync: bool = False
     latency_ms: float = 0.0
     join: Optional[str] = None       # safety.join (crossfade | ensemble | inpaint); None: the config's
-    steps: int = 10                  # denoising steps K
+    steps: Optional[int] = None      # denoising steps K; None: the config's (state: 4, image: the checkpoint's 10)
     sampler: Optional[str] = None    # policy.sampler (ddim | dpmsolver++ ...); None: the checkpoint's
     warm_start: bool = False         # policy.warm_start: each chunk starts from the previous one
     timesteps: Optional[object] = None  # policy.timesteps (a descending list or 'logsnr'); None: the spacing
@@ -74,7 +74,15 @@ class Cell:
 CELLS = [
     # examples/pusht_state.yaml as shipped (since round 5: DPM-Solver++ K=4 at log-SNR timesteps); no overrides
     Cell("state_shipped", "state, async, as shipped", "state", 50, headline=True),
-    Cell("image_async_k10", "image, async, K=10", "image", 50, headline=True),
+    Cell("image_async_k10", "image, async, K=10", "image", 50, headline=True, steps=10),
+    # round 6: the round 3 rows (sync, +100 ms, the fastest CPU backend) again with the action timing as recorded
+    # and the shipped sampler; +200 ms with it is state_dpm_k4_logsnr_200ms below
+    Cell("state_sync", "state, sync, as shipped", "state", 20, sync=True),
+    Cell("state_100ms", "state, async, +100 ms, as shipped", "state", 20, latency_ms=100),
+    Cell("state_ortloop_shipped", "state, async, onnxruntime-loop fp32, as shipped", "state", 20,
+         backend="onnxruntime-loop", precision="fp32"),
+    Cell("image_dpm_k4_logsnr", "image, async, dpmsolver++ K=4, log-SNR timesteps", "image", 20,
+         sampler="dpmsolver++", steps=4, timesteps="logsnr"),
     Cell("state_async_k10", "state, async, K=10", "state", 50, headline=True, sampler="ddim", steps=10),
     Cell("state_sync_k10", "state, sync, K=10", "state", 20, sync=True, sampler="ddim", steps=10),
     Cell("state_async_100ms", "state, async, +100 ms", "state", 20, latency_ms=100, sampler="ddim", steps=10),
@@ -246,6 +254,8 @@ class CellPlan:
     inpaint_form: Optional[str]
     inpaint_overlap: Optional[str]  # safety.inpaint_overlap with join inpaint, else None
     sampler: str
+    timesteps: Any        # policy.timesteps after the cell's overrides (None, 'logsnr' or a list)
+    steps: Optional[int]  # policy.steps after the cell's overrides (None: the checkpoint's K)
     backend: str
     precision: str
     cache_dir: Optional[str]
@@ -313,7 +323,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
             derived["safety"]["inpaint_overlap"] = cell.inpaint_overlap
         if cell.timesteps is not None:  # K: the cell's steps, which eval's --steps sets
             derived["policy"]["timesteps"] = cell.timesteps
-            derived["policy"]["steps"] = cell.steps
+            if cell.steps is not None:
+                derived["policy"]["steps"] = cell.steps
         check = parse_config(json.loads(json.dumps(derived)), base=cdir)  # validates join/sampler as eval will
         if os.path.realpath(check.policy.checkpoint) != os.path.realpath(load_config(src).policy.checkpoint):
             raise ValueError(f"{cell.name}: the derived config reads checkpoint {check.policy.checkpoint}, "
@@ -340,7 +351,8 @@ def plan_cell(cell: Cell, out: Path, checkpoints: dict[str, Optional[str]], vide
     return CellPlan(cell=cell, config=config, derived=derived, checkpoint=ck,
                     join=cfg.safety.join, inpaint_form=cfg.safety.inpaint_form if cfg.safety.join == "inpaint" else None,
                     inpaint_overlap=cfg.safety.inpaint_overlap if cfg.safety.join == "inpaint" else None,
-                    sampler=cfg.policy.sampler or "checkpoint's", backend=cfg.policy.backend,
+                    sampler=cfg.policy.sampler or "checkpoint's", timesteps=cfg.policy.timesteps,
+                    steps=cfg.policy.steps, backend=cfg.policy.backend,
                     precision=cfg.policy.precision,
                     cache_dir=str(cfg.policy.cache_dir) if cfg.policy.cache_dir else None,
                     video=(video / cell.name) if (video is not None and cell.headline) else None,
@@ -351,7 +363,9 @@ def eval_command(plan: CellPlan, seeds: Sequence[int], json_path: Path, timeout:
     c = plan.cell
     cmd = [sys.executable, "-m", "edgedp.cli", "eval", str(plan.config), "--episodes", str(len(seeds)),
            "--seed", str(seeds[0]), "--json", str(json_path), "--latency-ms", f"{c.latency_ms:g}",
-           "--steps", str(c.steps), "--checkpoint", plan.checkpoint]
+           "--checkpoint", plan.checkpoint]
+    if c.steps is not None:  # else the config's K (the state example's 4 with its log-SNR timesteps)
+        cmd += ["--steps", str(c.steps)]
     if c.sync:
         cmd.append("--sync")
     if c.backend:
@@ -366,11 +380,19 @@ def eval_command(plan: CellPlan, seeds: Sequence[int], json_path: Path, timeout:
 
 
 def prebuild_command(plan: CellPlan) -> Optional[list[str]]:
-    """`edgedp compile` for a compiled backend, once before the shards (who then hit the cache)."""
+    """`edgedp compile` for a compiled backend, once before the shards (who then hit the cache): the same sampler,
+    timesteps and K the cell's config asks for, so the shards find exactly this build."""
     if plan.backend == "eager":
         return None
     cmd = [sys.executable, "-m", "edgedp.cli", "compile", plan.checkpoint, "--backend", plan.backend,
-           "--precision", plan.precision, "--steps", str(plan.cell.steps)]
+           "--precision", plan.precision]
+    if plan.sampler != "checkpoint's":
+        cmd += ["--sampler", plan.sampler]
+    if isinstance(plan.timesteps, list):  # a list sets K itself
+        cmd += ["--timesteps", ",".join(str(t) for t in plan.timesteps)]
+    else:
+        cmd += ["--steps", str(plan.steps)] * (plan.steps is not None)
+        cmd += ["--timesteps", plan.timesteps] * (plan.timesteps is not None)
     return cmd + (["--out", plan.cache_dir] if plan.cache_dir else [])
 
 
@@ -511,7 +533,7 @@ def run_cell(plan: CellPlan, seeds_by_shard: list[list[int]], args, runner: Runn
         (plan.dir / name).unlink(missing_ok=True)
     pre = prebuild_command(plan)
     if pre is not None:
-        log(f"  [{plan.cell.name}] building {plan.backend}/{plan.precision} K={plan.cell.steps} once: {show(pre)}")
+        log(f"  [{plan.cell.name}] building {plan.backend}/{plan.precision} K={plan.steps or 'checkpoint'} once: {show(pre)}")
         rc, tail = runner.run(pre, plan.dir / "compile.log")
         if rc != 0:
             raise RuntimeError(f"edgedp compile failed (exit {rc}): {_error_line(tail)}")

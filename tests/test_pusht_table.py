@@ -190,3 +190,19 @@ def test_a_usage_error_fails_the_cell_at_once(tmp_path):
     with pytest.raises(RuntimeError, match="edgedp eval:"):
         _collect(tmp_path, runner, list(range(100000, 100010)), batch=5)
     assert runner.calls == [list(range(100000, 100005))]  # no retries of a deterministic error
+
+
+def test_shipped_cells_keep_the_configs_sampler_and_k(tmp_path):
+    """A cell without steps runs the example as shipped (DPM-Solver++ K=4 at log-SNR timesteps): no --steps
+    reaches edgedp eval (a --steps 10 there turned the shipped cell into a K=10 log-SNR run), and the prebuild of a
+    compiled cell asks for the same sampler, K and timesteps the shards will look up."""
+    shipped = pt.plan_cell(next(c for c in pt.CELLS if c.name == "state_shipped"), tmp_path, {}, None)
+    assert "--steps" not in pt.eval_command(shipped, [100000], tmp_path / "x.json", None)
+    assert (shipped.sampler, shipped.steps, shipped.timesteps) == ("dpmsolver++", 4, "logsnr")
+    compiled = pt.plan_cell(next(c for c in pt.CELLS if c.name == "state_ortloop_shipped"), tmp_path, {}, None)
+    pre = pt.prebuild_command(compiled)
+    assert pre[pre.index("--sampler") + 1] == "dpmsolver++" and pre[pre.index("--steps") + 1] == "4"
+    assert pre[pre.index("--timesteps") + 1] == "logsnr"
+    ddim = pt.plan_cell(next(c for c in pt.CELLS if c.name == "state_ortloop"), tmp_path, {}, None)
+    pre = pt.prebuild_command(ddim)
+    assert pre[pre.index("--sampler") + 1] == "ddim" and "--timesteps" not in pre
