@@ -74,3 +74,15 @@ def test_get_compiled_sampler_uses_cache(policy, tmp_path):
     assert len([p for p in tmp_path.iterdir() if (p / "manifest.json").is_file()]) == 1
     assert cache_mod.lookup(tmp_path, cache_mod.make_key(cache_mod.weights_hash(policy), "eager", "fp32", 4,
                                                          torch.device("cpu"), {"torch": torch.__version__})).state == "hit"
+
+
+def test_loop_sampler_gets_its_own_folder():
+    """onnxruntime-loop bakes the sampler into its graph: a DDIM and a DPM-Solver++ build of the same weights and K
+    live side by side (one folder each) instead of each rebuilding over the other; other backends keep one folder."""
+    cpu = torch.device("cpu")
+    ddim = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu, {"loop-sampler": "ddim/eta=0.0/"})
+    dpm = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu,
+                             {"loop-sampler": "dpmsolver++/eta=0.0//timesteps=90-60-16-2"})
+    assert ddim.dirname() != dpm.dirname() and ddim.dirname().startswith(dpm.dirname()[:-10])
+    plain = cache_mod.make_key("ab" * 32, "cpu-int8", "int8", 4, cpu, {"torch": "2.13.0"})
+    assert plain.dirname() == f"{'ab' * 8}-cpu-int8-int8-K4-{cache_mod.device_tag(cpu)}"

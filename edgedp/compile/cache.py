@@ -65,7 +65,11 @@ class CacheKey:
 
     def dirname(self) -> str:
         safe_dev = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.device)
-        return f"{self.weights[:16]}-{self.backend}-{self.precision}-K{self.steps}-{safe_dev}"
+        name = f"{self.weights[:16]}-{self.backend}-{self.precision}-K{self.steps}-{safe_dev}"
+        # A backend that bakes the sampler into its graph (onnxruntime-loop) keys it: one folder per sampler, so
+        # switching between DDIM and DPM-Solver++ finds both builds instead of rebuilding over the other.
+        sampler = dict(self.versions).get("loop-sampler")
+        return name if sampler is None else f"{name}-s{hashlib.sha256(sampler.encode()).hexdigest()[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights_sha256": self.weights, "backend": self.backend, "precision": self.precision,
