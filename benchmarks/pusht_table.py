@@ -217,10 +217,11 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {k.get('name')}{note} | {c.get('error', '')} |" + " |" * 16)
             continue
         ci = s["success_ci95"]
+        timesteps = f", timesteps {c['timesteps']}" if c.get("timesteps") else ""
         lines.append(
             f"| {k.get('name')}{note} | {k.get('policy')} ({Path(str(c.get('checkpoint'))).name}) | "
             f"{'sync' if k.get('sync') else 'async'} | {k.get('latency_ms', 0):g} ms | {c.get('join')} | "
-            f"{c.get('sampler')}, {k.get('steps')}{', warm start' if k.get('warm_start') else ''} | {c.get('backend')} / {c.get('precision')} | {s['episodes']} | "
+            f"{c.get('sampler')}, {c.get('steps') or k.get('steps') or 'K of the checkpoint'}{timesteps}{', warm start' if k.get('warm_start') else ''} | {c.get('backend')} / {c.get('precision')} | {s['episodes']} | "
             f"{s['success_rate'] * 100:.0f} % ({s['successes']}/{s['episodes']}; {ci[0] * 100:.0f}–{ci[1] * 100:.0f} %) | "
             f"{_f(s['mean_max_coverage'], '{:.3f}')} | {_f(s['time_to_success_median_s'], '{:.1f} s')} | "
             f"{s['join_jump_max_position_rad']:.4f} / {s['join_jump_max_velocity_rad_s']:.3f} | "
@@ -691,7 +692,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "config": str(p.config), "join": p.join + (f" ({p.inpaint_form}"
                                                           + (", no soft overlap" if p.inpaint_overlap == "none" else "")
                                                           + ")" if p.inpaint_form else ""),
-                     "sampler": p.sampler, "backend": p.backend, "precision": p.precision,
+                     "sampler": p.sampler, "steps": p.steps, "timesteps": p.timesteps,
+                     "backend": p.backend, "precision": p.precision,
                      "seeds": [s for ss in seeds for s in ss], "shards": [[s[0], s[-1]] for s in seeds],
                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load_start": [round(x, 2) for x in os.getloadavg()], "load_end": None, "wall_s": None,
