@@ -189,7 +189,7 @@ class RemoteServer:
 
 def _check_remote(cfg: RunConfig, spec, sched) -> Optional[RemoteServer]:
     """policy.remote: token present, server reachable, token accepted, and the served policy fits the checkpoint
-    this config was checked against (shapes, sampler options, ``sched``'s timesteps). One line and exit 2 otherwise, before any port
+    this config was checked against (shapes, sampler options, ``sched``'s timesteps and kind). One line and exit 2 otherwise, before any port
     opens (a run never powers the arm without a policy that answers)."""
     r = cfg.policy.remote
     if r is None:
@@ -225,6 +225,9 @@ def _check_remote(cfg: RunConfig, spec, sched) -> Optional[RemoteServer]:
     if served.get("timesteps") != want_ts:
         raise UserError(f"policy.remote: the server samples at timesteps {served.get('timesteps') or 'of its spacing'}, "
                         f"this config needs {want_ts or 'the spacing (no policy.timesteps)'} (edgedp serve --timesteps)")
+    if served.get("sampler") != sched.kind:  # policy.sampler (or the checkpoint's own) must be what the server runs
+        raise UserError(f"policy.remote: the server samples with {served.get('sampler') or 'an unnamed sampler'}, this "
+                        f"config needs {sched.kind} (edgedp serve --sampler)")
     return RemoteServer(r.url, token, r.timeout_ms / 1000.0, r.fallback, served)
 
 

@@ -477,6 +477,20 @@ def test_server_sampling_at_other_timesteps_is_refused(served, tmp_path):
         validate(cfg)
 
 
+
+def test_server_running_another_sampler_is_refused(served, tmp_path):
+    """policy.sampler: a server that samples with another method (edgedp serve --sampler) is refused before
+    anything is powered; the robot would otherwise run the server's sampler while its config names another."""
+    from edgedp.app import validate
+
+    cfg = _cfg(served.url, tmp_path)
+    cfg.policy.sampler = "unipc"  # the served checkpoint's own sampler is DDIM, at the same K and spacing
+    with pytest.raises(UserError, match=r"policy.remote: the server samples with ddim, this config needs unipc "
+                                        r"\(edgedp serve --sampler\)"):
+        validate(cfg)
+    validate(_cfg(served.url, tmp_path))  # the checkpoint's own sampler on both sides: accepted
+
+
 # The tests below kill the served application (module-scoped fixture): keep them last in this module.
 def test_server_killed_mid_run_falls_back_to_the_local_policy(served, tmp_path):
     served.ensure()

@@ -73,7 +73,7 @@ class PolicyService:
                 "action_dim": p.action_dim, "features": {k: list(v) for k, v in p.feature_shapes.items()},
                 "steps": int(self.steps), "backend": self.opts.backend, "precision": self.opts.precision,
                 "sampler_options": p.sampler_options, "batch_mode": "stack" if self.stacks else "loop",
-                "timesteps": p.explicit_timesteps}
+                "timesteps": p.explicit_timesteps, "sampler": p.scheduler_spec.kind}
 
     # ---- answering ------------------------------------------------------------------------------------
     def answer(self, items: list[dict]) -> list[Answer]:
