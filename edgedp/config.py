@@ -43,6 +43,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc")
 JOINS = ("crossfade", "ensemble", "inpaint")  # safety.join
 INPAINT_OVERLAPS = ("soft", "none")  # safety.inpaint_overlap
+INPAINT_FORMS = ("replace", "guided")  # safety.inpaint_form
 
 # A checkpoint value of this form builds a randomly initialised policy from a models/ preset.
 PRESET_PREFIX = "preset:"
@@ -263,7 +264,7 @@ class SafetyConfig(_Strict):
     start_ramp_time: float = Field(2.0, gt=0, description="seconds to ramp from the current pose to the first action")
     interpolation: Literal["linear", "cubic"] = "linear"
     join: Literal[JOINS] = "crossfade"  # type: ignore[valid-type]
-    inpaint_form: Literal["replace", "guided"] = Field(
+    inpaint_form: Literal[INPAINT_FORMS] = Field(  # type: ignore[valid-type]
         "guided", description="join: inpaint: RTC-style guided soft mask, or RePaint replacement (docs/samplers.md)")
     inpaint_overlap: Literal[INPAINT_OVERLAPS] = Field(  # type: ignore[valid-type]
         "soft", description="join: inpaint, guided form: 'soft' also guides the new chunk, with RTC's decaying "

@@ -74,6 +74,8 @@ def _config(tmp_path, **changes) -> Path:
     (["--episodes", "1", "--warm-start", "yes"], "--warm-start: unknown warm-start 'yes' (allowed: on, off)"),
     (["--episodes", "1", "--inpaint-overlap", "half"],
      "--inpaint-overlap: unknown inpaint-overlap 'half' (allowed: soft, none)"),
+    (["--episodes", "1", "--inpaint-form", "blend"],
+     "--inpaint-form: unknown inpaint-form 'blend' (allowed: replace, guided)"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert main(["eval", str(SIM), *args]) == 2

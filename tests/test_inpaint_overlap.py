@@ -114,3 +114,18 @@ def test_eval_flag_reaches_the_conditions():
     session = EvalSession(cfg)  # built by edgedp/app.py, nothing started
     assert session.parts.inpaint_overlap == "none"
     assert session.summary["inpaint_overlap"] == "none" and session.summary["join"] == "inpaint"
+
+
+def test_eval_inpaint_form_flag_reaches_the_policy_loop():
+    """`edgedp eval --inpaint-form replace` overrides safety.inpaint_form (the example says guided) all the way into
+    the K-step loop the runtime samples with, as a config file would."""
+    from edgedp.commands.eval import apply_overrides
+    from edgedp.config import load_config
+    from edgedp.evaluation.episodes import EvalSession
+
+    cfg = load_config(SIM)
+    apply_overrides(cfg, join="inpaint", inpaint_form="replace")
+    assert cfg.safety.inpaint_form == "replace"
+    session = EvalSession(cfg)  # built by edgedp/app.py, nothing started
+    assert session.summary["inpaint_form"] == "replace"
+    assert session.parts.policy.sampler_options.get("inpaint") == "replace"

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inpaint-overlap", default=None, metavar="{soft,none}",
                    help="override safety.inpaint_overlap (join inpaint, guided form: softly follow every step the "
                         "previous chunk still predicts, or only the decided steps)")
+    p.add_argument("--inpaint-form", default=None, metavar="{replace,guided}",
+                   help="override safety.inpaint_form (join inpaint: overwrite the decided steps at every denoising "
+                        "step, or guide towards them)")
     p.add_argument("--video", type=Path, default=None, metavar="DIR",
                    help="save one mp4 per episode in DIR, named so failures sort first: the policy camera, or the "
                         "scene's own render when the policy sees no image (a state config)")
@@ -89,10 +92,10 @@ def parse_timesteps(text: str, flag: str = "--timesteps"):
 
 
 def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=None, sampler=None,
-                    join=None, warm_start=None, timesteps=None, inpaint_overlap=None) -> None:
+                    join=None, warm_start=None, timesteps=None, inpaint_overlap=None, inpaint_form=None) -> None:
     """Command-line overrides of the policy and safety sections, checked against the config schema's own allowed
     values; edgedp/app.py's build then validates the result like any config (e.g. a sampler that does not suit K)."""
-    from edgedp.config import BACKENDS, INPAINT_OVERLAPS, JOINS, PRECISIONS, PRESET_PREFIX, SAMPLERS
+    from edgedp.config import BACKENDS, INPAINT_FORMS, INPAINT_OVERLAPS, JOINS, PRECISIONS, PRESET_PREFIX, SAMPLERS
 
     p = cfg.policy
     if checkpoint is not None:
@@ -124,6 +127,8 @@ def apply_overrides(cfg, checkpoint=None, backend=None, precision=None, steps=No
         cfg.safety.join = _one_of("join", join, JOINS)
     if inpaint_overlap is not None:
         cfg.safety.inpaint_overlap = _one_of("inpaint-overlap", inpaint_overlap, INPAINT_OVERLAPS)
+    if inpaint_form is not None:
+        cfg.safety.inpaint_form = _one_of("inpaint-form", inpaint_form, INPAINT_FORMS)
     if warm_start is not None:
         p.warm_start = _one_of("warm-start", warm_start, ("on", "off")) == "on"
     if timesteps is not None:
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.video is not None and args.video.exists() and not args.video.is_dir():
         raise UserError(f"--video: {args.video} is a file (give a folder for the episode videos)")
     apply_overrides(cfg, args.checkpoint, args.backend, args.precision, args.steps, args.sampler, args.join,
-                    args.warm_start, args.timesteps, args.inpaint_overlap)
+                    args.warm_start, args.timesteps, args.inpaint_overlap, args.inpaint_form)
     latencies = parse_latencies(args.latency_ms) if args.latency_ms is not None else [cfg.policy.extra_latency_ms]
     modes = [False, True] if args.both else [bool(args.sync)]
 
