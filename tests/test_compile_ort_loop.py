@@ -97,18 +97,21 @@ def test_bf16_encoder_stays_close_to_float32_features(image_policy):
 
 
 def test_the_sampler_baked_into_the_graph_is_part_of_the_cache_key(tmp_path):
-    """Another sampler kind or warm start / inpainting builds another loop graph: never a stale cache hit."""
+    """Another sampler kind or warm start / inpainting builds another loop graph: never a stale cache hit. Each
+    sampler has its own entry, so switching back finds the first build instead of rebuilding it."""
     pol = tiny_policy()
     first = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
     assert compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False).state == "hit"
     pol.configure_sampler("dpmsolver++", warm_start_level=0.5, inpaint="guided")
     try:
         other = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
-        assert other.state == "stale" and (other.path / "loop_warm.onnx").exists()  # rebuilt, not reused
+        assert other.state == "miss" and (other.path / "loop_warm.onnx").exists()  # built, not reused
         assert compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False).state == "hit"
-        assert first.path == other.path
+        assert first.path != other.path
     finally:
         pol.configure_sampler("ddim")
+    again = compile_policy(pol, "onnxruntime-loop", "fp32", 4, "cpu", tmp_path, gate=False)
+    assert again.state == "hit" and again.path == first.path and not (again.path / "loop_warm.onnx").exists()
 
 
 def test_cuda_is_refused_by_name():
