@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
     check_request(args.backend, args.precision, args.device, args.steps)
     timesteps = _check_sampler_flags(args.sampler, args.timesteps, args.steps)
+    if args.sampler is not None or timesteps is not None:
+        from edgedp.app import check_sampler_choice
+        from edgedp.policy_loading import load_spec
+
+        # The check edgedp run (validate) and edgedp serve make, on the checkpoint's spec: before any weights load.
+        check_sampler_choice(load_spec(args.checkpoint), args.steps, args.sampler, None, None, label="--sampler",
+                             timesteps=timesteps, timesteps_label="--timesteps")
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -66,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     policy = load_policy(args.checkpoint, steps=args.steps)
     if args.sampler is not None or timesteps is not None:
-        try:  # the same call a run config's policy.sampler / policy.timesteps go through (edgedp/app.py)
-            policy.configure_sampler(args.sampler, timesteps=timesteps)
-        except ValueError as exc:
-            raise UserError(f"--{'timesteps' if timesteps is not None else 'sampler'}: {exc}") from None
+        policy.configure_sampler(args.sampler, timesteps=timesteps)  # as edgedp.app.configure_sampler does
     # transient: the bar is erased when done, so a refusal or the summary is all that stays on screen.
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=make_console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_sampler_flags(sampler, timesteps, steps):
     """The --sampler name and the --timesteps text, checked before the checkpoint loads; returns the parsed
     timesteps (a list, 'logsnr' or None). Whether they suit the checkpoint (its number of train steps, K) is
-    checked by the policy itself once it is loaded."""
+    edgedp.app.check_sampler_choice's question, on the checkpoint's spec."""
     from edgedp.commands.eval import _one_of, parse_timesteps
     from edgedp.config import SAMPLERS
     from models.timestep_list import descending_timesteps
