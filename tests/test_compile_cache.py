@@ -80,8 +80,8 @@ def test_loop_sampler_gets_its_own_folder():
     """onnxruntime-loop bakes the sampler into its graph: a DDIM and a DPM-Solver++ build of the same weights and K
     live side by side (one folder each) instead of each rebuilding over the other; other backends keep one folder."""
     cpu = torch.device("cpu")
-    ddim = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu, {"loop-sampler": "ddim/eta=0.0/"})
-    dpm = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu,
+    ddim = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu, {}, {"loop-sampler": "ddim/eta=0.0/"})
+    dpm = cache_mod.make_key("ab" * 32, "onnxruntime-loop", "fp32", 4, cpu, {},
                              {"loop-sampler": "dpmsolver++/eta=0.0//timesteps=90-60-16-2"})
     assert ddim.dirname() != dpm.dirname() and ddim.dirname().startswith(dpm.dirname()[:-10])
     plain = cache_mod.make_key("ab" * 32, "cpu-int8", "int8", 4, cpu, {"torch": "2.13.0"})

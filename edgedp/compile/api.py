@@ -85,10 +85,9 @@ def compile_policy(policy: Any, backend: str, precision: str, steps: int | None,
     b = get_backend(backend)
     cache_dir = Path(cache_dir) if cache_dir else cache_mod.default_cache_dir()
     say("hashing checkpoint weights")
-    versions = b.library_versions()
-    if hasattr(b, "graph_key"):  # a backend that bakes the sampler into its graph keys it too
-        versions.update(b.graph_key(policy))
-    key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, versions)
+    # A backend that bakes the sampler into its graph keys it too (its own cache folder).
+    variant = b.graph_key(policy) if hasattr(b, "graph_key") else None
+    key = cache_mod.make_key(cache_mod.weights_hash(policy), backend, precision, k, dev, b.library_versions(), variant)
     found = cache_mod.lookup(cache_dir, key)
     needs_gate = gate and precision != "fp32"
     cs = None

@@ -62,14 +62,14 @@ class CacheKey:
     steps: int
     device: str
     versions: tuple[tuple[str, str], ...]
+    variant: str = ""  # short hash of what a backend bakes into its graph (graph_key: the sampler), "" if nothing
 
     def dirname(self) -> str:
         safe_dev = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.device)
         name = f"{self.weights[:16]}-{self.backend}-{self.precision}-K{self.steps}-{safe_dev}"
-        # A backend that bakes the sampler into its graph (onnxruntime-loop) keys it: one folder per sampler, so
-        # switching between DDIM and DPM-Solver++ finds both builds instead of rebuilding over the other.
-        sampler = dict(self.versions).get("loop-sampler")
-        return name if sampler is None else f"{name}-s{hashlib.sha256(sampler.encode()).hexdigest()[:8]}"
+        # One folder per variant: switching a loop backend between DDIM and DPM-Solver++ finds both builds instead
+        # of rebuilding one over the other. Library versions stay out of the name (a new version rebuilds in place).
+        return f"{name}-s{self.variant}" if self.variant else name
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights_sha256": self.weights, "backend": self.backend, "precision": self.precision,
@@ -77,10 +77,13 @@ class CacheKey:
 
 
 def make_key(weights: str, backend: str, precision: str, steps: int, device: torch.device,
-             versions: dict[str, str]) -> CacheKey:
-    v = dict(versions)
+             versions: dict[str, str], variant: dict[str, str] | None = None) -> CacheKey:
+    """``variant``: what the backend bakes into its graph beyond the weights (its graph_key); recorded and compared
+    with the versions, and it names its own folder."""
+    v = {**versions, **(variant or {})}
     v.setdefault("python", platform.python_version())
-    return CacheKey(weights, backend, precision, int(steps), device_tag(device), tuple(sorted(v.items())))
+    tag = hashlib.sha256(json.dumps(sorted(variant.items())).encode()).hexdigest()[:8] if variant else ""
+    return CacheKey(weights, backend, precision, int(steps), device_tag(device), tuple(sorted(v.items())), tag)
 
 
 class UnusableEntry(ValueError):
