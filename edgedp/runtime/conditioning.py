@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from edgedp.config import INPAINT_OVERLAPS
 from models.inpainting import shift_chunk
 
 
@@ -37,13 +38,11 @@ class ChunkConditioner:
     # Decided steps past the switch: the servo's cubic (Catmull-Rom) segment around the switch reads the
     # knots one before and two after it, so those must agree too (linear needs one).
     MARGIN = 2
-    # safety.inpaint_overlap: the guided form's soft tail over every step the previous chunk still predicts, or none.
-    OVERLAPS = ("soft", "none")
 
     def __init__(self, policy: Any, action_period: float, first: int, n_action_steps: int, warm: bool,
                  inpaint: bool, overlap: str = "soft"):
-        if overlap not in self.OVERLAPS:
-            raise ValueError(f"inpaint overlap '{overlap}' is not one of {', '.join(self.OVERLAPS)}")
+        if overlap not in INPAINT_OVERLAPS:  # safety.inpaint_overlap's values: soft tail, or none
+            raise ValueError(f"inpaint overlap '{overlap}' is not one of {', '.join(INPAINT_OVERLAPS)}")
         self.policy = policy
         self.overlap = overlap
         self.dt = float(action_period)
